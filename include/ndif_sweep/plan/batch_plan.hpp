@@ -1,0 +1,88 @@
+#pragma once
+/// \file
+/// Tokenized prompts, resolved positions and the batch plan. Pure and deterministic: the plan
+/// depends only on the job and the prompts, never on the number of ranks.
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+#include "ndif_sweep/spec/job_spec.hpp"
+#include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/tokenizer/tokenizer.hpp"
+
+namespace ndif::plan {
+
+/// One prompt as sent: its token ids and its positions resolved to indices >= 0 in the unpadded
+/// sequence.
+struct EncodedPrompt {
+  std::vector<std::int32_t> ids;
+  std::vector<std::int32_t> positions;
+};
+
+/// Tokenizes every prompt and resolves its positions (indices and spans). Throws InputError naming
+/// the prompts file and line for an out-of-range position, an absent span, or a prompt whose
+/// number of positions differs from the others'.
+[[nodiscard]] std::vector<EncodedPrompt> encode_prompts(const std::vector<spec::PromptRecord>& prompts,
+                                                        const tokenizer::Tokenizer& tokenizer,
+                                                        bool add_special_tokens,
+                                                        const std::filesystem::path& prompts_file);
+
+/// Where token p of a prompt of n tokens sits in a batch left-padded to S tokens: p + (S - n).
+struct PaddingOffset {
+  std::int32_t value = 0;
+  [[nodiscard]] static PaddingOffset for_prompt(std::int32_t padded_len, std::int32_t n_tokens) noexcept {
+    return PaddingOffset{padded_len - n_tokens};
+  }
+  [[nodiscard]] std::int32_t apply(std::int32_t position) const noexcept { return position + value; }
+};
+
+/// One batch: the prompt rows it holds, in the order they are sent (its invokes).
+struct Batch {
+  std::int32_t index = 0;
+  std::vector<std::int64_t> rows;
+  std::int32_t padded_len = 0;  ///< longest prompt of the batch, in tokens
+};
+
+/// The sizes the plan is cut by.
+struct RowShape {
+  std::int64_t total_layers = 0;  ///< sum over probes of their layer count
+  std::int64_t positions = 0;     ///< P
+  std::int64_t hidden = 0;        ///< H
+  std::int64_t dtype_bytes = 2;
+  /// Bytes one prompt row adds to a batch's saved data.
+  [[nodiscard]] std::int64_t row_bytes() const noexcept { return total_layers * positions * hidden * dtype_bytes; }
+};
+
+/// All batches of a job, and the index arrays stored under /batches and /prompts/batch.
+struct BatchPlan {
+  std::vector<Batch> batches;
+  std::vector<std::int64_t> order;         ///< prompt rows in batch order
+  std::vector<std::int64_t> start;         ///< per batch: first index into `order`
+  std::vector<std::int64_t> count;         ///< per batch: number of rows
+  std::vector<std::int32_t> batch_of_row;  ///< per prompt row
+};
+
+/// Cuts prompts into batches: sorted by length (stable, longest first) if `sort_by_length`, then
+/// greedily filled while the saved data stays within `target_mb`, the prompt count within
+/// `max_prompts` and the padded tokens (rows x longest) within `max_tokens`. A batch always holds
+/// at least one prompt.
+[[nodiscard]] BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens, const spec::BatchOptions& options,
+                                        const RowShape& shape);
+
+/// The pre-flight estimate printed by `ndif-sweep plan` (architecture.md section 2, `plan --json`).
+struct PlanSummary {
+  std::int64_t prompts = 0;
+  std::int64_t tokens = 0;         ///< sum of prompt lengths
+  std::int64_t padded_tokens = 0;  ///< sum over batches of rows x longest
+  std::int64_t batches = 0;
+  std::int64_t max_batch_bytes = 0;
+  std::int64_t download_bytes = 0;  ///< saved data of all batches
+  std::int64_t file_bytes = 0;      ///< size of the output file's datasets
+  std::int64_t jobs = 0;            ///< NDIF jobs to send (one per batch)
+};
+
+[[nodiscard]] PlanSummary summarize(const BatchPlan& plan, const std::vector<std::int32_t>& n_tokens,
+                                    const RowShape& shape);
+
+}  // namespace ndif::plan

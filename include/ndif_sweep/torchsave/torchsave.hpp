@@ -1,0 +1,28 @@
+#pragma once
+/// \file
+/// Reader and writer of torch.save files (ZIP archive + pickle protocol 2 + raw storages).
+/// The reader handles untrusted bytes from the network: anything it does not understand is a
+/// DecodeError with a clear message, never a crash or an unbounded allocation.
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ndif_sweep/torchsave/value.hpp"
+
+namespace ndif::torchsave {
+
+/// Decodes a torch.save file. Throws DecodeError on anything malformed or unsupported.
+[[nodiscard]] Value load(std::span<const std::byte> bytes);
+
+/// Encodes `value` as torch.save (zipfile format, pickle protocol 2) so that real `torch.load`
+/// reads it. `archive` is the top folder name inside the ZIP.
+[[nodiscard]] std::vector<std::byte> save(const Value& value, const std::string& archive = "archive");
+
+/// If `bytes` starts with the zstd magic number, decompresses it (bounded by `max_bytes`),
+/// otherwise returns it unchanged. Throws DecodeError on a damaged or oversized frame.
+[[nodiscard]] std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes,
+                                                           std::size_t max_bytes);
+
+}  // namespace ndif::torchsave

@@ -1,0 +1,63 @@
+#pragma once
+/// \file
+/// The values a torch.save file holds, as far as ndif-sweep reads and writes them: tensors (with
+/// shared storages, offsets and strides), None, bools, ints, floats, strings, lists, tuples, dicts.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace ndif::torchsave {
+
+/// Element type of a storage, named as torch names it.
+enum class DType { float16, bfloat16, float32, float64, int64, int32, int16, int8, uint8, bool_ };
+
+/// Bytes per element of `dtype`.
+[[nodiscard]] std::size_t element_size(DType dtype) noexcept;
+/// "float16", "bfloat16", ... as in torch and in the output file's `dtype` attribute.
+[[nodiscard]] const char* dtype_name(DType dtype) noexcept;
+
+/// Raw little-endian bytes of one storage; several tensors may view the same storage.
+struct Storage {
+  DType dtype = DType::float32;
+  std::vector<std::byte> bytes;
+};
+
+/// A strided view into a storage, as `torch._utils._rebuild_tensor_v2` builds it.
+struct Tensor {
+  std::shared_ptr<const Storage> storage;
+  std::int64_t offset = 0;            ///< in elements
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> stride;   ///< in elements
+
+  [[nodiscard]] DType dtype() const noexcept { return storage->dtype; }
+  [[nodiscard]] std::int64_t numel() const noexcept;
+  /// The elements in row-major order, as one contiguous little-endian buffer.
+  [[nodiscard]] std::vector<std::byte> contiguous_bytes() const;
+  /// A contiguous tensor owning a fresh storage with `bytes` (row-major) of `dtype` and `shape`.
+  [[nodiscard]] static Tensor from_bytes(DType dtype, std::vector<std::int64_t> shape,
+                                         std::vector<std::byte> bytes);
+};
+
+struct Value;
+using List = std::vector<Value>;
+/// A tuple is kept apart from a list because pickle distinguishes them.
+struct Tuple {
+  std::vector<Value> items;
+};
+/// Insertion-ordered, as Python dicts are.
+struct Dict {
+  std::vector<std::pair<Value, Value>> items;
+};
+struct None {};
+
+/// One unpickled value.
+struct Value {
+  std::variant<None, bool, std::int64_t, double, std::string, Tensor, List, Tuple, Dict> v;
+};
+
+}  // namespace ndif::torchsave

@@ -1,0 +1,108 @@
+#include "ndif_sweep/spec/prompts.hpp"
+
+#include <string_view>
+#include <unordered_map>
+
+#include "json_checks.hpp"
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/files.hpp"
+
+namespace ndif::spec {
+
+using detail::fail;
+using nlohmann::json;
+
+namespace {
+
+bool is_blank(std::string_view line) {
+  return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+PromptRecord parse_line(std::string_view line, std::size_t line_number, const std::string& prefix,
+                        const std::vector<PositionSpec>& default_positions) {
+  if (const auto bad = detail::first_invalid_utf8(line)) {
+    fail(prefix, "invalid UTF-8 at byte " + std::to_string(*bad + 1) + " of the line; the file must be UTF-8");
+  }
+  json value;
+  try {
+    value = json::parse(line);
+  } catch (const json::parse_error& error) {
+    const auto location = detail::locate_byte(line, error.byte);
+    fail(prefix, "not valid JSON at column " + std::to_string(location.column) + ": " +
+                     detail::parse_error_reason(error));
+  }
+  PromptRecord record;
+  record.line = line_number;
+  record.id = std::to_string(line_number - 1);
+  record.positions = default_positions;
+  if (value.is_string()) {
+    record.text = value.get<std::string>();
+    return record;
+  }
+  if (!value.is_object()) {
+    fail(prefix, "a line must be a JSON string (the prompt) or an object with \"prompt\", got " +
+                     detail::describe(value));
+  }
+  const detail::ObjectReader reader(value, prefix, "", {"prompt", "positions", "id", "meta"});
+  const json* prompt = reader.find("prompt");
+  if (prompt == nullptr) reader.missing("prompt", "the prompt text");
+  if (!prompt->is_string()) reader.wrong("prompt", "a string");
+  record.text = prompt->get<std::string>();
+  if (const json* positions = reader.find("positions")) {
+    record.positions = detail::parse_positions(*positions, prefix, "positions");
+  }
+  if (const json* id = reader.find("id")) {
+    if (id->is_number_integer()) {
+      record.id = id->dump();
+    } else if (id->is_string() && !id->get_ref<const std::string&>().empty()) {
+      record.id = id->get<std::string>();
+    } else {
+      reader.wrong("id", "a non-empty string or an integer");
+    }
+  }
+  if (const json* meta = reader.find("meta")) {
+    if (!meta->is_object()) reader.wrong("meta", "a JSON object");
+    record.meta_json = meta->dump();
+  }
+  return record;
+}
+
+}  // namespace
+
+std::vector<PromptRecord> parse_prompts(const std::string& text, const std::filesystem::path& path,
+                                        const std::vector<PositionSpec>& default_positions) {
+  const std::string name = path.string();
+  std::string_view rest = text;
+  // One newline ends the last line; anything more would be a blank line.
+  if (rest.ends_with('\n')) rest.remove_suffix(1);
+  if (rest.empty()) fail(name + ": ", "the file is empty; it needs one prompt per line");
+
+  std::vector<PromptRecord> records;
+  std::unordered_map<std::string, std::size_t> line_of_id;
+  std::size_t line_number = 0;
+  for (std::size_t begin = 0; begin <= rest.size();) {
+    const auto end = std::min(rest.find('\n', begin), rest.size());
+    const std::string_view line = rest.substr(begin, end - begin);
+    begin = end + 1;
+    ++line_number;
+    const std::string prefix = name + ":" + std::to_string(line_number) + ": ";
+    if (is_blank(line)) {
+      fail(prefix, "blank line; remove it (line i holds row i-1 of the output, so every line must be a prompt)");
+    }
+    PromptRecord record = parse_line(line, line_number, prefix, default_positions);
+    const auto [it, inserted] = line_of_id.emplace(record.id, line_number);
+    if (!inserted) {
+      fail(prefix, "id \"" + record.id + "\" is already the id of line " + std::to_string(it->second) +
+                       " (an absent id is the row number, from 0); ids must be unique");
+    }
+    records.push_back(std::move(record));
+  }
+  return records;
+}
+
+std::vector<PromptRecord> read_prompts(const std::filesystem::path& path,
+                                       const std::vector<PositionSpec>& default_positions) {
+  return parse_prompts(read_file(path, "prompts file"), path, default_positions);
+}
+
+}  // namespace ndif::spec

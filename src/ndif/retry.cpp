@@ -1,0 +1,84 @@
+#include "ndif_sweep/ndif/retry.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace ndif::remote {
+namespace {
+
+std::uint64_t mix(std::uint64_t x) noexcept {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return x;
+}
+
+}  // namespace
+
+const char* cause_name(FailureCause cause) noexcept {
+  switch (cause) {
+    case FailureCause::timeout: return "timeout";
+    case FailureCause::connection: return "connection";
+    case FailureCause::http_status: return "http_status";
+    case FailureCause::truncated: return "truncated";
+    case FailureCause::oversized: return "oversized";
+    case FailureCause::bad_reply: return "bad_reply";
+    case FailureCause::job_error: return "job_error";
+  }
+  return "unknown";
+}
+
+const char* verdict_name(Verdict verdict) noexcept {
+  switch (verdict) {
+    case Verdict::retry: return "retry";
+    case Verdict::refused: return "refused";
+    case Verdict::job_invalid: return "job_invalid";
+    case Verdict::fatal: return "fatal";
+  }
+  return "unknown";
+}
+
+Verdict classify_http(Stage stage, long status, bool presigned) noexcept {
+  if (status == 408 || status == 429 || status >= 500) return Verdict::retry;
+  if (stage == Stage::download) {
+    // An expired presigned URL answers 403; a G2 server deletes a result after one download, so a
+    // missing one is lost, not wrong. Both are fixed by running the job again.
+    if (presigned && (status == 403 || status == 404 || status == 410)) return Verdict::retry;
+    if (status == 404 || status == 410) return Verdict::retry;
+  }
+  // A poll for a job the server no longer knows (restarted, expired) is also fixed by resubmitting.
+  if (stage == Stage::poll && status == 404) return Verdict::retry;
+  if (status == 401 || status == 403 || status == 400 || status == 422) return Verdict::refused;
+  if (status >= 400) return Verdict::refused;
+  return Verdict::retry;
+}
+
+Verdict classify_job_error(std::string_view status, std::string_view description) noexcept {
+  // NNSIGHT_ERROR (0.4) is the graph failing on the server: the same request fails the same way.
+  if (status == "NNSIGHT_ERROR") return Verdict::job_invalid;
+  if (description.substr(0, 16) == "InvalidRequest: ") return Verdict::job_invalid;
+  return Verdict::retry;
+}
+
+Verdict classify_decode(bool body_complete) noexcept { return body_complete ? Verdict::fatal : Verdict::retry; }
+
+std::chrono::milliseconds RetryPolicy::backoff(std::int64_t batch, int failures) const noexcept {
+  const int doublings = std::clamp(failures - 1, 0, 62);
+  const double full = std::min(options_.max_backoff_s, options_.initial_backoff_s * std::ldexp(1.0, doublings));
+  const std::uint64_t draw = mix(seed_ ^ mix(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL +
+                                             static_cast<std::uint64_t>(failures)));
+  const double unit = static_cast<double>(draw >> 11) * 0x1.0p-53;  // uniform in [0, 1)
+  const double seconds = full / 2 + unit * full / 2;
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+}
+
+std::chrono::milliseconds poll_delay(int poll, double poll_interval_s) noexcept {
+  constexpr double kFirst = 0.05;
+  const double cap = std::max(poll_interval_s, 0.001);
+  const double seconds = std::min(cap, kFirst * std::ldexp(1.0, std::clamp(poll, 0, 30)));
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));
+}
+
+}  // namespace ndif::remote

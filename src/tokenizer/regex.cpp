@@ -1,0 +1,90 @@
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "regex.hpp"
+
+#include <pcre2.h>
+
+#include <array>
+
+#include "ndif_sweep/core/error.hpp"
+#include "unicode.hpp"
+
+namespace ndif::tokenizer::detail {
+
+struct CodeDeleter {
+  void operator()(pcre2_code* code) const noexcept { pcre2_code_free(code); }
+};
+struct MatchDataDeleter {
+  void operator()(pcre2_match_data* data) const noexcept { pcre2_match_data_free(data); }
+};
+
+struct Regex::Code {
+  std::unique_ptr<pcre2_code, CodeDeleter> code;
+  bool jit = false;
+};
+
+namespace {
+
+std::string pcre2_message(int error_code) {
+  std::array<PCRE2_UCHAR, 256> buffer{};
+  pcre2_get_error_message(error_code, buffer.data(), buffer.size());
+  return std::string(reinterpret_cast<const char*>(buffer.data()));
+}
+
+}  // namespace
+
+Regex::Regex(const std::string& pattern, const std::string& where) : code_(std::make_unique<Code>()) {
+  int error_code = 0;
+  PCRE2_SIZE error_offset = 0;
+  // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts.
+  code_->code.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                  PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset, nullptr));
+  if (!code_->code) {
+    throw InputError(where + ": regex " + pattern + " does not compile at offset " + std::to_string(error_offset) +
+                     ": " + pcre2_message(error_code));
+  }
+  // Without JIT support the interpreter gives the same matches, only slower.
+  code_->jit = pcre2_jit_compile(code_->code.get(), PCRE2_JIT_COMPLETE) == 0;
+}
+
+Regex Regex::literal(std::string_view literal, const std::string& where) {
+  std::string quoted;
+  quoted.reserve(literal.size() * 2);
+  for (const char c : literal) {
+    if (std::string_view("\\^$.|?*+()[]{}-#/ ").find(c) != std::string_view::npos) quoted.push_back('\\');
+    quoted.push_back(c);
+  }
+  // An empty literal never matches, as in the reference.
+  return Regex(literal.empty() ? std::string("(*FAIL)") : quoted, where);
+}
+
+Regex::Regex(Regex&&) noexcept = default;
+Regex& Regex::operator=(Regex&&) noexcept = default;
+Regex::~Regex() = default;
+
+std::vector<ByteRange> Regex::find_all(std::string_view subject) const {
+  std::vector<ByteRange> matches;
+  std::unique_ptr<pcre2_match_data, MatchDataDeleter> data(pcre2_match_data_create_from_pattern(code_->code.get(), nullptr));
+  if (!data) throw std::bad_alloc();
+  const auto* bytes = reinterpret_cast<PCRE2_SPTR>(subject.data());
+  std::size_t start = 0;
+  while (start <= subject.size()) {
+    const int rc = code_->jit ? pcre2_jit_match(code_->code.get(), bytes, subject.size(), start, 0, data.get(), nullptr)
+                              : pcre2_match(code_->code.get(), bytes, subject.size(), start, PCRE2_NO_UTF_CHECK,
+                                            data.get(), nullptr);
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) throw InputError("tokenizer regex failed while matching: " + pcre2_message(rc));
+    const PCRE2_SIZE* vector = pcre2_get_ovector_pointer(data.get());
+    const std::size_t first = vector[0];
+    const std::size_t last = vector[1];
+    if (last == first) {
+      if (first >= subject.size()) break;
+      start = first + utf8_length(static_cast<unsigned char>(subject[first]));
+      continue;
+    }
+    matches.emplace_back(first, last);
+    start = last;
+  }
+  return matches;
+}
+
+}  // namespace ndif::tokenizer::detail

@@ -1,0 +1,52 @@
+#pragma once
+/// \file
+/// UTF-8 and Unicode helpers of the tokenizer: decoding, validation, and the normalization forms
+/// with the per-character change counts that offset alignment needs.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ndif::tokenizer::detail {
+
+/// A code point of a normalization result with its alignment change: 0 replaces one input
+/// character, 1 is inserted after the previous one, -n replaces one and removes n more.
+struct ChangedChar {
+  char32_t c;
+  int change;
+};
+
+/// Byte length of the UTF-8 sequence that starts with `lead` (valid input assumed).
+[[nodiscard]] inline std::size_t utf8_length(unsigned char lead) noexcept {
+  if (lead < 0x80) return 1;
+  if (lead < 0xE0) return 2;
+  if (lead < 0xF0) return 3;
+  return 4;
+}
+
+/// Decodes the character at `at` of valid UTF-8 `text`.
+[[nodiscard]] char32_t decode_at(std::string_view text, std::size_t at) noexcept;
+
+/// Appends the UTF-8 encoding of `c`.
+void append_utf8(std::string& out, char32_t c);
+
+/// Byte offset of the first invalid UTF-8 sequence in `text`, or npos when it is all valid.
+[[nodiscard]] std::size_t find_invalid_utf8(std::string_view text) noexcept;
+
+enum class NormalForm { nfc, nfd, nfkc, nfkd };
+
+/// Normalizes `text` the way the reference does (decompose, order marks, recompose), reporting
+/// for each output character how it relates to the input characters.
+[[nodiscard]] std::vector<ChangedChar> normalize(std::string_view text, NormalForm form);
+
+/// Whether `text` is certainly unchanged by `form` (a fast path for ASCII and other stable text).
+[[nodiscard]] bool is_normalization_stable(std::string_view text, NormalForm form) noexcept;
+
+/// Unicode White_Space, as Rust's char::is_whitespace.
+[[nodiscard]] bool is_whitespace(char32_t c) noexcept;
+
+/// Letters and numbers, as Rust's char::is_alphanumeric.
+[[nodiscard]] bool is_alphanumeric(char32_t c) noexcept;
+
+}  // namespace ndif::tokenizer::detail

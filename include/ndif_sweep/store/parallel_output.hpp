@@ -1,0 +1,78 @@
+#pragma once
+/// \file
+/// The write phase of a run: every rank opens the output file through MPI-IO and writes the rows of
+/// the batches it finished, then sets their completion flags. Only raw data changes during a run;
+/// the file's shape was fixed when it was created (create_output_file).
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace ndif::store {
+
+/// Per-batch statistics stored next to the flag (/batches/attempts, seconds, bytes, nonfinite).
+struct BatchStats {
+  std::int32_t attempts = 0;    ///< submissions it took, the successful one included
+  double seconds = 0.0;         ///< wall time from first submission to decoded result
+  std::int64_t bytes = 0;       ///< bytes downloaded for the successful attempt
+  std::int64_t nonfinite = 0;   ///< NaN or infinite values in the batch's data
+};
+
+/// The checksum stored in /batches/checksum: XXH3-64 (seed 0) of the concatenation, in probe order
+/// (the order of the job's probes, which is the creation order of /acts), of each probe's data for
+/// the batch, whose rows are in the batch's /batches/order order; each row is (L_p, P, H) elements
+/// of the file dtype, little-endian, as stored.
+[[nodiscard]] std::uint64_t batch_checksum(const std::vector<std::span<const std::byte>>& per_probe_data);
+
+/// The output file opened for writing by all ranks of a run (MPI-IO driver). Move-only.
+class ParallelOutput {
+public:
+  /// Opens `path` read-write on every rank of `comm`. Collective over `comm`. The file must exist
+  /// (create_output_file) and no serial writer may have it open. Throws StorageError.
+  [[nodiscard]] static ParallelOutput open(const std::filesystem::path& path, MPI_Comm comm);
+
+  ParallelOutput(ParallelOutput&&) noexcept;
+  ParallelOutput& operator=(ParallelOutput&&) noexcept;
+  ParallelOutput(const ParallelOutput&) = delete;
+  ParallelOutput& operator=(const ParallelOutput&) = delete;
+  /// Closes quietly if close() was not called; a run closes explicitly (collective) on the normal
+  /// path and only reaches this on error paths, where the process is about to abort anyway.
+  ~ParallelOutput();
+
+  /// Number of batches (B) and of prompt rows (N).
+  [[nodiscard]] std::size_t batch_count() const noexcept;
+  [[nodiscard]] std::size_t row_count() const noexcept;
+  /// Names of the probes, in the order write_batch expects their data.
+  [[nodiscard]] std::vector<std::string> probe_names() const;
+  /// Bytes of one row of each probe (L_p * P * H * element size), in probe order.
+  [[nodiscard]] std::vector<std::size_t> probe_row_bytes() const;
+
+  /// Reads /batches/done as it is on disk now. Independent (any rank, any time).
+  [[nodiscard]] std::vector<std::uint8_t> read_done_flags() const;
+
+  /// Writes the rows of batch `batch` and then marks it done. Independent: the rank that finished
+  /// the batch calls it alone. `rows` are the batch's prompt rows in send order, which must equal
+  /// the batch's slice of /batches/order; `per_probe_data[p]` holds rows.size() rows of
+  /// (L_p, P, H) elements of the file dtype in that same order. Order of effects: activations, then
+  /// the statistics and the checksum (batch_checksum), then done[batch] = 1, so a crash at any point
+  /// leaves every flagged batch complete. Throws InternalError if the arguments do not match the
+  /// file, StorageError if a write fails.
+  void write_batch(std::int32_t batch, std::span<const std::int64_t> rows,
+                   const std::vector<std::span<const std::byte>>& per_probe_data, const BatchStats& stats);
+
+  /// Closes every dataset and the file. Collective over the communicator given to open().
+  /// Throws StorageError.
+  void close();
+
+private:
+  struct State;
+  explicit ParallelOutput(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace ndif::store

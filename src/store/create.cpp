@@ -1,0 +1,219 @@
+#include "ndif_sweep/store/output_file.hpp"
+
+#include "h5.hpp"
+#include "ndif_sweep/core/error.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <ctime>
+#include <set>
+#include <system_error>
+
+namespace ndif::store {
+
+using h5::check;
+using h5::check_id;
+using h5::Handle;
+
+namespace {
+
+/// Chunks of about this many bytes: one batch write touches few chunks, and a reader that wants
+/// one row does not read much more than it needs.
+constexpr std::size_t kTargetChunkBytes = std::size_t{2} << 20;
+/// HDF5 refuses chunks of 4 GiB or more.
+constexpr std::size_t kMaxChunkBytes = (std::size_t{4} << 30) - 1;
+
+void check_output_path(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw InputError("output " + path.string() + " is a directory; give a file name such as " +
+                     (path / "sweep.h5").string());
+  if (fs::exists(path, ec))
+    throw InternalError("create_output_file: " + path.string() + " already exists; check_existing decides first");
+  const fs::path parent = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  if (!fs::exists(parent, ec))
+    throw InputError("output " + path.string() + ": directory " + parent.string() +
+                     " does not exist; create it or choose another output path");
+  if (!fs::is_directory(parent, ec))
+    throw InputError("output " + path.string() + ": " + parent.string() + " is not a directory");
+  if (::access(parent.c_str(), W_OK) != 0)
+    throw InputError("output " + path.string() + ": directory " + parent.string() +
+                     " is not writable; choose another output path");
+}
+
+void check_layout(const FileLayout& layout) {
+  const std::size_t n = layout.text.size();
+  auto require = [](bool ok, const std::string& what) {
+    if (!ok) throw InternalError("file layout: " + what);
+  };
+  require(n > 0, "no prompts");
+  require(layout.id.size() == n && layout.meta.size() == n && layout.n_tokens.size() == n &&
+              layout.batch_of_row.size() == n && layout.order.size() == n,
+          "per-prompt arrays differ in length");
+  require(layout.positions_per_row > 0, "no positions per prompt");
+  require(layout.positions.size() == n * layout.positions_per_row, "positions is not N x P");
+  require(!layout.batch_start.empty() && layout.batch_start.size() == layout.batch_count.size(),
+          "batch start and count differ in length or are empty");
+  for (std::size_t b = 0; b < layout.batch_start.size(); ++b)
+    require(layout.batch_start[b] >= 0 && layout.batch_count[b] > 0 &&
+                static_cast<std::size_t>(layout.batch_start[b] + layout.batch_count[b]) <= n,
+            "batch " + std::to_string(b) + " lies outside the order");
+  require(layout.hidden > 0, "hidden size is 0");
+  require(!layout.probes.empty(), "no probes");
+  std::set<std::string> names;
+  for (const ProbeLayout& probe : layout.probes) {
+    require(!probe.name.empty() && probe.name.find('/') == std::string::npos && probe.name != "." &&
+                names.insert(probe.name).second,
+            "probe name \"" + probe.name + "\" is empty, contains '/', or repeats");
+    require(!probe.layers.empty(), "probe " + probe.name + " has no layers");
+  }
+}
+
+Handle create_group(hid_t loc, const std::string& name, bool track_order = false) {
+  Handle gcpl(check_id(H5Pcreate(H5P_GROUP_CREATE), "create a group creation property list"));
+  if (track_order)
+    check(H5Pset_link_creation_order(gcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+          "track creation order of " + name);
+  return Handle(check_id(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), "create group " + name));
+}
+
+/// A contiguous dataset allocated at creation and written whole from `data`.
+void create_filled(hid_t loc, const std::string& name, hid_t file_type, hid_t mem_type,
+                   const std::vector<hsize_t>& dims, const void* data) {
+  Handle space(check_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                        "create the dataspace of " + name));
+  Handle dcpl(check_id(H5Pcreate(H5P_DATASET_CREATE), "create a dataset creation property list"));
+  check(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "set early allocation for " + name);
+  Handle dataset(check_id(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                          "create dataset " + name));
+  check(H5Dwrite(dataset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "write " + name);
+  dataset.close("close " + name);
+}
+
+template <typename T>
+void create_numbers(hid_t loc, const std::string& name, hid_t file_type, const std::vector<T>& values,
+                    std::vector<hsize_t> dims = {}) {
+  if (dims.empty()) dims = {values.size()};
+  create_filled(loc, name, file_type, h5::native_type<T>(), dims, values.data());
+}
+
+void create_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values) {
+  std::vector<const char*> pointers;
+  pointers.reserve(values.size());
+  for (const std::string& value : values) pointers.push_back(value.c_str());
+  Handle type = h5::utf8_string_type();
+  create_filled(loc, name, type.get(), type.get(), {values.size()}, pointers.data());
+}
+
+void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout& probe) {
+  const std::string name = "/acts/" + probe.name;
+  const hsize_t n = layout.text.size();
+  const std::vector<hsize_t> dims{n, probe.layers.size(), layout.positions_per_row, layout.hidden};
+  const std::size_t row_bytes =
+      probe.layers.size() * layout.positions_per_row * layout.hidden * h5::activation_size(layout.dtype);
+  if (row_bytes > kMaxChunkBytes)
+    throw InputError("probe \"" + probe.name + "\": one prompt's activations are " + std::to_string(row_bytes) +
+                     " bytes, over HDF5's 4 GiB chunk limit; split the probe's layers into several probes");
+  const hsize_t rows_per_chunk = std::clamp<hsize_t>(kTargetChunkBytes / row_bytes, 1, n);
+  const std::vector<hsize_t> chunk{rows_per_chunk, dims[1], dims[2], dims[3]};
+
+  Handle space(check_id(H5Screate_simple(4, dims.data(), nullptr), "create the dataspace of " + name));
+  Handle dcpl(check_id(H5Pcreate(H5P_DATASET_CREATE), "create a dataset creation property list"));
+  check(H5Pset_chunk(dcpl.get(), 4, chunk.data()), "set the chunk shape of " + name);
+  // Every chunk exists from the start and nothing ever changes the dataset's metadata during a run:
+  // ranks then only write raw bytes, which is what keeps flagged batches intact across crashes.
+  check(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "set early allocation for " + name);
+  check(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "turn off fill values for " + name);
+  Handle type = h5::activation_type(layout.dtype);
+  Handle dataset(check_id(H5Dcreate2(acts, probe.name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(),
+                                     H5P_DEFAULT),
+                          "create dataset " + name));
+  h5::write_attribute(dataset.get(), "module", probe.module);
+  h5::write_attribute(dataset.get(), "output_index", std::int64_t{probe.output_index.value_or(-1)});
+  h5::write_attribute(dataset.get(), "layers", probe.layers);
+  h5::write_attribute(dataset.get(), "layers_text", probe.layers_text);
+  h5::write_attribute(dataset.get(), "dtype", layout.dtype);
+  dataset.close("close " + name);
+}
+
+void write_contents(hid_t file, const FileLayout& layout) {
+  h5::write_attribute(file, "format", std::string(kFormat));
+  h5::write_attribute(file, "job", layout.job_json);
+  h5::write_attribute(file, "job_hash", layout.job_hash);
+  h5::write_attribute(file, "model", layout.model);
+  h5::write_attribute(file, "model_key", layout.model_key);
+  h5::write_attribute(file, "tokenizer_sha256", layout.tokenizer_sha256);
+  h5::write_attribute(file, "tool_version", layout.tool_version);
+  h5::write_attribute(file, "created_utc", utc_now_iso8601());
+
+  const hsize_t n = layout.text.size();
+  const std::size_t batches = layout.batch_start.size();
+  {
+    Handle prompts = create_group(file, "prompts");
+    create_strings(prompts.get(), "text", layout.text);
+    create_strings(prompts.get(), "id", layout.id);
+    create_strings(prompts.get(), "meta", layout.meta);
+    create_numbers(prompts.get(), "n_tokens", H5T_STD_I32LE, layout.n_tokens);
+    create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions, {n, layout.positions_per_row});
+    create_numbers(prompts.get(), "batch", H5T_STD_I32LE, layout.batch_of_row);
+    prompts.close("close /prompts");
+  }
+  {
+    Handle group = create_group(file, "batches");
+    create_numbers(group.get(), "done", H5T_STD_U8LE, std::vector<std::uint8_t>(batches, 0));
+    create_numbers(group.get(), "order", H5T_STD_I64LE, layout.order);
+    create_numbers(group.get(), "start", H5T_STD_I64LE, layout.batch_start);
+    create_numbers(group.get(), "count", H5T_STD_I64LE, layout.batch_count);
+    create_numbers(group.get(), "checksum", H5T_STD_U64LE, std::vector<std::uint64_t>(batches, 0));
+    create_numbers(group.get(), "attempts", H5T_STD_I32LE, std::vector<std::int32_t>(batches, 0));
+    create_numbers(group.get(), "seconds", H5T_IEEE_F64LE, std::vector<double>(batches, 0.0));
+    create_numbers(group.get(), "bytes", H5T_STD_I64LE, std::vector<std::int64_t>(batches, 0));
+    create_numbers(group.get(), "nonfinite", H5T_STD_I64LE, std::vector<std::int64_t>(batches, 0));
+    group.close("close /batches");
+  }
+  {
+    // Creation order is tracked so that readers and writers agree on the probe order, which the
+    // batch checksum depends on.
+    Handle acts = create_group(file, "acts", true);
+    for (const ProbeLayout& probe : layout.probes) create_activations(acts.get(), layout, probe);
+    acts.close("close /acts");
+  }
+  create_group(file, "runs").close("close /runs");
+}
+
+}  // namespace
+
+std::string utc_now_iso8601() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+void create_output_file(const std::filesystem::path& path, const FileLayout& layout) {
+  check_output_path(path);
+  check_layout(layout);
+  [[maybe_unused]] const std::size_t element_bytes = h5::activation_size(layout.dtype);  // rejects a bad dtype early
+
+  const std::filesystem::path temporary = path.string() + ".creating";
+  try {
+    Handle fapl = h5::serial_access(false);
+    Handle file(check_id(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                         "create " + temporary.string()));
+    write_contents(file.get(), layout);
+    file.close("close " + temporary.string());
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw;
+  }
+  std::error_code ec;
+  std::filesystem::rename(temporary, path, ec);
+  if (ec) throw StorageError("cannot rename " + temporary.string() + " to " + path.string() + ": " + ec.message());
+}
+
+}  // namespace ndif::store

@@ -1,0 +1,312 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/plan/batch_plan.hpp"
+
+namespace ndif::plan {
+namespace {
+
+using nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// --- a tiny byte-level BPE tokenizer.json -------------------------------------------------------
+
+std::string utf8(std::uint32_t code_point) {
+  std::string out;
+  if (code_point < 0x80) {
+    out += static_cast<char>(code_point);
+  } else if (code_point < 0x800) {
+    out += static_cast<char>(0xC0 | (code_point >> 6));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else {
+    out += static_cast<char>(0xE0 | (code_point >> 12));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  }
+  return out;
+}
+
+// The byte-to-character table of byte-level BPE: printable bytes stand for themselves, the
+// others are numbered from U+0100 in byte order.
+std::string byte_char(int byte) {
+  const auto printable = [](int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); };
+  if (printable(byte)) return utf8(static_cast<std::uint32_t>(byte));
+  std::uint32_t shifted = 256;
+  for (int b = 0; b < byte; ++b) shifted += printable(b) ? 0 : 1;
+  return utf8(shifted);
+}
+
+constexpr std::int32_t kBos = 261;
+
+// Vocabulary: the 256 byte characters (id = byte), then "Ġc" 256, "at" 257, "Ġcat" 258, "Th" 259,
+// "The" 260, and the special token <s> 261 that the post-processor puts first.
+tokenizer::Tokenizer tiny_tokenizer() {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
+  const std::string space = byte_char(' ');
+  vocab[space + "c"] = 256;
+  vocab["at"] = 257;
+  vocab[space + "cat"] = 258;
+  vocab["Th"] = 259;
+  vocab["The"] = 260;
+  const json tokenizer_json = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens",
+       {{{"id", kBos}, {"content", "<s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+         {"normalized", false}, {"special", true}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {kBos}}, {"tokens", {"<s>"}}}}}}}},
+      {"decoder", nullptr},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", {space + " c", "a t", space + "c at", "T h", "Th e"}}}}};
+  return tokenizer::Tokenizer::from_json(tokenizer_json.dump(), "tiny.json");
+}
+
+spec::PositionSpec index(std::int64_t value) {
+  spec::PositionSpec position;
+  position.index = value;
+  return position;
+}
+
+spec::PositionSpec span(const std::string& text, std::int64_t occurrence, bool last_token) {
+  spec::PositionSpec position;
+  position.is_span = true;
+  position.span = text;
+  position.occurrence = occurrence;
+  position.last_token = last_token;
+  return position;
+}
+
+spec::PromptRecord record(std::size_t line, const std::string& text, std::vector<spec::PositionSpec> positions) {
+  spec::PromptRecord result;
+  result.line = line;
+  result.text = text;
+  result.positions = std::move(positions);
+  return result;
+}
+
+std::vector<EncodedPrompt> encode(const std::vector<spec::PromptRecord>& prompts, bool add_special_tokens = true) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  return encode_prompts(prompts, tokenizer, add_special_tokens, "p.jsonl");
+}
+
+std::string encode_error(const std::vector<spec::PromptRecord>& prompts) {
+  try {
+    (void)encode(prompts);
+  } catch (const InputError& error) {
+    return error.what();
+  }
+  return "no error";
+}
+
+// "The cat sat" encodes as <s> The Ġcat Ġ s at, with code-point offsets
+// (0,0) (0,3) (3,7) (7,8) (8,9) (9,11).
+TEST(EncodePrompts, TheTinyTokenizerGivesTheExpectedIds) {
+  const auto encoded = encode({record(1, "The cat sat", {index(0)})});
+  EXPECT_THAT(encoded[0].ids, ElementsAre(kBos, 260, 258, 32, 115, 257));
+  EXPECT_THAT(encode({record(1, "The cat sat", {index(0)})}, false)[0].ids, ElementsAre(260, 258, 32, 115, 257));
+}
+
+TEST(EncodePrompts, IndicesCountFromTheEndWhenNegative) {
+  const auto encoded = encode({record(1, "The cat sat", {index(-1), index(0), index(2), index(-6)})});
+  EXPECT_THAT(encoded[0].positions, ElementsAre(5, 0, 2, 0));
+}
+
+TEST(EncodePrompts, OutOfRangePositionNamesTheLine) {
+  EXPECT_EQ(encode_error({record(1, "The cat", {index(0)}), record(17, "The cat sat", {index(40)})}),
+            "p.jsonl:17: position 40 is out of range for a prompt of 6 tokens");
+  EXPECT_EQ(encode_error({record(3, "The cat sat", {index(-7)})}),
+            "p.jsonl:3: position -7 is out of range for a prompt of 6 tokens");
+}
+
+TEST(EncodePrompts, SpanTakesTheFirstOrLastTokenOfTheOccurrence) {
+  const auto encoded = encode({record(1, "The cat sat",
+                                      {span("cat", -1, true), span("cat", -1, false), span("sat", -1, false),
+                                       span("sat", -1, true), span(" sat", 0, false), span("The c", 0, true)})});
+  EXPECT_THAT(encoded[0].positions, ElementsAre(2, 2, 4, 5, 3, 2));
+}
+
+TEST(EncodePrompts, SpanOccurrencesCountFromEitherEnd) {
+  const auto encoded =
+      encode({record(1, "The cat sat", {span("at", 0, true), span("at", 1, true), span("at", -1, true), span("at", -2, true)})});
+  EXPECT_THAT(encoded[0].positions, ElementsAre(2, 5, 5, 2));
+}
+
+TEST(EncodePrompts, SpanOffsetsCountCodePointsNotBytes) {
+  // "é" is two bytes and one code point; each byte is its own token with the offsets of the character.
+  const auto encoded = encode({record(1, "\xC3\xA9 cat", {span("cat", 0, true), span("\xC3\xA9", 0, false)})});
+  ASSERT_EQ(encoded[0].ids.size(), 4U);
+  EXPECT_EQ(encoded[0].ids[3], 258);
+  EXPECT_THAT(encoded[0].positions, ElementsAre(3, 1));
+}
+
+TEST(EncodePrompts, MissingSpanOrOccurrenceNamesTheLine) {
+  EXPECT_EQ(encode_error({record(4, "The cat sat", {span("dog", -1, true)})}),
+            "p.jsonl:4: span \"dog\" does not occur in the prompt");
+  EXPECT_EQ(encode_error({record(5, "The cat sat", {span("at", 2, true)})}),
+            "p.jsonl:5: span \"at\" occurs 2 times, so occurrence 2 does not exist (0 is the first, -1 the last)");
+  EXPECT_EQ(encode_error({record(6, "The cat sat", {span("cat", -2, true)})}),
+            "p.jsonl:6: span \"cat\" occurs 1 time, so occurrence -2 does not exist (0 is the first, -1 the last)");
+}
+
+TEST(EncodePrompts, EveryPromptMustHaveTheSamePositionCount) {
+  EXPECT_EQ(encode_error({record(1, "The", {index(0), index(-1)}), record(2, "cat", {index(0), index(-1)}),
+                          record(3, "sat", {index(-1)})}),
+            "p.jsonl:3: this prompt has 1 positions but line 1 has 2; every prompt must resolve to the same number "
+            "of positions P = 2");
+}
+
+TEST(EncodePrompts, NoPromptsGiveNothing) { EXPECT_TRUE(encode({}).empty()); }
+
+// --- batch plan ----------------------------------------------------------------------------------
+
+spec::BatchOptions options(double target_mb, int max_prompts, int max_tokens, bool sort) {
+  return spec::BatchOptions{target_mb, max_prompts, max_tokens, sort};
+}
+
+const RowShape kSmallRows{.total_layers = 3, .positions = 2, .hidden = 4, .dtype_bytes = 2};  // 48 bytes
+
+TEST(BatchPlan, RowBytesIsLayersTimesPositionsTimesHiddenTimesDtype) {
+  EXPECT_EQ(kSmallRows.row_bytes(), 48);
+  EXPECT_EQ((RowShape{.total_layers = 35, .positions = 2, .hidden = 64, .dtype_bytes = 2}.row_bytes()), 8960);
+}
+
+TEST(BatchPlan, PaddingOffsetShiftsByThePadding) {
+  const auto offset = PaddingOffset::for_prompt(50, 30);
+  EXPECT_EQ(offset.value, 20);
+  EXPECT_EQ(offset.apply(2), 22);
+  EXPECT_EQ(PaddingOffset::for_prompt(7, 7).apply(6), 6);
+}
+
+TEST(BatchPlan, LongestFirstCutByPaddedTokens) {
+  const std::vector<std::int32_t> lengths{10, 50, 20, 40, 30};
+  const BatchPlan plan = make_batch_plan(lengths, options(32, 256, 100, true), kSmallRows);
+  ASSERT_EQ(plan.batches.size(), 2U);
+  EXPECT_THAT(plan.batches[0].rows, ElementsAre(1, 3));  // 3 x 50 would exceed 100
+  EXPECT_EQ(plan.batches[0].padded_len, 50);
+  EXPECT_THAT(plan.batches[1].rows, ElementsAre(4, 2, 0));  // 3 x 30 = 90
+  EXPECT_EQ(plan.batches[1].padded_len, 30);
+  EXPECT_EQ(plan.batches[1].index, 1);
+  EXPECT_THAT(plan.order, ElementsAre(1, 3, 4, 2, 0));
+  EXPECT_THAT(plan.start, ElementsAre(0, 2));
+  EXPECT_THAT(plan.count, ElementsAre(2, 3));
+  EXPECT_THAT(plan.batch_of_row, ElementsAre(1, 0, 1, 0, 1));
+}
+
+TEST(BatchPlan, FileOrderWhenNotSorted) {
+  const std::vector<std::int32_t> lengths{10, 50, 20, 40, 30};
+  const BatchPlan plan = make_batch_plan(lengths, options(32, 256, 100, false), kSmallRows);
+  ASSERT_EQ(plan.batches.size(), 3U);
+  EXPECT_THAT(plan.batches[0].rows, ElementsAre(0, 1));
+  EXPECT_EQ(plan.batches[0].padded_len, 50);
+  EXPECT_THAT(plan.batches[1].rows, ElementsAre(2, 3));  // 3 x 40 would exceed 100
+  EXPECT_EQ(plan.batches[1].padded_len, 40);
+  EXPECT_THAT(plan.batches[2].rows, ElementsAre(4));
+  EXPECT_THAT(plan.batch_of_row, ElementsAre(0, 0, 1, 1, 2));
+}
+
+TEST(BatchPlan, CutByPromptCount) {
+  const std::vector<std::int32_t> lengths(10, 5);
+  const BatchPlan plan = make_batch_plan(lengths, options(32, 4, 32768, true), kSmallRows);
+  EXPECT_THAT(plan.count, ElementsAre(4, 4, 2));
+  EXPECT_THAT(plan.order, ElementsAre(0, 1, 2, 3, 4, 5, 6, 7, 8, 9));  // equal lengths keep file order
+}
+
+TEST(BatchPlan, CutByTargetBytesInDecimalMegabytes) {
+  const RowShape shape{.total_layers = 1, .positions = 1, .hidden = 50000, .dtype_bytes = 2};  // 100 kB a row
+  const std::vector<std::int32_t> lengths(7, 3);
+  EXPECT_THAT(make_batch_plan(lengths, options(0.35, 256, 32768, true), shape).count, ElementsAre(3, 3, 1));
+  EXPECT_THAT(make_batch_plan(lengths, options(0.4, 256, 32768, true), shape).count, ElementsAre(4, 3));
+  EXPECT_THAT(make_batch_plan(lengths, options(0.05, 256, 32768, true), shape).count,
+              ElementsAre(1, 1, 1, 1, 1, 1, 1));  // a batch always holds one prompt
+}
+
+TEST(BatchPlan, TheTightestLimitWins) {
+  const RowShape shape{.total_layers = 1, .positions = 1, .hidden = 500, .dtype_bytes = 2};  // 1000 bytes a row
+  const std::vector<std::int32_t> lengths{8, 8, 8, 8, 8, 8, 8, 8};
+  EXPECT_THAT(make_batch_plan(lengths, options(0.003, 5, 48, true), shape).count, ElementsAre(3, 3, 2));  // bytes
+  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 2, 48, true), shape).count, ElementsAre(2, 2, 2, 2));  // count
+  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 8, 40, true), shape).count, ElementsAre(5, 3));  // tokens
+}
+
+TEST(BatchPlan, DependsOnlyOnItsInputs) {
+  const std::vector<std::int32_t> a{3, 9, 4, 4, 12, 1, 7, 7, 2};
+  const std::vector<std::int32_t> b{100, 1};
+  const auto first = make_batch_plan(a, options(0.0002, 3, 30, true), kSmallRows);
+  (void)make_batch_plan(b, options(1, 1, 1000, false), kSmallRows);
+  const auto again = make_batch_plan(a, options(0.0002, 3, 30, true), kSmallRows);
+  EXPECT_EQ(first.order, again.order);
+  EXPECT_EQ(first.count, again.count);
+  EXPECT_EQ(first.batch_of_row, again.batch_of_row);
+  // 0.0002 MB = 200 bytes = 4 rows of 48, capped at 3 prompts and at 30 padded tokens.
+  EXPECT_THAT(first.order, ElementsAre(4, 1, 6, 7, 2, 3, 0, 8, 5));
+  EXPECT_THAT(first.count, ElementsAre(2, 3, 3, 1));
+}
+
+TEST(BatchPlan, EmptyPromptListHasNoBatches) {
+  const BatchPlan plan = make_batch_plan({}, options(32, 256, 32768, true), kSmallRows);
+  EXPECT_TRUE(plan.batches.empty());
+  EXPECT_TRUE(plan.order.empty());
+  EXPECT_TRUE(plan.batch_of_row.empty());
+}
+
+TEST(BatchPlan, PromptLongerThanMaxTokensNamesItsLine) {
+  try {
+    (void)make_batch_plan({10, 40000}, options(32, 256, 32768, true), kSmallRows);
+    FAIL() << "no error";
+  } catch (const InputError& error) {
+    EXPECT_STREQ(error.what(),
+                 "prompt row 1 (line 2 of the prompts file) has 40000 tokens, more than \"batch.max_tokens\" (32768); "
+                 "raise batch.max_tokens or shorten the prompt");
+  }
+  EXPECT_THROW((void)make_batch_plan({3, 0}, options(32, 256, 32768, true), kSmallRows), InputError);
+}
+
+TEST(PlanSummary, NumbersComputedByHand) {
+  const std::vector<std::int32_t> lengths{10, 50, 20, 40, 30};
+  const BatchPlan plan = make_batch_plan(lengths, options(32, 256, 100, true), kSmallRows);
+  const PlanSummary summary = summarize(plan, lengths, kSmallRows);
+  EXPECT_EQ(summary.prompts, 5);
+  EXPECT_EQ(summary.tokens, 150);
+  EXPECT_EQ(summary.padded_tokens, 2 * 50 + 3 * 30);
+  EXPECT_EQ(summary.batches, 2);
+  EXPECT_EQ(summary.jobs, 2);
+  EXPECT_EQ(summary.max_batch_bytes, 3 * 48);
+  EXPECT_EQ(summary.download_bytes, 5 * 48);
+  // acts + per row (n_tokens, batch, order, 2 positions) + per batch (done and 7 eight-byte columns)
+  EXPECT_EQ(summary.file_bytes, 5 * 48 + 5 * (4 + 4 + 8 + 2 * 4) + 2 * (1 + 7 * 8));
+}
+
+TEST(PlanSummary, SortingSavesPaddedTokens) {
+  const std::vector<std::int32_t> lengths{1, 300, 2, 299, 3, 298};
+  const auto sorted = summarize(make_batch_plan(lengths, options(32, 2, 32768, true), kSmallRows), lengths, kSmallRows);
+  const auto unsorted = summarize(make_batch_plan(lengths, options(32, 2, 32768, false), kSmallRows), lengths, kSmallRows);
+  EXPECT_EQ(sorted.padded_tokens, 2 * 300 + 2 * 298 + 2 * 2);
+  EXPECT_EQ(unsorted.padded_tokens, 2 * 300 + 2 * 299 + 2 * 298);
+}
+
+}  // namespace
+}  // namespace ndif::plan

@@ -1,0 +1,139 @@
+"""Crash and drain: a run killed (SIGKILL of one rank) or drained (SIGTERM to mpirun) in the middle
+leaves a file that opens and whose flagged batches are exact; a restart with another rank count
+finishes it, and the result equals an uninterrupted run's file."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+import harness
+from harness import TempDirTestCase, make_job, sweep, sweep_cmd, Expectation, check_file, snapshot
+
+# Per-batch timing and retry counts and the /runs records describe how a file was made, not
+# what it holds: they legitimately differ between an interrupted and an uninterrupted run.
+VOLATILE = ("batches/seconds", "batches/attempts", "runs")
+
+LATENCY_MS = 400
+
+
+def prompt_lines():
+    lines = harness.varied_prompts(56, seed=21) + [harness.long_text(200, seed=22), "Hi", "Hello world", "x y"]
+    return [l for l in lines if l.strip()]
+
+
+class Resume(TempDirTestCase):
+    def setUp(self):
+        super().setUp()
+        harness.require_binaries(self)
+        # Two prompts per batch: about 30 batches, each held LATENCY_MS in the server's queue.
+        self.lines = prompt_lines()
+        self.job_path, self.job = make_job(self.dir, self.lines, dtype="bfloat16",
+                                           batch={"target_mb": 32, "max_prompts": 2, "max_tokens": 32768,
+                                                  "sort_by_length": True})
+        self.expect = Expectation(self.job, self.lines)
+        self.slow = self.start_server("--layers", "4", "--hidden", "32", "--latency-ms", LATENCY_MS,
+                                      "--workers", "2")
+
+    def reference_file(self):
+        """The same job, uninterrupted, on a server without latency."""
+        fast = self.start_server("--layers", "4", "--hidden", "32")
+        result = sweep("run", self.job_path, "--endpoint", fast.url, "--output", self.dir / "reference.h5",
+                       ranks=2, timeout=240)
+        self.assertEqual(result.returncode, 0, result.describe())
+        check_file(self, self.dir / "reference.h5", self.expect)
+        return self.dir / "reference.h5"
+
+    def start_slow_run(self, ranks=2):
+        log = open(self.dir / "interrupted.log", "wb")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen(sweep_cmd("run", self.job_path, "--endpoint", self.slow.url, "--max-inflight", 1,
+                                          "--progress", "lines", ranks=ranks),
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=harness.base_env(), start_new_session=True)
+        return self.own_process(proc)
+
+    def wait_partly_done(self, proc, timeout=120):
+        """Poll `status --json` until some but not all batches are flagged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assertIsNone(proc.poll(), "the run ended before it could be interrupted: " + self.log_text())
+            status = harness.status_json(self.dir / "out.h5")
+            if status and 0 < status["batches"]["done"] < status["batches"]["total"] - 3:
+                return status
+            time.sleep(0.1)
+        self.fail("no partial progress seen: " + self.log_text())
+
+    def log_text(self):
+        return (self.dir / "interrupted.log").read_text("utf-8", "replace")[-4000:]
+
+    def wait_exit(self, proc, timeout=90):
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"mpirun did not exit within {timeout} s after the interruption: " + self.log_text())
+
+    def wait_gone(self, pids, timeout=30):
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists(f"/proc/{p}") and harness.proc_read(p, "comm").strip() == b"ndif-sweep"
+                  for p in pids):
+            self.assertLess(time.monotonic(), deadline, f"ranks {pids} still running")
+            time.sleep(0.1)
+
+    def check_partial(self):
+        """The interrupted file opens, some batches are missing, every flagged batch is exact."""
+        rows, _ = check_file(self, self.dir / "out.h5", self.expect, require_complete=False)
+        self.assertGreater(rows, 0)
+        self.assertLess(rows, len(self.lines))
+
+    def resume_and_compare(self, ranks):
+        result = sweep("run", self.job_path, "--endpoint", self.slow.url, "--max-inflight", 2, ranks=ranks,
+                       timeout=300)
+        self.assertEqual(result.returncode, 0, result.describe())
+        check_file(self, self.dir / "out.h5", self.expect)
+        reference = snapshot(self.reference_file(), VOLATILE)
+        resumed = snapshot(self.dir / "out.h5", VOLATILE)
+        self.assertEqual(sorted(resumed), sorted(reference))
+        for name in reference:
+            self.assertTrue(np.array_equal(resumed[name], reference[name]), f"/{name} differs")
+        status = harness.status_json(self.dir / "out.h5")
+        self.assertEqual(status["batches"]["done"], status["batches"]["total"])
+        self.assertGreaterEqual(len(status["runs"]), 2)
+
+    def kill_rank(self, rank):
+        proc = self.start_slow_run(ranks=2)
+        self.wait_partly_done(proc)
+        pids = harness.mpi_rank_pids(proc.pid)
+        self.assertEqual(sorted(pids), [0, 1], f"rank processes of mpirun {proc.pid}: {pids}")
+        os.kill(pids[rank], signal.SIGKILL)
+        self.assertNotEqual(self.wait_exit(proc), 0)
+        self.wait_gone(list(pids.values()))
+
+    def test_sigkill_rank1_then_resume_on_three_ranks(self):
+        self.kill_rank(1)
+        self.check_partial()
+        self.resume_and_compare(ranks=3)
+
+    def test_sigkill_rank0_then_resume_on_one_process(self):
+        self.kill_rank(0)
+        self.check_partial()
+        self.resume_and_compare(ranks=None)
+
+    def test_sigterm_drains_with_exit_3_then_resume_completes(self):
+        proc = self.start_slow_run(ranks=2)
+        self.wait_partly_done(proc)
+        pids = list(harness.mpi_rank_pids(proc.pid).values())
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.wait_exit(proc), 3, self.log_text())
+        self.wait_gone(pids)
+        self.check_partial()
+        status = harness.status_json(self.dir / "out.h5")
+        self.assertTrue(status["missing_batches"], json.dumps(status))
+        self.resume_and_compare(ranks=2)
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,6 +1,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -8,6 +11,8 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/plan/batch_plan.hpp"
+#include "ndif_sweep/spec/job_spec.hpp"
+#include "ndif_sweep/spec/prompts.hpp"
 
 namespace ndif::plan {
 namespace {
@@ -306,6 +311,37 @@ TEST(PlanSummary, SortingSavesPaddedTokens) {
   const auto unsorted = summarize(make_batch_plan(lengths, options(32, 2, 32768, false), kSmallRows), lengths, kSmallRows);
   EXPECT_EQ(sorted.padded_tokens, 2 * 300 + 2 * 298 + 2 * 2);
   EXPECT_EQ(unsorted.padded_tokens, 2 * 300 + 2 * 299 + 2 * 298);
+}
+
+// The demo job of the README: it parses, every line resolves to P = 2, its lengths span 1 to more
+// than 300 tokens, and it cuts into tens of batches. Needs the Llama-3.1 tokenizer that
+// scripts/fetch-tokenizers.sh puts in data/tokenizers.
+TEST(DemoJob, ResolvesAndCutsIntoTensOfBatches) {
+  const spec::JobSpec job = spec::parse_job_spec(std::filesystem::path(NDIF_SOURCE_DIR) / "jobs" / "demo.json");
+  const auto prompts = spec::read_prompts(job.prompts, job.positions);
+  ASSERT_EQ(prompts.size(), 2000U);
+  if (!std::filesystem::exists(job.tokenizer)) GTEST_SKIP() << "run scripts/fetch-tokenizers.sh for " << job.tokenizer;
+  const auto tokenizer = tokenizer::Tokenizer::from_file(job.tokenizer);
+  const auto encoded = encode_prompts(prompts, tokenizer, job.add_special_tokens, job.prompts);
+  std::vector<std::int32_t> lengths;
+  for (const EncodedPrompt& prompt : encoded) {
+    ASSERT_EQ(prompt.positions.size(), 2U);
+    lengths.push_back(static_cast<std::int32_t>(prompt.ids.size()));
+  }
+  EXPECT_EQ(*std::min_element(lengths.begin(), lengths.end()), 1);
+  EXPECT_GT(*std::max_element(lengths.begin(), lengths.end()), 300);
+  EXPECT_EQ(encoded[0].positions, (std::vector<std::int32_t>{0, 0}));
+
+  std::int64_t total_layers = 0;
+  for (const spec::Probe& probe : job.probes) total_layers += static_cast<std::int64_t>(probe.layers.size());
+  const RowShape shape{total_layers, 2, job.effective_model_config()->hidden_size, spec::dtype_bytes(job.dtype)};
+  EXPECT_EQ(shape.row_bytes(), 35 * 2 * 64 * 2);
+  const PlanSummary summary = summarize(make_batch_plan(lengths, job.batch, shape), lengths, shape);
+  EXPECT_GE(summary.batches, 10);
+  EXPECT_LT(summary.batches, 100);
+  EXPECT_LE(summary.max_batch_bytes, static_cast<std::int64_t>(job.batch.target_mb * 1e6));
+  std::cout << "demo: " << summary.prompts << " prompts, " << summary.tokens << " tokens, " << summary.padded_tokens
+            << " padded tokens, " << summary.batches << " batches, " << summary.download_bytes << " bytes\n";
 }
 
 }  // namespace

@@ -780,7 +780,8 @@ private:
       args.push_back(decode(arg));
     }
     std::vector<std::pair<std::string, Val>> kwargs;
-    for (const auto& [key, value] : node.value("kwargs", json::object()).items()) {
+    const json kwarg_values = node.value("kwargs", json::object());
+    for (const auto& [key, value] : kwarg_values.items()) {
       kwargs.emplace_back(key, decode(value));
     }
     const std::string at = "node " + std::to_string(current_node_) + ": ";

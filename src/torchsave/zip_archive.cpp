@@ -1,0 +1,273 @@
+#include "zip_archive.hpp"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "byte_io.hpp"
+#include "ndif_sweep/core/error.hpp"
+
+namespace ndif::torchsave::detail {
+namespace {
+
+constexpr std::uint32_t kLocalHeaderSig = 0x04034b50;
+constexpr std::uint32_t kCentralHeaderSig = 0x02014b50;
+constexpr std::uint32_t kEndSig = 0x06054b50;
+constexpr std::uint32_t kZip64EndSig = 0x06064b50;
+constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
+constexpr std::size_t kLocalHeaderSize = 30;
+constexpr std::size_t kCentralHeaderSize = 46;
+constexpr std::size_t kEndSize = 22;
+constexpr std::size_t kZip64EndSize = 56;
+constexpr std::size_t kZip64LocatorSize = 20;
+constexpr std::uint16_t kZip64ExtraId = 0x0001;
+constexpr std::uint16_t kPaddingExtraId = 0x4246;  // "FB", the padding field torch writes
+constexpr std::uint32_t k32 = 0xFFFFFFFFu;
+constexpr std::uint16_t k16 = 0xFFFFu;
+// 1980-01-01, the earliest MS-DOS date; a fixed stamp keeps the output byte-for-byte reproducible.
+constexpr std::uint16_t kDosDate = 0x21;
+
+std::uint32_t crc32_of(std::span<const std::byte> data) {
+  return static_cast<std::uint32_t>(
+      crc32_z(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<z_size_t>(data.size())));
+}
+
+struct EndRecord {
+  std::uint64_t entries = 0;
+  std::uint64_t dir_size = 0;
+  std::uint64_t dir_offset = 0;
+  std::uint64_t dir_limit = 0;  // the directory must end before the end records
+};
+
+EndRecord find_end(std::span<const std::byte> zip) {
+  if (zip.size() < kEndSize)
+    throw DecodeError(fmt::format("torch.save: {} bytes are too short for a ZIP archive", zip.size()));
+  // The end record is followed only by its comment, so the right one is the last signature whose
+  // comment length reaches exactly to the end of the input.
+  const std::size_t lowest = zip.size() >= kEndSize + 0xFFFF ? zip.size() - kEndSize - 0xFFFF : 0;
+  std::size_t pos = zip.size() - kEndSize;
+  for (;; --pos) {
+    if (read_le<std::uint32_t>(zip, pos, "end record") == kEndSig &&
+        pos + kEndSize + read_le<std::uint16_t>(zip, pos + 20, "end record") == zip.size())
+      break;
+    if (pos == lowest)
+      throw DecodeError(
+          "torch.save: no ZIP end-of-central-directory record; the input is not a zipfile-format "
+          "torch.save file (the legacy format is not supported)");
+  }
+  EndRecord end;
+  const auto disk = read_le<std::uint16_t>(zip, pos + 4, "end record");
+  const auto dir_disk = read_le<std::uint16_t>(zip, pos + 6, "end record");
+  end.entries = read_le<std::uint16_t>(zip, pos + 10, "end record");
+  end.dir_size = read_le<std::uint32_t>(zip, pos + 12, "end record");
+  end.dir_offset = read_le<std::uint32_t>(zip, pos + 16, "end record");
+  end.dir_limit = pos;
+
+  if (pos >= kZip64LocatorSize &&
+      read_le<std::uint32_t>(zip, pos - kZip64LocatorSize, "ZIP64 locator") == kZip64LocatorSig) {
+    const std::size_t loc = pos - kZip64LocatorSize;
+    const auto z64 = read_le<std::uint64_t>(zip, loc + 8, "ZIP64 locator");
+    if (z64 > loc || loc - z64 < kZip64EndSize)
+      throw DecodeError(fmt::format("torch.save: ZIP64 end record offset {} is out of place", z64));
+    if (read_le<std::uint32_t>(zip, z64, "ZIP64 end record") != kZip64EndSig)
+      throw DecodeError(fmt::format("torch.save: no ZIP64 end record at byte {}", z64));
+    if (read_le<std::uint32_t>(zip, z64 + 16, "ZIP64 end record") != 0 ||
+        read_le<std::uint32_t>(zip, z64 + 20, "ZIP64 end record") != 0)
+      throw DecodeError("torch.save: multi-disk ZIP archives are not supported");
+    end.entries = read_le<std::uint64_t>(zip, z64 + 32, "ZIP64 end record");
+    end.dir_size = read_le<std::uint64_t>(zip, z64 + 40, "ZIP64 end record");
+    end.dir_offset = read_le<std::uint64_t>(zip, z64 + 48, "ZIP64 end record");
+    end.dir_limit = z64;
+  } else if (disk != 0 || dir_disk != 0) {
+    throw DecodeError("torch.save: multi-disk ZIP archives are not supported");
+  }
+  if (end.dir_offset > end.dir_limit || end.dir_size > end.dir_limit - end.dir_offset)
+    throw DecodeError(fmt::format("torch.save: ZIP central directory (byte {}, {} bytes) overlaps its end record",
+                                  end.dir_offset, end.dir_size));
+  if (end.entries > end.dir_size / kCentralHeaderSize)
+    throw DecodeError(fmt::format("torch.save: ZIP claims {} entries in a {}-byte central directory",
+                                  end.entries, end.dir_size));
+  return end;
+}
+
+// Replaces the 32-bit fields that are 0xFFFFFFFF by their values from the ZIP64 extra field.
+void apply_zip64_extra(std::span<const std::byte> extra, const std::string& name, std::uint64_t& size,
+                       std::uint64_t& compressed, std::uint64_t& offset) {
+  std::size_t p = 0;
+  while (p + 4 <= extra.size()) {
+    const auto id = read_le<std::uint16_t>(extra, p, "ZIP extra field");
+    const auto len = read_le<std::uint16_t>(extra, p + 2, "ZIP extra field");
+    const auto body = p + 4;
+    require_range(extra.size(), body, len, "ZIP extra field of " + name);
+    if (id == kZip64ExtraId) {
+      std::size_t q = body;
+      for (std::uint64_t* field : {&size, &compressed, &offset}) {
+        if (*field != k32) continue;
+        if (q + 8 > body + len)
+          throw DecodeError(fmt::format("torch.save: ZIP64 extra field of {} is too short", name));
+        *field = read_le<std::uint64_t>(extra, q, "ZIP64 extra field");
+        q += 8;
+      }
+    }
+    p = body + len;
+  }
+}
+
+}  // namespace
+
+std::vector<ZipEntry> read_zip(std::span<const std::byte> zip) {
+  const EndRecord end = find_end(zip);
+  std::vector<ZipEntry> entries;
+  std::set<std::string> names;
+  const std::uint64_t dir_end = end.dir_offset + end.dir_size;
+  std::uint64_t p = end.dir_offset;
+  for (std::uint64_t i = 0; i < end.entries; ++i) {
+    require_range(dir_end, p, kCentralHeaderSize, "ZIP central directory entry");
+    if (read_le<std::uint32_t>(zip, p, "central header") != kCentralHeaderSig)
+      throw DecodeError(fmt::format("torch.save: bad ZIP central directory signature at byte {}", p));
+    const auto flags = read_le<std::uint16_t>(zip, p + 8, "central header");
+    const auto method = read_le<std::uint16_t>(zip, p + 10, "central header");
+    const auto crc = read_le<std::uint32_t>(zip, p + 16, "central header");
+    std::uint64_t compressed = read_le<std::uint32_t>(zip, p + 20, "central header");
+    std::uint64_t size = read_le<std::uint32_t>(zip, p + 24, "central header");
+    const auto name_len = read_le<std::uint16_t>(zip, p + 28, "central header");
+    const auto extra_len = read_le<std::uint16_t>(zip, p + 30, "central header");
+    const auto comment_len = read_le<std::uint16_t>(zip, p + 32, "central header");
+    std::uint64_t offset = read_le<std::uint32_t>(zip, p + 42, "central header");
+    const std::uint64_t record = kCentralHeaderSize + name_len + extra_len + comment_len;
+    require_range(dir_end, p, record, "ZIP central directory entry");
+    std::string name = to_string(zip.subspan(p + kCentralHeaderSize, name_len));
+    apply_zip64_extra(zip.subspan(p + kCentralHeaderSize + name_len, extra_len), name, size, compressed, offset);
+    p += record;
+
+    if ((flags & 0x1) != 0) throw DecodeError(fmt::format("torch.save: ZIP entry {} is encrypted", name));
+    if (method != 0)
+      throw DecodeError(fmt::format(
+          "torch.save: ZIP entry {} is compressed (method {}); torch.save writes stored entries only", name,
+          method));
+    if (compressed != size)
+      throw DecodeError(fmt::format("torch.save: stored ZIP entry {} has compressed size {} but size {}", name,
+                                    compressed, size));
+    if (!names.insert(name).second) throw DecodeError(fmt::format("torch.save: duplicate ZIP entry {}", name));
+
+    require_range(zip.size(), offset, kLocalHeaderSize, "local header of " + name);
+    if (read_le<std::uint32_t>(zip, offset, "local header") != kLocalHeaderSig)
+      throw DecodeError(fmt::format("torch.save: no ZIP local header for {} at byte {}", name, offset));
+    const auto local_name_len = read_le<std::uint16_t>(zip, offset + 26, "local header");
+    const auto local_extra_len = read_le<std::uint16_t>(zip, offset + 28, "local header");
+    require_range(zip.size(), offset + kLocalHeaderSize, local_name_len, "local header of " + name);
+    if (to_string(zip.subspan(offset + kLocalHeaderSize, local_name_len)) != name)
+      throw DecodeError(fmt::format("torch.save: local header at byte {} does not name {}", offset, name));
+    const std::uint64_t data = offset + kLocalHeaderSize + local_name_len + local_extra_len;
+    require_range(zip.size(), data, size, "data of ZIP entry " + name);
+    auto bytes = zip.subspan(data, size);
+    if (crc32_of(bytes) != crc)
+      throw DecodeError(fmt::format("torch.save: CRC-32 mismatch in ZIP entry {}; the file is damaged", name));
+    entries.push_back({std::move(name), bytes});
+  }
+  return entries;
+}
+
+void ZipWriter::add(const std::string& name, std::span<const std::byte> data) {
+  if (name.size() > k16) throw InternalError("torchsave: ZIP entry name longer than 65535 bytes");
+  Record rec{name, crc32_of(data), data.size(), out_.size()};
+  const bool zip64 = rec.size >= zip64_threshold_;
+  const std::size_t zip64_len = zip64 ? 20 : 0;
+  const std::size_t header_end = rec.offset + kLocalHeaderSize + name.size() + zip64_len + 4;
+  const std::size_t pad = (64 - header_end % 64) % 64;
+
+  put_le(out_, kLocalHeaderSig, 4);
+  put_le(out_, zip64 ? 45 : 20, 2);  // version needed to extract
+  put_le(out_, 0, 2);                // flags: sizes are known up front, no data descriptor
+  put_le(out_, 0, 2);                // method: stored
+  put_le(out_, 0, 2);                // time
+  put_le(out_, kDosDate, 2);
+  put_le(out_, rec.crc, 4);
+  put_le(out_, zip64 ? k32 : rec.size, 4);
+  put_le(out_, zip64 ? k32 : rec.size, 4);
+  put_le(out_, name.size(), 2);
+  put_le(out_, zip64_len + 4 + pad, 2);
+  put_str(out_, name);
+  if (zip64) {
+    put_le(out_, kZip64ExtraId, 2);
+    put_le(out_, 16, 2);
+    put_le(out_, rec.size, 8);
+    put_le(out_, rec.size, 8);
+  }
+  put_le(out_, kPaddingExtraId, 2);
+  put_le(out_, pad, 2);
+  out_.insert(out_.end(), pad, std::byte{'Z'});
+  out_.insert(out_.end(), data.begin(), data.end());
+  records_.push_back(std::move(rec));
+}
+
+std::vector<std::byte> ZipWriter::finish() && {
+  const std::uint64_t dir_offset = out_.size();
+  for (const Record& rec : records_) {
+    const bool big_size = rec.size >= zip64_threshold_;
+    const bool big_offset = rec.offset >= zip64_threshold_;
+    const std::size_t zip64_len = (big_size ? 16 : 0) + (big_offset ? 8 : 0);
+    const bool zip64 = zip64_len != 0;
+    put_le(out_, kCentralHeaderSig, 4);
+    put_le(out_, zip64 ? 45 : 20, 2);  // version made by (MS-DOS attributes)
+    put_le(out_, zip64 ? 45 : 20, 2);  // version needed to extract
+    put_le(out_, 0, 2);
+    put_le(out_, 0, 2);
+    put_le(out_, 0, 2);
+    put_le(out_, kDosDate, 2);
+    put_le(out_, rec.crc, 4);
+    put_le(out_, big_size ? k32 : rec.size, 4);
+    put_le(out_, big_size ? k32 : rec.size, 4);
+    put_le(out_, rec.name.size(), 2);
+    put_le(out_, zip64 ? zip64_len + 4 : 0, 2);
+    put_le(out_, 0, 2);   // comment length
+    put_le(out_, 0, 2);   // disk
+    put_le(out_, 0, 2);   // internal attributes
+    put_le(out_, 0, 4);   // external attributes
+    put_le(out_, big_offset ? k32 : rec.offset, 4);
+    put_str(out_, rec.name);
+    if (zip64) {
+      put_le(out_, kZip64ExtraId, 2);
+      put_le(out_, zip64_len, 2);
+      if (big_size) {
+        put_le(out_, rec.size, 8);
+        put_le(out_, rec.size, 8);
+      }
+      if (big_offset) put_le(out_, rec.offset, 8);
+    }
+  }
+  const std::uint64_t dir_size = out_.size() - dir_offset;
+  const std::uint64_t count = records_.size();
+  const bool zip64 = count >= k16 || dir_offset >= zip64_threshold_ || dir_size >= zip64_threshold_;
+  if (zip64) {
+    const std::uint64_t end64 = out_.size();
+    put_le(out_, kZip64EndSig, 4);
+    put_le(out_, kZip64EndSize - 12, 8);  // size of the rest of this record
+    put_le(out_, 45, 2);
+    put_le(out_, 45, 2);
+    put_le(out_, 0, 4);
+    put_le(out_, 0, 4);
+    put_le(out_, count, 8);
+    put_le(out_, count, 8);
+    put_le(out_, dir_size, 8);
+    put_le(out_, dir_offset, 8);
+    put_le(out_, kZip64LocatorSig, 4);
+    put_le(out_, 0, 4);
+    put_le(out_, end64, 8);
+    put_le(out_, 1, 4);  // total number of disks
+  }
+  put_le(out_, kEndSig, 4);
+  put_le(out_, 0, 2);
+  put_le(out_, 0, 2);
+  put_le(out_, zip64 ? k16 : count, 2);
+  put_le(out_, zip64 ? k16 : count, 2);
+  put_le(out_, zip64 ? k32 : dir_size, 4);
+  put_le(out_, zip64 ? k32 : dir_offset, 4);
+  put_le(out_, 0, 2);
+  return std::move(out_);
+}
+
+}  // namespace ndif::torchsave::detail

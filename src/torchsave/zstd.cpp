@@ -1,0 +1,64 @@
+#include <zstd.h>
+
+#include <array>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/torchsave/torchsave.hpp"
+
+namespace ndif::torchsave {
+namespace {
+
+struct DStreamDeleter {
+  void operator()(ZSTD_DStream* s) const noexcept { ZSTD_freeDStream(s); }
+};
+using DStream = std::unique_ptr<ZSTD_DStream, DStreamDeleter>;
+
+constexpr std::array<std::byte, 4> kZstdMagic{std::byte{0x28}, std::byte{0xB5}, std::byte{0x2F}, std::byte{0xFD}};
+
+std::size_t check(std::size_t ret, const char* what) {
+  if (ZSTD_isError(ret) != 0) throw DecodeError(fmt::format("zstd: {}: {}", what, ZSTD_getErrorName(ret)));
+  return ret;
+}
+
+}  // namespace
+
+std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes, std::size_t max_bytes) {
+  if (bytes.size() < kZstdMagic.size() || !std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin()))
+    return bytes;
+  DStream stream{ZSTD_createDStream()};
+  if (!stream) throw InternalError("zstd: cannot allocate a decompression stream");
+  check(ZSTD_initDStream(stream.get()), "initialise decompression");
+
+  // The frame header's content size may be absent or wrong, so the output grows in chunks as
+  // zstd produces it and stops at max_bytes instead of trusting the header.
+  std::vector<std::byte> out;
+  const std::size_t chunk = ZSTD_DStreamOutSize();
+  ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
+  std::size_t pending = 1;  // non-zero while a frame is incomplete
+  while (in.pos < in.size || pending != 0) {
+    // Once max_bytes are out, decompress into a one-byte probe: only output beyond the limit
+    // is an error, a frame that ends exactly there is fine.
+    const bool full = out.size() >= max_bytes;
+    const std::size_t old = out.size();
+    std::byte probe{};
+    ZSTD_outBuffer buf{&probe, 1, 0};
+    if (!full) {
+      const std::size_t room = std::min(chunk, max_bytes - old);
+      out.resize(old + room);
+      buf = {out.data() + old, room, 0};
+    }
+    const std::size_t consumed_before = in.pos;
+    pending = check(ZSTD_decompressStream(stream.get(), &buf, &in), "decompress");
+    if (full && buf.pos != 0)
+      throw DecodeError(fmt::format("zstd: decompressed result exceeds the limit of {} bytes", max_bytes));
+    if (!full) out.resize(old + buf.pos);
+    if (buf.pos == 0 && in.pos == consumed_before && pending != 0)
+      throw DecodeError("zstd: compressed data ends in the middle of a frame (truncated download?)");
+  }
+  return out;
+}
+
+}  // namespace ndif::torchsave

@@ -329,6 +329,13 @@ class Expectation:
         return np.stack(out)
 
 
+def attr_str(value):
+    """An HDF5 string attribute as str, whether h5py returns str, bytes or a NumPy scalar."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
 def strings(dataset):
     values = dataset[()]
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
@@ -342,8 +349,8 @@ def check_file(testcase, path, expect, require_complete=True):
     stored_dtype = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}[dtype]
     n = len(expect.texts)
     with h5py.File(path, "r") as f:
-        testcase.assertEqual(f.attrs["format"], "ndif-sweep/1")
-        testcase.assertEqual(f.attrs["model"], job["model"])
+        testcase.assertEqual(attr_str(f.attrs["format"]), "ndif-sweep/1")
+        testcase.assertEqual(attr_str(f.attrs["model"]), job["model"])
         testcase.assertEqual(strings(f["prompts/text"]), expect.texts)
         testcase.assertEqual(strings(f["prompts/id"]), expect.ids)
         np.testing.assert_array_equal(f["prompts/n_tokens"][()], [len(t) for t in expect.tokens])
@@ -360,8 +367,8 @@ def check_file(testcase, path, expect, require_complete=True):
             layers = layer_list(probe["layers"])
             testcase.assertEqual(ds.shape, (n, len(layers), len(expect.positions[0]), expect.model["hidden"]))
             testcase.assertEqual(ds.dtype, np.dtype(stored_dtype), probe["name"])
-            testcase.assertEqual(ds.attrs["dtype"], dtype)
-            testcase.assertEqual(ds.attrs["module"], probe["module"])
+            testcase.assertEqual(attr_str(ds.attrs["dtype"]), dtype)
+            testcase.assertEqual(attr_str(ds.attrs["module"]), probe["module"])
             for attr in ("output_index", "layers"):
                 testcase.assertIn(attr, ds.attrs)
             stored = ds[()]

@@ -238,7 +238,7 @@ class HelpAndVersion(TempDirTestCase):
 class LocalServerAndKeys(TempDirTestCase):
     def setUp(self):
         super().setUp()
-        harness.require_binaries(self)
+        harness.require_binaries(self, "ndif-local")
 
     def get(self, url, key="any-key"):
         request = urllib.request.Request(url, headers={"ndif-api-key": key})
@@ -256,6 +256,7 @@ class LocalServerAndKeys(TempDirTestCase):
         self.assertEqual([d["config"] for d in deployments.values()], [{"hidden_size": 48, "num_hidden_layers": 6}])
 
     def test_wrong_key_is_exit_5_and_no_key_is_ever_shown(self):
+        harness.require_binaries(self, "ndif-sweep")
         right, wrong = "right-secret-4f1d9a", "wrong-secret-77c0b2"
         server = self.start_server("--layers", "4", "--hidden", "32", "--api-key", right)
         lines = lines_24()
@@ -277,6 +278,7 @@ class LocalServerAndKeys(TempDirTestCase):
         check_file(self, self.dir / "out.h5", Expectation(json.loads(job_path.read_text()), lines))
 
     def test_key_not_in_any_process_arguments(self):
+        harness.require_binaries(self, "ndif-sweep")
         secret = "argv-secret-91be3c"
         lines = harness.varied_prompts(80, seed=51)
         lines = [l if l.strip() else "x" for l in lines]

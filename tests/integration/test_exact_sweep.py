@@ -62,7 +62,7 @@ class ExactSweep(TempDirTestCase):
         self.assertGreaterEqual(max(lengths), 300)
         with h5py.File(out, "r") as f:
             self.assertIn("job_hash", f.attrs)
-            self.assertNotIn(harness.API_KEY, f.attrs["job"])
+            self.assertNotIn(harness.API_KEY, harness.attr_str(f.attrs["job"]))
             meta = [json.loads(m) for m in harness.strings(f["prompts/meta"])]
             self.assertEqual(meta[-3], {"kind": "medium"})
 

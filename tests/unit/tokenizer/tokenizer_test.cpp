@@ -1,0 +1,185 @@
+#include "ndif_sweep/tokenizer/tokenizer.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/tokenizer/tokenize_command.hpp"
+
+namespace {
+
+using ndif::InputError;
+using ndif::tokenizer::Offset;
+using ndif::tokenizer::Tokenizer;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A tokenizer.json around `model`, with the given stages (JSON text, "null" when absent).
+std::string tokenizer_json(const std::string& model, const std::string& added = "[]", const std::string& normalizer = "null",
+                           const std::string& pre_tokenizer = "null", const std::string& post_processor = "null") {
+  return R"({"version":"1.0","truncation":null,"padding":null,"added_tokens":)" + added + R"(,"normalizer":)" +
+         normalizer + R"(,"pre_tokenizer":)" + pre_tokenizer + R"(,"post_processor":)" + post_processor +
+         R"(,"decoder":null,"model":)" + model + "}";
+}
+
+// Byte-level vocabulary: "Ġ" stands for the space byte.
+const std::string byte_level_model =
+    R"({"type":"BPE","dropout":null,"unk_token":null,"vocab":{"a":0,"b":1,"Ġ":2,"ab":3,"Ġab":4,"c":5,"<x>":6},)"
+    R"("merges":["a b",["Ġ","ab"]]})";
+const std::string byte_level_pre = R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})";
+
+TEST(Tokenizer, ByteLevelBpeMergesStringAndPairForms) {
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  const auto encoding = tokenizer.encode("ab ab c", false);
+  EXPECT_THAT(encoding.ids, ElementsAre(3, 4, 2, 5));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 2}, Offset{2, 5}, Offset{5, 6}, Offset{6, 7}));
+}
+
+TEST(Tokenizer, AddedTokensMatchInRawTextWithStrip) {
+  const std::string added =
+      R"([{"id":6,"content":"<x>","single_word":false,"lstrip":true,"rstrip":true,"normalized":false,"special":true}])";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
+  const auto encoding = tokenizer.encode("ab <x> ab", false);
+  EXPECT_THAT(encoding.ids, ElementsAre(3, 6, 3));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 2}, Offset{2, 7}, Offset{7, 9}));
+}
+
+TEST(Tokenizer, SingleWordAddedTokenSkipsMatchesInsideWords) {
+  const std::string added =
+      R"([{"id":5,"content":"c","single_word":true,"lstrip":false,"rstrip":false,"normalized":false,"special":false}])";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
+  EXPECT_THAT(tokenizer.encode("abc", false).ids, ElementsAre(3, 5));
+  EXPECT_THAT(tokenizer.encode("c ab", false).ids, ElementsAre(5, 4));
+}
+
+TEST(Tokenizer, TemplateAddsBosWithEmptyOffsetsOnlyWithSpecialTokens) {
+  const std::string post =
+      R"({"type":"Sequence","processors":[{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},)"
+      R"({"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<x>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],)"
+      R"("pair":[],"special_tokens":{"<x>":{"id":"<x>","ids":[6],"tokens":["<x>"]}}}]})";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre, post), "t.json");
+  const auto with = tokenizer.encode("ab", true);
+  EXPECT_THAT(with.ids, ElementsAre(6, 3));
+  EXPECT_THAT(with.offsets, ElementsAre(Offset{0, 0}, Offset{0, 2}));
+  EXPECT_THAT(tokenizer.encode("ab", false).ids, ElementsAre(3));
+  EXPECT_THAT(tokenizer.encode("", true).ids, ElementsAre(6));
+}
+
+// SentencePiece-style: Prepend and Replace normalizers, byte fallback, fused unknowns.
+const std::string sentencepiece_model =
+    R"({"type":"BPE","dropout":null,"unk_token":"<unk>","fuse_unk":true,"byte_fallback":true,)"
+    R"("vocab":{"<unk>":0,"▁":1,"a":2,"<0xC3>":3,"<0xA9>":4,"▁a":5},"merges":["▁ a"]})";
+const std::string sentencepiece_normalizer =
+    R"({"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"},)"
+    R"({"type":"Replace","pattern":{"String":" "},"content":"▁"}]})";
+
+TEST(Tokenizer, PrependReplaceAndByteFallbackMapOffsetsToTheInput) {
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(sentencepiece_model, "[]", sentencepiece_normalizer), "t.json");
+  const auto encoding = tokenizer.encode("a é", false);
+  EXPECT_THAT(encoding.ids, ElementsAre(5, 1, 3, 4));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}, Offset{1, 2}, Offset{2, 3}, Offset{2, 3}));
+  EXPECT_TRUE(tokenizer.encode("", false).ids.empty());
+}
+
+TEST(Tokenizer, UnknownCharactersFuseIntoOneToken) {
+  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"<unk>","fuse_unk":true,"byte_fallback":false,)"
+                            R"("vocab":{"<unk>":0,"a":1},"merges":[]})";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(model), "t.json");
+  const auto encoding = tokenizer.encode("a\xE2\x82\xAC\xC3\xA9" "a", false);  // a€éa
+  EXPECT_THAT(encoding.ids, ElementsAre(1, 0, 1));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}, Offset{1, 3}, Offset{3, 4}));
+}
+
+TEST(Tokenizer, NfcComposesAndAlignsToTheBaseCharacter) {
+  // Checked against the reference: the composed "é" maps back to the "e" alone.
+  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"é":1,"x":2},"merges":[]})";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(model, "[]", R"({"type":"NFC"})"), "t.json");
+  const auto encoding = tokenizer.encode("xe\xCC\x81x", false);
+  EXPECT_THAT(encoding.ids, ElementsAre(2, 1, 2));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}, Offset{1, 2}, Offset{3, 4}));
+}
+
+TEST(Tokenizer, NfkcFoldsCompatibilityCharacters) {
+  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"f":1,"i":2,"fi":3},"merges":["f i"]})";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(model, "[]", R"({"type":"NFKC"})"), "t.json");
+  const auto encoding = tokenizer.encode("\xEF\xAC\x81", false);  // the "ﬁ" ligature
+  EXPECT_THAT(encoding.ids, ElementsAre(3));
+  EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}));
+}
+
+TEST(Tokenizer, SplitBehaviours) {
+  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","ignore_merges":true,)"
+                            R"("vocab":{"?":0,"a":1,"b":2,"-":3,"a-":4,"-b":5,"ab":6},"merges":["a b"]})";
+  auto split = [&](const std::string& behavior, bool invert, const std::string& pattern = R"({"String":"-"})") {
+    const std::string pre = R"({"type":"Split","pattern":)" + pattern + R"(,"behavior":")" + behavior +
+                            R"(","invert":)" + (invert ? "true" : "false") + "}";
+    return Tokenizer::from_json(tokenizer_json(model, "[]", "null", pre), "t.json").encode("a-b", false).ids;
+  };
+  EXPECT_THAT(split("Isolated", false), ElementsAre(1, 3, 2));
+  EXPECT_THAT(split("Removed", false), ElementsAre(1, 2));
+  EXPECT_THAT(split("MergedWithPrevious", false), ElementsAre(4, 2));
+  EXPECT_THAT(split("MergedWithNext", false), ElementsAre(1, 5));
+  EXPECT_THAT(split("Removed", true, R"({"Regex":"\\p{L}+"})"), ElementsAre(1, 2));
+  EXPECT_THAT(split("Contiguous", false, R"({"Regex":"[ab]"})"), ElementsAre(1, 3, 2));
+}
+
+TEST(Tokenizer, MetaspacePrependsOnlyToTheFirstSplit) {
+  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"▁":1,"a":2,"▁a":3,"<x>":4},"merges":["▁ a"]})";
+  const std::string added =
+      R"([{"id":4,"content":"<x>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}])";
+  const std::string pre = R"({"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true})";
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(model, added, "null", pre), "t.json");
+  EXPECT_THAT(tokenizer.encode("a a<x>a", false).ids, ElementsAre(3, 3, 4, 2));
+}
+
+TEST(Tokenizer, UnsupportedFeatureIsAnInputErrorNamingIt) {
+  try {
+    static_cast<void>(Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", R"({"type":"BertNormalizer"})"), "bert.json"));
+    FAIL() << "loaded a tokenizer with an unsupported normalizer";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("bert.json"));
+    EXPECT_THAT(e.what(), HasSubstr("normalizer type \"BertNormalizer\" is not supported"));
+  }
+  EXPECT_THROW(static_cast<void>(Tokenizer::from_json(R"({"model":{"type":"Unigram"}})", "u.json")), InputError);
+  EXPECT_THROW(static_cast<void>(Tokenizer::from_json("{not json", "broken.json")), InputError);
+}
+
+TEST(Tokenizer, MergeOutsideVocabularyIsAnInputError) {
+  const std::string model = R"({"type":"BPE","dropout":null,"vocab":{"a":0},"merges":["a b"]})";
+  EXPECT_THROW(static_cast<void>(Tokenizer::from_json(tokenizer_json(model), "m.json")), InputError);
+}
+
+TEST(Tokenizer, InvalidUtf8IsAnInputError) {
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  EXPECT_THROW(static_cast<void>(tokenizer.encode("a\xC3", false)), InputError);
+  EXPECT_THROW(static_cast<void>(tokenizer.encode("\xED\xA0\x80", false)), InputError);  // a surrogate
+  EXPECT_EQ(tokenizer.vocab_size(), 7U);
+}
+
+TEST(TokenizeCommand, PrintsIdsOrOffsetsPerLineAndNamesABadLine) {
+  const auto path = std::filesystem::temp_directory_path() / "ndif_tokenize_command_test.json";
+  std::ofstream(path) << tokenizer_json(byte_level_model, "[]", "null", byte_level_pre);
+  std::istringstream in("\"ab ab\"\n\"c\"\n");
+  std::ostringstream out;
+  EXPECT_EQ(ndif::tokenizer::run_tokenize_command(path, false, false, in, out), 0);
+  EXPECT_EQ(out.str(), "[3,4]\n[5]\n");
+  std::istringstream in_offsets("\"ab c\"\n");
+  std::ostringstream out_offsets;
+  ndif::tokenizer::run_tokenize_command(path, false, true, in_offsets, out_offsets);
+  EXPECT_EQ(out_offsets.str(), "{\"ids\":[3,2,5],\"offsets\":[[0,2],[2,3],[3,4]]}\n");
+  std::istringstream bad("\"ab\"\n42\n");
+  std::ostringstream ignored;
+  try {
+    ndif::tokenizer::run_tokenize_command(path, false, false, bad, ignored);
+    FAIL() << "accepted a line that is not a JSON string";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("stdin:2"));
+  }
+  std::filesystem::remove(path);
+}
+
+}  // namespace

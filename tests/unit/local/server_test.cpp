@@ -1,0 +1,315 @@
+#include <gtest/gtest.h>
+
+#include <httplib.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/local/server.hpp"
+#include "ndif_sweep/torchsave/torchsave.hpp"
+#include "request_builder.hpp"
+
+namespace ndif::local {
+namespace {
+
+using json = nlohmann::json;
+using torchsave::DType;
+
+const std::vector<std::vector<std::int64_t>> kPrompts = {{11, 12, 13, 14}, {7}, {3, 1, 4, 1, 5, 9, 2}};
+const std::vector<int> kLayers = {0, 2};
+const std::vector<std::int64_t> kPositions = {0, 0};  // the one-token prompt allows only token 0
+
+std::string zlib_compress(const std::string& text) {
+  uLongf size = compressBound(text.size());
+  std::string out(size, '\0');
+  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
+                      text.size(), 6),
+            Z_OK);
+  out.resize(size);
+  return out;
+}
+
+httplib::Headers headers(const std::string& key = "secret") {
+  return {{"ndif-api-key", key},
+          {"model_key", "nnsight.modeling.language.LanguageModel:{\"repo_id\": \"test/model\"}"},
+          {"format", "json"},
+          {"zlib", "True"},
+          {"nnsight-version", "0.4.11"}};
+}
+
+ServerOptions options_with(std::optional<FaultKind> fault = std::nullopt) {
+  ServerOptions options;
+  options.model = ModelConfig{4, 8, 3, DType::bfloat16};
+  options.api_keys = {"secret"};
+  if (fault) {
+    options.fail_rate = 1.0;
+    options.fail_kinds = {*fault};
+  }
+  return options;
+}
+
+class Server : public ::testing::Test {
+protected:
+  void start(ServerOptions options) {
+    server_ = std::make_unique<LocalServer>(std::move(options));
+    const int port = server_->start();
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", port);
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+  }
+
+  /// Submits a request body; returns the HTTP result.
+  httplib::Result submit(const json& request, const httplib::Headers& h = headers()) {
+    return client_->Post("/request", h, zlib_compress(request.dump()), "application/octet-stream");
+  }
+  std::string submit_sweep(const std::string& method = "half") {
+    const auto res = submit(testing::sweep_request(kPrompts, kLayers, kPositions, method).first);
+    EXPECT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    const auto status = json::parse(res->body);
+    EXPECT_EQ(status["status"], "RECEIVED");
+    EXPECT_EQ(status["description"], "Your job has been received and is waiting approval.");
+    EXPECT_TRUE(status["data"].is_null());
+    EXPECT_TRUE(status["session_id"].is_null());
+    return status["id"].get<std::string>();
+  }
+  /// Polls until COMPLETED or ERROR (bounded in count, not in time); failed polls are retried.
+  json wait(const std::string& id) {
+    for (int attempt = 0; attempt < 20000; ++attempt) {
+      if (const auto res = client_->Get(("/response/" + id).c_str(), headers())) {
+        const auto status = json::parse(res->body);
+        if (status["status"] == "COMPLETED" || status["status"] == "ERROR") {
+          return status;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ADD_FAILURE() << "job " << id << " never finished";
+    return {};
+  }
+
+  std::unique_ptr<LocalServer> server_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+/// Checks every element of a downloaded sweep result against the model's formula.
+void expect_sweep_values(const std::string& body, const std::string& id, const SyntheticModel& model) {
+  const std::vector<std::byte> bytes(reinterpret_cast<const std::byte*>(body.data()),
+                                     reinterpret_cast<const std::byte*>(body.data()) + body.size());
+  const auto file = torchsave::load(bytes);
+  const auto& top = std::get<torchsave::Dict>(file.v);
+  ASSERT_EQ(top.items.size(), 2U);
+  EXPECT_EQ(std::get<std::string>(top.items[0].first.v), "id");
+  EXPECT_EQ(std::get<std::string>(top.items[0].second.v), id);
+  const auto& result = std::get<torchsave::Dict>(top.items[1].second.v);
+  ASSERT_EQ(result.items.size(), 1U);
+  const auto& tensor = std::get<torchsave::Tensor>(result.items[0].second.v);
+  ASSERT_EQ(tensor.dtype(), DType::float16);
+  ASSERT_EQ(tensor.shape, (std::vector<std::int64_t>{3, 2, 2, 8}));
+  const auto raw = tensor.contiguous_bytes();
+  std::vector<std::uint16_t> bits(raw.size() / 2);
+  std::memcpy(bits.data(), raw.data(), raw.size());
+  std::size_t n = 0;
+  for (const auto& prompt : kPrompts) {
+    const auto states = prefix_states(prompt, model.config().seed);
+    for (const int layer : kLayers) {
+      for (const auto p : kPositions) {
+        for (std::uint64_t j = 0; j < 8; ++j) {
+          const float held = model.value(states[static_cast<std::size_t>(p)],
+                                         module_code("model.layers." + std::to_string(layer)), j);
+          EXPECT_EQ(bits[n++], float_to_half_bits(held));
+        }
+      }
+    }
+  }
+}
+
+TEST_F(Server, SweepJobCompletesAndItsResultMatchesTheFormulaOnce) {
+  start(options_with());
+  const auto id = submit_sweep();
+  const auto done = wait(id);
+  EXPECT_EQ(done["status"], "COMPLETED");
+  EXPECT_TRUE(done["data"].is_null());
+  const auto res = client_->Get(("/result/" + id).c_str(), headers());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Length"), std::to_string(res->body.size()));
+  expect_sweep_values(res->body, id, SyntheticModel(options_with().model));
+  const auto again = client_->Get(("/result/" + id).c_str(), headers());
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 404);
+}
+
+TEST_F(Server, PingAndStatusDescribeTheDeployment) {
+  start(options_with());
+  const auto ping = client_->Get("/ping");
+  ASSERT_TRUE(ping);
+  EXPECT_EQ(json::parse(ping->body), "pong");
+  const auto status = client_->Get("/status");
+  ASSERT_TRUE(status);
+  const auto deployment = json::parse(status->body)["deployments"]["ndif-local"];
+  EXPECT_EQ(deployment["application_state"], "RUNNING");
+  EXPECT_EQ(deployment["repo_id"], "*");
+  EXPECT_EQ(deployment["config"], (json{{"hidden_size", 8}, {"num_hidden_layers", 4}}));
+}
+
+TEST_F(Server, IngressRejectsMissingKeysOldClientsAndBadBodies) {
+  start(options_with());
+  const auto request = testing::sweep_request(kPrompts, kLayers, kPositions, "half").first;
+  for (const std::string key : {"", "wrong"}) {
+    const auto res = submit(request, headers(key));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401);
+    EXPECT_EQ(json::parse(res->body)["detail"].get<std::string>().rfind("Missing or invalid API key.", 0), 0U);
+  }
+  auto old = headers();
+  old.erase("nnsight-version");
+  old.emplace("nnsight-version", "0.3.7");
+  const auto too_old = submit(request, old);
+  ASSERT_TRUE(too_old);
+  EXPECT_EQ(too_old->status, 400);
+  const auto not_zlib = client_->Post("/request", headers(), "{\"graph\": 1}", "application/octet-stream");
+  ASSERT_TRUE(not_zlib);
+  EXPECT_EQ(not_zlib->status, 422);
+  EXPECT_NE(json::parse(not_zlib->body)["detail"].get<std::string>().find("zlib"), std::string::npos);
+  const auto not_g2 = submit(json{{"graph", 1}});
+  ASSERT_TRUE(not_g2);
+  EXPECT_EQ(not_g2->status, 422);
+  EXPECT_NE(json::parse(not_g2->body)["detail"].get<std::string>().find("memo"), std::string::npos);
+}
+
+TEST_F(Server, UnknownModuleEndsInAnInvalidRequestError) {
+  start(options_with());
+  testing::RequestBuilder b;
+  b.save(b.module("model.layerz.3", 0));
+  const auto res = submit(b.finish(kPrompts));
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  const auto done = wait(json::parse(res->body)["id"].get<std::string>());
+  EXPECT_EQ(done["status"], "ERROR");
+  EXPECT_EQ(done["description"].get<std::string>().rfind("InvalidRequest: unknown module path \"model.layerz.3\"", 0), 0U);
+}
+
+TEST_F(Server, UrlDeliveryAndZstdResults) {
+  auto options = options_with();
+  options.delivery = Delivery::url;
+  options.zstd = true;
+  start(options);
+  const auto id = submit_sweep();
+  const auto done = wait(id);
+  ASSERT_EQ(done["status"], "COMPLETED");
+  ASSERT_TRUE(done["data"].is_array());
+  const std::string url = done["data"][0];
+  const std::string prefix = "http://127.0.0.1:" + std::to_string(server_->port());
+  ASSERT_EQ(url.rfind(prefix, 0), 0U);
+  const auto res = client_->Get(url.substr(prefix.size()).c_str());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  EXPECT_EQ(done["data"][1].get<std::size_t>(), res->body.size());
+  std::vector<std::byte> bytes(res->body.size());
+  std::memcpy(bytes.data(), res->body.data(), bytes.size());
+  EXPECT_EQ(bytes[0], std::byte{0x28});  // zstd magic 28 B5 2F FD
+  const auto plain = torchsave::maybe_decompress_zstd(std::move(bytes), std::size_t{1} << 30);
+  expect_sweep_values(std::string(reinterpret_cast<const char*>(plain.data()), plain.size()), id,
+                      SyntheticModel(options.model));
+}
+
+TEST_F(Server, FaultHttp500And503RejectThePost) {
+  for (const auto kind : {FaultKind::http500, FaultKind::http503}) {
+    start(options_with(kind));
+    const auto res = submit(testing::sweep_request(kPrompts, kLayers, kPositions, "half").first);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, kind == FaultKind::http500 ? 500 : 503);
+    TearDown();
+  }
+}
+
+TEST_F(Server, FaultResetDropsTheFirstStatusPoll) {
+  start(options_with(FaultKind::reset));
+  const auto id = submit_sweep();
+  const auto first = client_->Get(("/response/" + id).c_str(), headers());
+  EXPECT_FALSE(first && first->status == 200 && json::parse(first->body, nullptr, false).is_object());
+  EXPECT_EQ(wait(id)["status"], "COMPLETED");
+}
+
+TEST_F(Server, FaultTruncateCutsTheFirstDownloadOnly) {
+  start(options_with(FaultKind::truncate));
+  const auto id = submit_sweep();
+  ASSERT_EQ(wait(id)["status"], "COMPLETED");
+  const auto cut = client_->Get(("/result/" + id).c_str(), headers());
+  EXPECT_FALSE(cut && cut->status == 200);
+  const auto whole = client_->Get(("/result/" + id).c_str(), headers());
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200);
+  expect_sweep_values(whole->body, id, SyntheticModel(options_with().model));
+}
+
+TEST_F(Server, FaultErrorStatusCancelsTheJob) {
+  start(options_with(FaultKind::error_status));
+  const auto done = wait(submit_sweep());
+  EXPECT_EQ(done["status"], "ERROR");
+  EXPECT_EQ(done["description"], "Your job was cancelled or preempted by the server.");
+}
+
+TEST_F(Server, FaultExpiredUrlAnswers403) {
+  start(options_with(FaultKind::expired_url));
+  const auto done = wait(submit_sweep());
+  ASSERT_EQ(done["status"], "COMPLETED");
+  const std::string url = done["data"][0];
+  const auto res = client_->Get(url.substr(url.find("/download/")).c_str());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 403);
+  EXPECT_NE(res->body.find("Request has expired"), std::string::npos);
+}
+
+TEST_F(Server, FaultSlowStillDeliversTheWholeResult) {
+  start(options_with(FaultKind::slow));
+  const auto id = submit_sweep();
+  ASSERT_EQ(wait(id)["status"], "COMPLETED");
+  const auto res = client_->Get(("/result/" + id).c_str(), headers());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  expect_sweep_values(res->body, id, SyntheticModel(options_with().model));
+}
+
+TEST_F(Server, FaultBadZstdIsADamagedFrame) {
+  start(options_with(FaultKind::bad_zstd));
+  const auto id = submit_sweep();
+  ASSERT_EQ(wait(id)["status"], "COMPLETED");
+  const auto res = client_->Get(("/result/" + id).c_str(), headers());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  std::vector<std::byte> bytes(res->body.size());
+  std::memcpy(bytes.data(), res->body.data(), bytes.size());
+  ASSERT_GE(bytes.size(), 4U);
+  EXPECT_EQ(bytes[1], std::byte{0xB5});
+  EXPECT_THROW((void)torchsave::maybe_decompress_zstd(std::move(bytes), std::size_t{1} << 30), DecodeError);
+}
+
+TEST(Faults, DrawsAreReproducibleAndFollowTheRate) {
+  ServerOptions options;
+  options.fail_rate = 0.25;
+  options.fail_seed = 9;
+  options.fail_kinds = {FaultKind::reset, FaultKind::slow};
+  int faults = 0;
+  for (std::uint64_t sequence = 0; sequence < 4000; ++sequence) {
+    const auto fault = draw_fault(options, sequence);
+    EXPECT_EQ(fault, draw_fault(options, sequence));
+    if (fault) {
+      ++faults;
+      EXPECT_TRUE(*fault == FaultKind::reset || *fault == FaultKind::slow);
+    }
+  }
+  EXPECT_GT(faults, 850);
+  EXPECT_LT(faults, 1150);
+  EXPECT_EQ(parse_fault_kind("bad_zstd"), FaultKind::bad_zstd);
+  EXPECT_THROW((void)parse_fault_kind("meteor"), InputError);
+}
+
+}  // namespace
+}  // namespace ndif::local

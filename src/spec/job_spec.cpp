@@ -402,7 +402,7 @@ void check_layers(const JobSpec& spec, const ModelConfig& config) {
 JobSpec parse_job_spec_text(const std::string& text, const std::filesystem::path& job_file) {
   json root;
   try {
-    root = json::parse(text);
+    root = detail::parse_unique_keys(text, job_file.string() + ": ");
   } catch (const json::parse_error& error) {
     const auto location = detail::locate_byte(text, error.byte);
     fail(job_file.string() + ":" + std::to_string(location.line) + ":" + std::to_string(location.column) + ": ",

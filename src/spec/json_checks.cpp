@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <set>
 #include <utility>
 
 #include "ndif_sweep/core/error.hpp"
@@ -65,6 +66,21 @@ TextLocation locate_byte(std::string_view text, std::size_t byte) noexcept {
     }
   }
   return location;
+}
+
+json parse_unique_keys(std::string_view text, const std::string& prefix) {
+  std::vector<std::set<std::string>> open_objects;
+  const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      open_objects.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      open_objects.pop_back();
+    } else if (event == json::parse_event_t::key && !open_objects.back().insert(parsed.get<std::string>()).second) {
+      fail(prefix, "key \"" + parsed.get<std::string>() + "\" appears twice in one object; keep one");
+    }
+    return true;
+  };
+  return json::parse(text, check);
 }
 
 std::string parse_error_reason(const json::parse_error& error) {

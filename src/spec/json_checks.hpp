@@ -36,6 +36,11 @@ struct TextLocation {
 };
 [[nodiscard]] TextLocation locate_byte(std::string_view text, std::size_t byte) noexcept;
 
+/// Parses JSON text like json::parse, but a key that appears twice in one object is an
+/// InputError(prefix + ...) naming the key: nlohmann would silently keep the last value.
+/// Throws json::parse_error for text that is not JSON.
+[[nodiscard]] json parse_unique_keys(std::string_view text, const std::string& prefix);
+
 /// nlohmann's parse_error message without its "[json.exception...] parse error at ...: " prefix.
 [[nodiscard]] std::string parse_error_reason(const json::parse_error& error);
 

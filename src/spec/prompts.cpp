@@ -25,7 +25,7 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
   }
   json value;
   try {
-    value = json::parse(line);
+    value = detail::parse_unique_keys(line, prefix);
   } catch (const json::parse_error& error) {
     const auto location = detail::locate_byte(line, error.byte);
     fail(prefix, "not valid JSON at column " + std::to_string(location.column) + ": " +

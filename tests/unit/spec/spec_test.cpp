@@ -348,6 +348,17 @@ INSTANTIATE_TEST_SUITE_P(
                               {"name": "a", "module": "n.{layer}", "layers": [1]}]})",
                R"("probes[1].name" "a" is used by another probe; names must be unique)"}));
 
+TEST(JobSpec, RepeatedKeyIsAnError) {
+  EXPECT_THAT(job_error(std::string(R"({"model": "a", "batch": {"target_mb": 1, "target_mb": 2}})")),
+              HasSubstr("job.json: key \"target_mb\" appears twice in one object; keep one"));
+  EXPECT_THAT(prompts_error("\"a\"\n{\"prompt\": \"x\", \"prompt\": \"y\"}\n"),
+              HasSubstr("prompts.jsonl:2: key \"prompt\" appears twice in one object"));
+  // the same key in sibling objects is fine
+  json job = minimal_job();
+  job["probes"].push_back({{"name", "b"}, {"module", "model.layers.{layer}.mlp"}, {"layers", "0:2"}});
+  EXPECT_EQ(parse(job).probes.size(), 2U);
+}
+
 TEST(JobSpec, TopLevelMustBeAnObject) {
   EXPECT_THAT(job_error(std::string("[1, 2]")), HasSubstr("job.json: the job spec must be a JSON object, got [1,2]"));
 }

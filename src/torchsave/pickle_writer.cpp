@@ -11,6 +11,10 @@
 namespace ndif::torchsave::detail {
 namespace {
 
+// clang with libstdc++ cannot instantiate std::pair<Value, Value> (a Dict item) until Value's
+// implicit default constructor is defined; odr-using it here, first, defines it.
+[[maybe_unused]] Value complete_value() { return {}; }
+
 // pickle's own batch size for APPENDS/SETITEMS; Python's unpickler accepts any, this matches it.
 constexpr std::size_t kBatch = 1000;
 

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <zstd.h>
 
 #include "archive_layout.hpp"
 #include "byte_io.hpp"
@@ -374,6 +375,75 @@ TEST(TorchsaveMalformed, MissingOrDuplicatePickleIsRejected) {
   two.add("a/data.pkl", bytes_of("\x80\x02N."));
   two.add("b/data.pkl", bytes_of("\x80\x02N."));
   EXPECT_NE(decode_error_of(std::move(two).finish()).find("found 2"), std::string::npos);
+}
+
+std::vector<std::byte> zstd_compress(const std::vector<std::byte>& data, bool with_content_size) {
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, with_content_size ? 1 : 0);
+  std::vector<std::byte> out(ZSTD_compressBound(data.size()));
+  const std::size_t n = ZSTD_compress2(cctx, out.data(), out.size(), data.data(), data.size());
+  ZSTD_freeCCtx(cctx);
+  EXPECT_FALSE(ZSTD_isError(n));
+  out.resize(n);
+  return out;
+}
+
+std::vector<std::byte> counting_bytes(std::size_t n) {
+  std::vector<std::byte> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::byte>((i * 7) % 251);
+  return out;
+}
+
+TEST(TorchsaveZstd, BytesWithoutTheMagicPassThroughUnchanged) {
+  const auto plain = golden("float16.pt");
+  EXPECT_EQ(maybe_decompress_zstd(plain, 10), plain);
+  EXPECT_EQ(maybe_decompress_zstd(bytes_of("\x28\xb5"), 10), bytes_of("\x28\xb5"));
+}
+
+TEST(TorchsaveZstd, FramesWithAndWithoutContentSizeDecompress) {
+  const auto data = counting_bytes(300000);
+  EXPECT_EQ(maybe_decompress_zstd(zstd_compress(data, true), data.size()), data);
+  EXPECT_EQ(maybe_decompress_zstd(zstd_compress(data, false), data.size()), data);
+  const auto file = golden("views.pt");
+  EXPECT_EQ(describe(load(maybe_decompress_zstd(zstd_compress(file, false), 1 << 20))), describe(load(file)));
+}
+
+TEST(TorchsaveZstd, ConcatenatedFramesDecompressToTheirConcatenation) {
+  auto a = counting_bytes(1000);
+  const auto b = bytes_of("tail");
+  auto both = zstd_compress(a, true);
+  const auto second = zstd_compress(b, false);
+  both.insert(both.end(), second.begin(), second.end());
+  a.insert(a.end(), b.begin(), b.end());
+  EXPECT_EQ(maybe_decompress_zstd(both, a.size()), a);
+}
+
+TEST(TorchsaveZstd, OutputIsBoundedByMaxBytesWhateverTheHeaderSays) {
+  const auto data = counting_bytes(5000);
+  for (bool with_size : {true, false}) {
+    const auto packed = zstd_compress(data, with_size);
+    EXPECT_EQ(maybe_decompress_zstd(packed, 5000).size(), 5000u);
+    EXPECT_THROW((void)maybe_decompress_zstd(packed, 4999), DecodeError);
+  }
+  // 200 MB of zeros compress to a few kilobytes; the limit stops it early.
+  const auto bomb = zstd_compress(std::vector<std::byte>(200'000'000), false);
+  ASSERT_LT(bomb.size(), 100'000u);
+  try {
+    (void)maybe_decompress_zstd(bomb, 1'000'000);
+    ADD_FAILURE() << "a 200 MB frame passed a 1 MB limit";
+  } catch (const DecodeError& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds the limit of 1000000 bytes"), std::string::npos);
+  }
+}
+
+TEST(TorchsaveZstd, TruncatedOrDamagedFramesAreDecodeErrors) {
+  const auto packed = zstd_compress(counting_bytes(20000), true);
+  for (std::size_t n = 4; n < packed.size(); ++n)
+    EXPECT_THROW((void)maybe_decompress_zstd({packed.begin(), packed.begin() + static_cast<std::ptrdiff_t>(n)}, 1 << 20),
+                 DecodeError)
+        << "cut to " << n;
+  auto garbage = bytes_of("\x28\xb5\x2f\xfd garbage that is no frame header");
+  EXPECT_THROW((void)maybe_decompress_zstd(garbage, 1 << 20), DecodeError);
 }
 
 }  // namespace

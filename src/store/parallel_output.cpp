@@ -127,7 +127,14 @@ std::vector<std::size_t> ParallelOutput::probe_row_bytes() const {
   return sizes;
 }
 
+namespace {
+void require_open(const void* state, const char* operation) {
+  if (state == nullptr) throw InternalError(std::string("ParallelOutput::") + operation + " after close()");
+}
+}  // namespace
+
 std::vector<std::uint8_t> ParallelOutput::read_done_flags() const {
+  require_open(state_.get(), "read_done_flags");
   std::vector<std::uint8_t> flags(batch_count());
   check(H5Dread(state_->done.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, flags.data()),
         "read /batches/done");
@@ -137,6 +144,7 @@ std::vector<std::uint8_t> ParallelOutput::read_done_flags() const {
 void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_t> rows,
                                  const std::vector<std::span<const std::byte>>& per_probe_data,
                                  const BatchStats& stats) {
+  require_open(state_.get(), "write_batch");
   State& s = *state_;
   if (batch < 0 || static_cast<std::size_t>(batch) >= s.start.size())
     throw InternalError("write_batch: batch " + std::to_string(batch) + " is outside 0.." +

@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// A job made ready to run: spec parsed, prompts read and tokenized, positions resolved, batches
+/// planned, identity hashed. Shared by `plan` (which stops here) and `run`. Pure apart from reading
+/// the job's own files.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ndif_sweep/plan/batch_plan.hpp"
+#include "ndif_sweep/spec/job_spec.hpp"
+#include "ndif_sweep/spec/prompts.hpp"
+
+namespace ndif::run {
+
+/// Command-line flags that override keys of the job spec.
+struct JobOverrides {
+  std::optional<std::string> endpoint;
+  std::optional<std::filesystem::path> output;
+  std::optional<int> max_inflight;
+};
+
+/// Everything known about a job before any output file or network is touched.
+struct PreparedJob {
+  spec::JobSpec spec;
+  std::vector<spec::PromptRecord> prompts;
+  std::vector<plan::EncodedPrompt> encoded;
+  std::vector<std::int32_t> n_tokens;
+  spec::ModelConfig model_config;
+  plan::RowShape shape;
+  plan::BatchPlan plan;
+  std::string tokenizer_sha256;
+  std::string prompts_sha256;
+  std::string job_hash;  ///< identity of the data the job produces; see job_identity()
+};
+
+/// Where the model's shape comes from when the spec does not give it (GET /status of the service).
+using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>;
+
+/// Parses, validates, tokenizes and plans. `config_source` is asked only when the shape is not known
+/// without network; `plan` passes a source that throws an InputError explaining what to add.
+/// Throws InputError (exit 2) for anything wrong in the job's files or flags.
+[[nodiscard]] PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverrides& overrides,
+                                      const ModelConfigSource& config_source);
+
+/// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer
+/// a run (output, timeouts, retry, max_inflight, api_key_env), plus the SHA-256 of the prompts and
+/// tokenizer files and the model shape. Moving the output file or retuning retries keeps the hash;
+/// anything that changes stored values changes it.
+[[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
+
+/// The `plan --json` object (architecture.md section 2).
+[[nodiscard]] nlohmann::json plan_summary_json(const PreparedJob& job);
+
+/// The human-readable pre-flight estimate printed by `ndif-sweep plan`.
+[[nodiscard]] std::string plan_summary_text(const PreparedJob& job);
+
+}  // namespace ndif::run

@@ -1,0 +1,87 @@
+#include "ndif_sweep/run/communicator.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+
+#include "ndif_sweep/core/error.hpp"
+
+namespace ndif::run {
+namespace {
+
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw InternalError(fmt::format("MPI: {} failed: {}", what, std::string(text, static_cast<size_t>(len))));
+}
+
+}  // namespace
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int provided = 0;
+  check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  // Errors come back as codes that check() turns into exceptions, instead of aborting silently.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+Communicator::Communicator(MPI_Comm comm) : comm_(comm) {
+  check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+}
+
+std::string Communicator::broadcast(const std::string& value, int root) const {
+  unsigned long long len = value.size();
+  check(MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, comm_), "MPI_Bcast (length)");
+  std::string out = rank_ == root ? value : std::string(len, '\0');
+  // Chunked so that payloads beyond INT_MAX bytes still broadcast.
+  constexpr unsigned long long kChunk = 1ULL << 30;
+  for (unsigned long long off = 0; off < len; off += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, len - off));
+    check(MPI_Bcast(out.data() + off, n, MPI_CHAR, root, comm_), "MPI_Bcast (payload)");
+  }
+  return out;
+}
+
+int Communicator::max_all(int value) const {
+  int out = 0;
+  check(MPI_Allreduce(&value, &out, 1, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
+  return out;
+}
+
+void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+void Communicator::send(int dest, Tag tag, const std::string& payload) const {
+  check(MPI_Send(payload.data(), static_cast<int>(payload.size()), MPI_CHAR, dest, static_cast<int>(tag), comm_),
+        "MPI_Send");
+}
+
+std::optional<Message> Communicator::try_receive() const {
+  int flag = 0;
+  MPI_Status status{};
+  check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &status), "MPI_Iprobe");
+  if (!flag) return std::nullopt;
+  int count = 0;
+  check(MPI_Get_count(&status, MPI_CHAR, &count), "MPI_Get_count");
+  Message m;
+  m.source = status.MPI_SOURCE;
+  m.tag = static_cast<Tag>(status.MPI_TAG);
+  m.payload.resize(static_cast<size_t>(count));
+  check(MPI_Recv(m.payload.data(), count, MPI_CHAR, status.MPI_SOURCE, status.MPI_TAG, comm_, MPI_STATUS_IGNORE),
+        "MPI_Recv");
+  return m;
+}
+
+void Communicator::abort(int code) const {
+  MPI_Abort(comm_, code);
+  std::_Exit(code);
+}
+
+}  // namespace ndif::run

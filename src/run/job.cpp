@@ -1,0 +1,115 @@
+#include "ndif_sweep/run/job.hpp"
+
+#include <fmt/format.h>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/tokenizer/tokenizer.hpp"
+
+namespace ndif::run {
+namespace {
+
+void apply_overrides(spec::JobSpec& spec, const JobOverrides& overrides) {
+  if (overrides.endpoint) {
+    const auto& e = *overrides.endpoint;
+    if (e != "local" && e.rfind("http://", 0) != 0 && e.rfind("https://", 0) != 0)
+      throw InputError(fmt::format("--endpoint: expected \"local\" or a base URL http(s)://host[:port], got \"{}\"", e));
+    spec.endpoint = e;
+  }
+  if (overrides.output) spec.output = std::filesystem::absolute(*overrides.output);
+  if (overrides.max_inflight) {
+    if (*overrides.max_inflight < 1)
+      throw InputError(fmt::format("--max-inflight: must be at least 1, got {}", *overrides.max_inflight));
+    spec.max_inflight = *overrides.max_inflight;
+  }
+}
+
+std::string human_bytes(std::int64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (b >= 1e12) return fmt::format("{:.2f} TB", b / 1e12);
+  if (b >= 1e9) return fmt::format("{:.2f} GB", b / 1e9);
+  if (b >= 1e6) return fmt::format("{:.2f} MB", b / 1e6);
+  if (b >= 1e3) return fmt::format("{:.2f} kB", b / 1e3);
+  return fmt::format("{} B", bytes);
+}
+
+}  // namespace
+
+PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverrides& overrides,
+                        const ModelConfigSource& config_source) {
+  PreparedJob job;
+  job.spec = spec::parse_job_spec(job_file);
+  apply_overrides(job.spec, overrides);
+
+  if (auto known = job.spec.effective_model_config()) {
+    job.model_config = *known;
+  } else {
+    job.model_config = config_source(job.spec);
+    spec::check_layers(job.spec, job.model_config);
+  }
+
+  job.prompts = spec::read_prompts(job.spec.prompts, job.spec.positions);
+  const auto tok = tokenizer::Tokenizer::from_file(job.spec.tokenizer);
+  job.encoded = plan::encode_prompts(job.prompts, tok, job.spec.add_special_tokens, job.spec.prompts);
+  job.n_tokens.reserve(job.encoded.size());
+  for (const auto& e : job.encoded) job.n_tokens.push_back(static_cast<std::int32_t>(e.ids.size()));
+
+  job.shape.hidden = job.model_config.hidden_size;
+  job.shape.positions = job.encoded.empty() ? 0 : static_cast<std::int64_t>(job.encoded.front().positions.size());
+  job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
+  for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
+  job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
+
+  job.tokenizer_sha256 = sha256_file_hex(job.spec.tokenizer);
+  job.prompts_sha256 = sha256_file_hex(job.spec.prompts);
+  job.job_hash = sha256_hex(job_identity(job).dump());
+  return job;
+}
+
+nlohmann::json job_identity(const PreparedJob& job) {
+  auto canon = job.spec.canonical_json();
+  for (const char* key : {"output", "timeouts", "retry", "max_inflight", "api_key_env"}) canon.erase(key);
+  // Paths only locate the files; their contents are what identifies the job.
+  canon.erase("tokenizer");
+  canon.erase("prompts");
+  return nlohmann::json{{"spec", canon},
+                        {"prompts_sha256", job.prompts_sha256},
+                        {"tokenizer_sha256", job.tokenizer_sha256},
+                        {"hidden_size", job.model_config.hidden_size},
+                        {"num_hidden_layers", job.model_config.num_hidden_layers}};
+}
+
+nlohmann::json plan_summary_json(const PreparedJob& job) {
+  const auto s = plan::summarize(job.plan, job.n_tokens, job.shape);
+  return nlohmann::json{{"prompts", s.prompts},
+                        {"tokens", s.tokens},
+                        {"padded_tokens", s.padded_tokens},
+                        {"batches", s.batches},
+                        {"max_batch_bytes", s.max_batch_bytes},
+                        {"download_bytes", s.download_bytes},
+                        {"file_bytes", s.file_bytes},
+                        {"jobs", s.jobs}};
+}
+
+std::string plan_summary_text(const PreparedJob& job) {
+  const auto s = plan::summarize(job.plan, job.n_tokens, job.shape);
+  std::string probes;
+  for (const auto& p : job.spec.probes) probes += fmt::format("{}{} ({} layers)", probes.empty() ? "" : ", ", p.name, p.layers.size());
+  const double waste = s.padded_tokens > 0 ? 100.0 * static_cast<double>(s.padded_tokens - s.tokens) / static_cast<double>(s.padded_tokens) : 0;
+  return fmt::format(
+      "job        {}\n"
+      "model      {} (hidden {}, {} layers)\n"
+      "endpoint   {}\n"
+      "prompts    {} ({} tokens, {} padded tokens sent, {:.1f}% padding)\n"
+      "positions  {} per prompt\n"
+      "probes     {}\n"
+      "batches    {} NDIF jobs, largest {}\n"
+      "download   {} in all ({} per row, dtype {})\n"
+      "output     {} ({} of datasets)\n",
+      job.spec.job_file.string(), job.spec.model, job.model_config.hidden_size, job.model_config.num_hidden_layers,
+      job.spec.endpoint, s.prompts, s.tokens, s.padded_tokens, waste, job.shape.positions, probes, s.batches,
+      human_bytes(s.max_batch_bytes), human_bytes(s.download_bytes), human_bytes(job.shape.row_bytes()),
+      spec::dtype_name(job.spec.dtype), job.spec.output.string(), human_bytes(s.file_bytes));
+}
+
+}  // namespace ndif::run

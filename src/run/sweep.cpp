@@ -1,0 +1,625 @@
+// The orchestration loop of `ndif-sweep run`: the only place that ties spec, plan, request,
+// transport and store together.
+//
+// Every rank is a worker with `max_inflight` NDIF jobs in flight; rank 0 is also the coordinator.
+// Rank 0 prepares the job (parse, tokenize, plan), creates or checks the output file and hands out
+// pending batches as ranks ask for them; an assignment carries the batch's token ids and positions,
+// so workers never read the prompts. The rank that wrote a batch sets its flag right after the data
+// write returns, so a crash of any rank, rank 0 included, loses no finished batch.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/version.hpp"
+#include "ndif_sweep/ndif/request.hpp"
+#include "ndif_sweep/ndif/result.hpp"
+#include "ndif_sweep/ndif/retry.hpp"
+#include "ndif_sweep/ndif/transport.hpp"
+#include "ndif_sweep/run/commands.hpp"
+#include "ndif_sweep/run/communicator.hpp"
+#include "ndif_sweep/run/local_server.hpp"
+#include "ndif_sweep/run/signals.hpp"
+#include "ndif_sweep/store/output_file.hpp"
+#include "ndif_sweep/store/output_lock.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+
+namespace ndif::run {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+/// What every rank needs to run batches; rank 0 broadcasts it (the API key travels in memory only).
+struct RunContext {
+  std::string base_url;
+  std::string api_key;
+  std::string model;
+  std::string model_key;
+  std::vector<spec::Probe> probes;
+  spec::DType dtype = spec::DType::float16;
+  std::int64_t hidden = 0;
+  spec::RetryOptions retry;
+  spec::Timeouts timeouts;
+  int max_inflight = 2;
+  std::string output;
+  std::int64_t batches = 0;
+};
+
+json probe_to_json(const spec::Probe& p) {
+  return json{{"name", p.name}, {"module", p.module}, {"output_index", p.output_index ? json(*p.output_index) : json()},
+              {"layers", p.layers}, {"layers_text", p.layers_text}};
+}
+
+spec::Probe probe_from_json(const json& j) {
+  spec::Probe p;
+  p.name = j.at("name");
+  p.module = j.at("module");
+  if (!j.at("output_index").is_null()) p.output_index = j.at("output_index").get<int>();
+  p.layers = j.at("layers").get<std::vector<int>>();
+  p.layers_text = j.at("layers_text");
+  return p;
+}
+
+std::string encode_context(const RunContext& c) {
+  json probes = json::array();
+  for (const auto& p : c.probes) probes.push_back(probe_to_json(p));
+  return json{{"base_url", c.base_url},
+              {"api_key", c.api_key},
+              {"model", c.model},
+              {"model_key", c.model_key},
+              {"probes", probes},
+              {"dtype", static_cast<int>(c.dtype)},
+              {"hidden", c.hidden},
+              {"retry", {c.retry.max_attempts, c.retry.initial_backoff_s, c.retry.max_backoff_s}},
+              {"timeouts", {c.timeouts.connect_s, c.timeouts.request_s, c.timeouts.job_s, c.timeouts.poll_interval_s}},
+              {"max_inflight", c.max_inflight},
+              {"output", c.output},
+              {"batches", c.batches}}
+      .dump();
+}
+
+RunContext decode_context(const json& j) {
+  RunContext c;
+  c.base_url = j.at("base_url");
+  c.api_key = j.at("api_key");
+  c.model = j.at("model");
+  c.model_key = j.at("model_key");
+  for (const auto& p : j.at("probes")) c.probes.push_back(probe_from_json(p));
+  c.dtype = static_cast<spec::DType>(j.at("dtype").get<int>());
+  c.hidden = j.at("hidden");
+  const auto& r = j.at("retry");
+  c.retry = {r[0].get<int>(), r[1].get<double>(), r[2].get<double>()};
+  const auto& t = j.at("timeouts");
+  c.timeouts = {t[0].get<double>(), t[1].get<double>(), t[2].get<double>(), t[3].get<double>()};
+  c.max_inflight = j.at("max_inflight");
+  c.output = j.at("output");
+  c.batches = j.at("batches");
+  return c;
+}
+
+/// One batch as handed to a worker.
+struct Assignment {
+  std::int32_t batch = 0;
+  std::vector<std::int64_t> rows;
+  std::int32_t padded_len = 0;
+  std::vector<plan::EncodedPrompt> prompts;
+};
+
+json assignment_to_json(const Assignment& a) {
+  json prompts = json::array();
+  for (const auto& p : a.prompts) prompts.push_back({p.ids, p.positions});
+  return json{{"batch", a.batch}, {"rows", a.rows}, {"padded_len", a.padded_len}, {"prompts", prompts}};
+}
+
+Assignment assignment_from_json(const json& j) {
+  Assignment a;
+  a.batch = j.at("batch");
+  a.rows = j.at("rows").get<std::vector<std::int64_t>>();
+  a.padded_len = j.at("padded_len");
+  for (const auto& p : j.at("prompts"))
+    a.prompts.push_back({p[0].get<std::vector<std::int32_t>>(), p[1].get<std::vector<std::int32_t>>()});
+  return a;
+}
+
+/// Statistics of a written batch, reported to rank 0.
+struct BatchReport {
+  std::int32_t batch = 0;
+  std::int64_t rows = 0;
+  std::int64_t bytes = 0;
+  int attempts = 0;
+  double seconds = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Coordinator: rank 0's view of the whole job.
+
+class Coordinator {
+public:
+  Coordinator(const PreparedJob& job, std::deque<std::int32_t> pending, int ranks, ProgressReporter& progress)
+      : job_(job), pending_(std::move(pending)), progress_(progress) {
+    for (int r = 0; r < ranks; ++r) active_.insert(r);
+  }
+
+  /// Up to `slots` pending batches; none once draining or when the queue is empty.
+  std::vector<Assignment> take(int slots) {
+    std::vector<Assignment> out;
+    while (slots-- > 0 && !pending_.empty() && drain_ == DrainRequest::none) {
+      const auto b = pending_.front();
+      pending_.pop_front();
+      const auto& batch = job_.plan.batches[static_cast<size_t>(b)];
+      Assignment a{b, batch.rows, batch.padded_len, {}};
+      for (auto row : batch.rows) a.prompts.push_back(job_.encoded[static_cast<size_t>(row)]);
+      out.push_back(std::move(a));
+    }
+    return out;
+  }
+
+  void done(const BatchReport& r) { progress_.batch_done(r.rows, r.bytes); }
+  void failed(std::int32_t batch, const std::string& why) {
+    progress_.batch_failed();
+    std::cerr << fmt::format("ndif-sweep: batch {} failed after all attempts: {}\n", batch, why);
+  }
+  void refused(const std::string& why) {
+    if (!refusal_) refusal_ = why;
+    request_drain(DrainRequest::abandon_in_flight);
+  }
+  void request_drain(DrainRequest d) {
+    if (d > drain_) drain_ = d;
+  }
+  void bye(int rank) { active_.erase(rank); }
+
+  [[nodiscard]] DrainRequest drain() const noexcept { return drain_; }
+  [[nodiscard]] bool all_gone() const noexcept { return active_.empty(); }
+  [[nodiscard]] const std::set<int>& active() const noexcept { return active_; }
+  [[nodiscard]] const std::optional<std::string>& refusal() const noexcept { return refusal_; }
+  [[nodiscard]] std::size_t pending() const noexcept { return pending_.size(); }
+
+private:
+  const PreparedJob& job_;
+  std::deque<std::int32_t> pending_;
+  ProgressReporter& progress_;
+  std::set<int> active_;
+  DrainRequest drain_ = DrainRequest::none;
+  std::optional<std::string> refusal_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Worker: runs batches on one rank.
+
+class Worker {
+public:
+  Worker(const RunContext& ctx, store::ParallelOutput& output, std::uint64_t seed)
+      : ctx_(ctx),
+        output_(output),
+        transport_(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts}),
+        policy_(ctx.retry, seed) {}
+
+  /// Slots this worker could fill now.
+  [[nodiscard]] int free_slots() const noexcept {
+    if (no_more_work_ || drain_ != DrainRequest::none) return 0;
+    return ctx_.max_inflight - static_cast<int>(work_.size());
+  }
+  [[nodiscard]] bool finished() const noexcept {
+    return work_.empty() && (no_more_work_ || drain_ != DrainRequest::none);
+  }
+
+  void accept(std::vector<Assignment> batches) {
+    if (batches.empty()) no_more_work_ = true;
+    for (auto& a : batches) {
+      auto& w = work_[a.batch];
+      w.assignment = std::move(a);
+      w.first_start = Clock::now();
+      submit(w);
+    }
+  }
+
+  void drain(DrainRequest d) {
+    if (d <= drain_) return;
+    drain_ = d;
+    if (d == DrainRequest::abandon_in_flight) {
+      transport_.cancel_all();
+      work_.clear();
+    } else {
+      // Batches waiting for a retry have no job in flight: give them up now.
+      std::erase_if(work_, [](const auto& kv) { return kv.second.retry_at.has_value(); });
+    }
+  }
+
+  /// Drives the transport for up to `wait`; returns what happened for the coordinator.
+  struct Events {
+    std::vector<BatchReport> done;
+    std::vector<std::pair<std::int32_t, std::string>> failed;
+    std::optional<std::string> refused;
+  };
+  Events step(std::chrono::milliseconds wait) {
+    Events ev;
+    const auto now = Clock::now();
+    for (auto& [b, w] : work_)
+      if (w.retry_at && *w.retry_at <= now) submit(w);
+    for (auto& f : transport_.run(wait)) handle(f, ev);
+    return ev;
+  }
+
+private:
+  struct Work {
+    Assignment assignment;
+    int attempts = 0;
+    Clock::time_point first_start;
+    std::optional<Clock::time_point> retry_at;
+    remote::ExpectedResult expected;
+  };
+
+  void submit(Work& w) {
+    remote::BatchRequest req{ctx_.model, w.assignment.prompts, w.assignment.padded_len, ctx_.probes, ctx_.dtype, ctx_.hidden};
+    auto encoded = encoder_.encode(req);
+    w.expected = encoded.expected;
+    w.retry_at.reset();
+    ++w.attempts;
+    transport_.submit(remote::JobTicket{w.assignment.batch, w.attempts}, std::move(encoded));
+  }
+
+  void handle(remote::FinishedJob& f, Events& ev) {
+    auto it = work_.find(static_cast<std::int32_t>(f.ticket.batch));
+    if (it == work_.end()) return;
+    auto& w = it->second;
+    std::optional<remote::Verdict> verdict;
+    std::string why;
+    if (!f.failure) {
+      try {
+        auto decoded = remote::decode_result(f.result, w.expected);
+        std::vector<std::span<const std::byte>> parts;
+        for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
+        const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();
+        output_.write_batch(w.assignment.batch, w.assignment.rows, parts,
+                            store::BatchStats{w.attempts, seconds, f.bytes_received, decoded.nonfinite});
+        ev.done.push_back({w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()), f.bytes_received,
+                           w.attempts, seconds});
+        work_.erase(it);
+        return;
+      } catch (const DecodeError& e) {
+        verdict = remote::classify_decode(true);
+        why = e.what();
+      }
+    } else {
+      verdict = f.failure->verdict;
+      why = f.failure->message;
+    }
+    if (*verdict == remote::Verdict::refused || *verdict == remote::Verdict::job_invalid) {
+      ev.refused = fmt::format("batch {}: {}", w.assignment.batch, why);
+      work_.erase(it);
+      return;
+    }
+    if (*verdict == remote::Verdict::retry && policy_.may_retry(w.attempts) && drain_ == DrainRequest::none) {
+      const auto delay = policy_.backoff(w.assignment.batch, w.attempts);
+      std::cerr << fmt::format("ndif-sweep: batch {} attempt {} failed ({}); retrying in {:.1f} s\n",
+                               w.assignment.batch, w.attempts, why, static_cast<double>(delay.count()) / 1000.0);
+      w.retry_at = Clock::now() + delay;
+      return;
+    }
+    ev.failed.emplace_back(w.assignment.batch, fmt::format("{} (attempt {})", why, w.attempts));
+    work_.erase(it);
+  }
+
+  const RunContext& ctx_;
+  store::ParallelOutput& output_;
+  remote::JobTransport transport_;
+  remote::G2RequestEncoder encoder_;
+  remote::RetryPolicy policy_;
+  std::map<std::int32_t, Work> work_;
+  bool no_more_work_ = false;
+  DrainRequest drain_ = DrainRequest::none;
+};
+
+json report_to_json(const BatchReport& r) {
+  return json{{"batch", r.batch}, {"rows", r.rows}, {"bytes", r.bytes}, {"attempts", r.attempts}, {"seconds", r.seconds}};
+}
+BatchReport report_from_json(const json& j) {
+  return BatchReport{j.at("batch"), j.at("rows"), j.at("bytes"), j.at("attempts"), j.at("seconds")};
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+/// What rank 0 learns and starts before the parallel phase.
+struct RootSetup {
+  PreparedJob job;
+  RunContext ctx;
+  std::unique_ptr<LocalServerProcess> local;
+  std::size_t run_index = 0;
+  bool resumed = false;
+};
+
+/// Phase 1 on rank 0, before any lock or file exists: validate everything and check an existing
+/// output file read-only, so that bad input or another job's file leaves the disk exactly as it was.
+std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
+  auto setup = std::make_unique<RootSetup>();
+  auto& job = setup->job;
+  job = prepare_job(options.job_file, options.overrides, [](const spec::JobSpec& spec) {
+    return remote::fetch_model_config(spec.endpoint, env_or_empty(spec.api_key_env.c_str()), spec.timeouts, spec.model);
+  });
+  const auto& spec = job.spec;
+  auto& c = setup->ctx;
+  c.api_key = env_or_empty(spec.api_key_env.c_str());
+  if (spec.endpoint != "local" && c.api_key.empty())
+    throw InputError(fmt::format("{}: the environment variable {} (api_key_env) is not set; export your NDIF API key "
+                                 "in it (the key never goes into the job file)",
+                                 spec.job_file.string(), spec.api_key_env));
+  // The bundled server accepts any non-empty key.
+  if (c.api_key.empty()) c.api_key = "ndif-local";
+  setup->resumed = store::check_existing(spec.output, job.job_hash) == store::Existing::same_job;
+
+  c.model = spec.model;
+  c.model_key = remote::model_key(spec.model);
+  c.probes = spec.probes;
+  c.dtype = spec.dtype;
+  c.hidden = job.model_config.hidden_size;
+  c.retry = spec.retry;
+  c.timeouts = spec.timeouts;
+  c.max_inflight = spec.max_inflight;
+  c.output = spec.output.string();
+  c.batches = static_cast<std::int64_t>(job.plan.batches.size());
+  return setup;
+}
+
+store::FileLayout file_layout(const PreparedJob& job, const std::string& model_key) {
+  const auto& spec = job.spec;
+  store::FileLayout layout;
+  layout.job_json = spec.canonical_json().dump();
+  layout.job_hash = job.job_hash;
+  layout.model = spec.model;
+  layout.model_key = model_key;
+  layout.tokenizer_sha256 = job.tokenizer_sha256;
+  layout.tool_version = kToolVersion;
+  for (std::size_t i = 0; i < job.prompts.size(); ++i) {
+    layout.text.push_back(job.prompts[i].text);
+    layout.id.push_back(job.prompts[i].id);
+    layout.meta.push_back(job.prompts[i].meta_json);
+    layout.n_tokens.push_back(job.n_tokens[i]);
+    layout.positions.insert(layout.positions.end(), job.encoded[i].positions.begin(), job.encoded[i].positions.end());
+  }
+  layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
+  layout.batch_of_row = job.plan.batch_of_row;
+  layout.order = job.plan.order;
+  layout.batch_start = job.plan.start;
+  layout.batch_count = job.plan.count;
+  for (const auto& p : spec.probes) layout.probes.push_back({p.name, p.module, p.output_index, p.layers, p.layers_text});
+  layout.hidden = static_cast<std::size_t>(job.model_config.hidden_size);
+  layout.dtype = spec::dtype_name(spec.dtype);
+  return layout;
+}
+
+/// Phase 2 on rank 0, holding the lock: create the file (or re-check it: another run may have made
+/// it between phase 1 and the lock), start the bundled server, and record this run.
+void start_on_root(RootSetup& setup, int ranks) {
+  const auto& spec = setup.job.spec;
+  setup.resumed = store::check_existing(spec.output, setup.job.job_hash) == store::Existing::same_job;
+  if (!setup.resumed) store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
+
+  if (spec.endpoint == "local") {
+    setup.local = std::make_unique<LocalServerProcess>(LocalServerProcess::default_binary(), spec.local);
+    setup.ctx.base_url = setup.local->base_url();
+  } else {
+    setup.ctx.base_url = spec.endpoint;
+  }
+
+  store::RunRecord record;
+  record.time_utc = store::utc_now_iso8601();
+  record.ranks = ranks;
+  record.host = host_name();
+  record.slurm_job_id = env_or_empty("SLURM_JOB_ID");
+  const auto restarts = env_or_empty("SLURM_RESTART_COUNT");
+  record.slurm_restart_count = restarts.empty() ? 0 : std::atoll(restarts.c_str());
+  record.tool_version = kToolVersion;
+  setup.run_index = store::append_run_record(spec.output, record);
+}
+
+/// Runs `step` on rank 0 and broadcasts whether it worked, so that every rank leaves together with
+/// rank 0's exit code instead of waiting in a collective call. Returns the exit code, 0 on success.
+template <typename Step>
+int root_step(const Communicator& comm, Step&& step) {
+  int code = 0;
+  if (comm.rank() == 0) {
+    try {
+      step();
+    } catch (const Error& e) {
+      code = static_cast<int>(e.exit_code());
+      comm.broadcast(std::to_string(code));
+      throw;
+    } catch (...) {
+      comm.broadcast("1");
+      throw;
+    }
+  }
+  return std::stoi(comm.broadcast(std::to_string(code)));
+}
+
+}  // namespace
+
+int run_sweep(const RunOptions& options) {
+  install_drain_handlers();
+  const Communicator comm;
+  const bool root = comm.rank() == 0;
+
+  std::unique_ptr<RootSetup> setup;
+  if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
+  const std::string output_path = comm.broadcast(root ? setup->ctx.output : std::string());
+  auto lock = store::OutputLock::acquire(output_path, comm.handle());
+  if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
+  const RunContext ctx = decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+
+  auto output = store::ParallelOutput::open(ctx.output, comm.handle());
+
+  std::optional<ProgressReporter> progress;
+  std::optional<Coordinator> coordinator;
+  if (root) {
+    const auto flags = output.read_done_flags();
+    std::deque<std::int32_t> pending;
+    std::int64_t done_batches = 0, done_rows = 0;
+    for (std::size_t b = 0; b < flags.size(); ++b) {
+      if (flags[b]) {
+        ++done_batches;
+        done_rows += static_cast<std::int64_t>(setup->job.plan.batches[b].rows.size());
+      } else {
+        pending.push_back(static_cast<std::int32_t>(b));
+      }
+    }
+    progress.emplace(options.progress, std::cerr, ctx.batches, static_cast<std::int64_t>(setup->job.prompts.size()),
+                     done_batches, done_rows, Clock::now());
+    if (setup->resumed)
+      std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
+                               ctx.output, done_batches, ctx.batches, pending.size(), comm.size());
+    else
+      std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
+                               setup->job.prompts.size(), ctx.batches, ctx.output, comm.size(),
+                               setup->job.spec.endpoint);
+    coordinator.emplace(setup->job, std::move(pending), comm.size(), *progress);
+  }
+
+  Worker worker(ctx, output, static_cast<std::uint64_t>(comm.rank()));
+  bool awaiting_assignment = false, said_bye = false;
+  DrainRequest local_drain = DrainRequest::none;
+
+  while (true) {
+    // Signals: rank 0 decides for everyone; other ranks pass theirs on.
+    const auto sig = drain_requested();
+    if (sig > local_drain) {
+      local_drain = sig;
+      if (root) {
+        std::cerr << fmt::format("ndif-sweep: {} received: draining ({})\n", last_signal_name(),
+                                 sig == DrainRequest::abandon_in_flight ? "abandoning batches in flight"
+                                                                        : "finishing batches in flight");
+        coordinator->request_drain(sig);
+      } else {
+        comm.send(0, Tag::drain, json{{"abandon", sig == DrainRequest::abandon_in_flight}}.dump());
+      }
+      worker.drain(sig);
+    }
+
+    // Messages.
+    while (auto m = comm.try_receive()) {
+      const auto body = m->payload.empty() ? json() : json::parse(m->payload);
+      switch (m->tag) {
+        case Tag::request_work: {
+          json list = json::array();
+          for (const auto& a : coordinator->take(body.at("slots").get<int>())) list.push_back(assignment_to_json(a));
+          comm.send(m->source, Tag::assign, json{{"batches", list}}.dump());
+          break;
+        }
+        case Tag::assign: {
+          std::vector<Assignment> batches;
+          for (const auto& a : body.at("batches")) batches.push_back(assignment_from_json(a));
+          worker.accept(std::move(batches));
+          awaiting_assignment = false;
+          break;
+        }
+        case Tag::batch_done: coordinator->done(report_from_json(body)); break;
+        case Tag::batch_failed: coordinator->failed(body.at("batch"), body.at("error")); break;
+        case Tag::refused: coordinator->refused(body.at("error")); break;
+        case Tag::drain:
+          if (root)
+            coordinator->request_drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
+                                                                       : DrainRequest::finish_in_flight);
+          else
+            worker.drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight : DrainRequest::finish_in_flight);
+          break;
+        case Tag::bye: coordinator->bye(m->source); break;
+      }
+    }
+
+    // Rank 0 tells every rank about a drain decided here (signal, refusal).
+    if (root && coordinator->drain() > local_drain) {
+      local_drain = coordinator->drain();
+      const auto payload = json{{"abandon", local_drain == DrainRequest::abandon_in_flight}}.dump();
+      for (int r : coordinator->active())
+        if (r != 0) comm.send(r, Tag::drain, payload);
+      worker.drain(local_drain);
+    }
+
+    // Ask for work.
+    if (const int slots = worker.free_slots(); slots > 0 && !awaiting_assignment) {
+      if (root) {
+        worker.accept(coordinator->take(slots));
+      } else {
+        comm.send(0, Tag::request_work, json{{"slots", slots}}.dump());
+        awaiting_assignment = true;
+      }
+    }
+
+    // Run batches.
+    auto ev = worker.step(std::chrono::milliseconds(20));
+    for (const auto& d : ev.done) {
+      if (root) coordinator->done(d);
+      else comm.send(0, Tag::batch_done, report_to_json(d).dump());
+    }
+    for (const auto& [b, why] : ev.failed) {
+      if (root) coordinator->failed(b, why);
+      else comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}}.dump());
+    }
+    if (ev.refused) {
+      if (root) coordinator->refused(*ev.refused);
+      else comm.send(0, Tag::refused, json{{"error", *ev.refused}}.dump());
+    }
+
+    if (root) progress->tick(Clock::now());
+
+    if (worker.finished() && !awaiting_assignment && !said_bye) {
+      said_bye = true;
+      if (root) coordinator->bye(0);
+      else comm.send(0, Tag::bye, "");
+    }
+    if (said_bye && (!root || coordinator->all_gone())) break;
+  }
+
+  output.close();
+
+  int code = 0;
+  if (root) {
+    const auto flags_done = progress->done_batches();
+    std::string outcome;
+    if (coordinator->refusal()) {
+      outcome = "failed";
+      code = static_cast<int>(ExitCode::refused);
+    } else if (flags_done == ctx.batches) {
+      outcome = "complete";
+    } else if (local_drain != DrainRequest::none) {
+      outcome = "drained";
+      code = static_cast<int>(ExitCode::incomplete);
+    } else {
+      outcome = "incomplete";
+      code = static_cast<int>(ExitCode::incomplete);
+    }
+    store::set_run_outcome(ctx.output, setup->run_index, outcome);
+    progress->finish(Clock::now(), outcome);
+    if (coordinator->refusal())
+      std::cerr << "ndif-sweep: error: the service refused the request: " << *coordinator->refusal() << '\n';
+    if (code == 0)
+      std::cout << "output: " << ctx.output << '\n';
+    else
+      std::cout << fmt::format("output: {} (incomplete: {} of {} batches done; run the same command again to resume)\n",
+                               ctx.output, flags_done, ctx.batches);
+  }
+  code = comm.max_all(code);
+  return code;
+}
+
+}  // namespace ndif::run

@@ -15,7 +15,10 @@ std::string describe(const json& value) {
   constexpr std::size_t kMaxShown = 60;
   std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
   if (text.size() > kMaxShown) {
-    text.resize(kMaxShown);
+    std::size_t cut = kMaxShown;
+    // Never split a UTF-8 sequence: the message itself must stay valid UTF-8.
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    text.resize(cut);
     text += "...";
   }
   return text;

@@ -359,6 +359,12 @@ TEST(JobSpec, RepeatedKeyIsAnError) {
   EXPECT_EQ(parse(job).probes.size(), 2U);
 }
 
+TEST(JobSpec, LongValuesAreShortenedOnACharacterBoundary) {
+  json job = minimal_job();
+  job["dtype"] = std::string(58, 'a') + "\xC3\xA9\xC3\xA9";
+  EXPECT_THAT(job_error(job), HasSubstr(", got \"" + std::string(58, 'a') + "..."));
+}
+
 TEST(JobSpec, TopLevelMustBeAnObject) {
   EXPECT_THAT(job_error(std::string("[1, 2]")), HasSubstr("job.json: the job spec must be a JSON object, got [1,2]"));
 }

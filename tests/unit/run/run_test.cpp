@@ -1,0 +1,166 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/run/job.hpp"
+#include "ndif_sweep/run/progress.hpp"
+
+namespace ndif::run {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+const fs::path kTokenizer = fs::path(NDIF_SOURCE_DIR) / "tests/data/tokenizers/bytes.json";
+
+spec::ModelConfig no_network(const spec::JobSpec&) { throw InputError("no network in unit tests"); }
+
+class JobFiles : public ::testing::Test {
+protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ndif_run_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    write("prompts.jsonl", "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"a\", \"positions\": [0, -1]}\n");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  void write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
+
+  fs::path job(const std::string& extra = "") {
+    write("job.json", R"({"model": "org/model", "endpoint": "local", "local": {"layers": 4, "hidden": 8},
+      "tokenizer": ")" + kTokenizer.string() + R"(", "prompts": "prompts.jsonl", "positions": [0, -1],
+      "probes": [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": "0:4"}],
+      "output": "out.h5")" + extra + "}");
+    return dir_ / "job.json";
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
+  const auto prepared = prepare_job(job(), {}, no_network);
+  ASSERT_EQ(prepared.encoded.size(), 3u);
+  // [<bos>, T, he, Ġcat]; [<bos>, T, he, Ġcat, Ġsat, Ġ, o, n, Ġthe, Ġ, m, at]; [<bos>, a]
+  EXPECT_EQ(prepared.n_tokens, (std::vector<std::int32_t>{4, 12, 2}));
+  EXPECT_EQ(prepared.encoded[0].positions, (std::vector<std::int32_t>{0, 3}));
+  EXPECT_EQ(prepared.encoded[2].positions, (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(prepared.model_config.hidden_size, 8);
+  EXPECT_EQ(prepared.shape.row_bytes(), 4 * 2 * 8 * 2);
+  ASSERT_EQ(prepared.plan.batches.size(), 1u);
+  // Longest first.
+  EXPECT_EQ(prepared.plan.batches[0].rows, (std::vector<std::int64_t>{1, 0, 2}));
+  EXPECT_EQ(prepared.plan.batches[0].padded_len, 12);
+  EXPECT_EQ(prepared.job_hash.size(), 64u);
+}
+
+TEST_F(JobFiles, JobHashIgnoresRunSteeringKeysButNotData) {
+  const auto base = prepare_job(job(), {}, no_network).job_hash;
+  EXPECT_EQ(prepare_job(job(R"(, "max_inflight": 7, "retry": {"max_attempts": 2})"), {}, no_network).job_hash, base);
+  JobOverrides moved;
+  moved.output = dir_ / "elsewhere.h5";
+  EXPECT_EQ(prepare_job(job(), moved, no_network).job_hash, base);
+  EXPECT_NE(prepare_job(job(R"(, "dtype": "bfloat16")"), {}, no_network).job_hash, base);
+  write("prompts.jsonl", "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"b\", \"positions\": [0, -1]}\n");
+  EXPECT_NE(prepare_job(job(), {}, no_network).job_hash, base);
+}
+
+TEST_F(JobFiles, PlanSummaryCountsTokensAndPadding) {
+  const auto prepared = prepare_job(job(), {}, no_network);
+  const auto j = plan_summary_json(prepared);
+  EXPECT_EQ(j.at("prompts"), 3);
+  EXPECT_EQ(j.at("tokens"), 4 + 12 + 2);
+  EXPECT_EQ(j.at("padded_tokens"), 3 * 12);
+  EXPECT_EQ(j.at("batches"), 1);
+  EXPECT_EQ(j.at("jobs"), 1);
+  EXPECT_EQ(j.at("download_bytes"), 3 * 4 * 2 * 8 * 2);
+  EXPECT_THAT(plan_summary_text(prepared), HasSubstr("3 (18 tokens, 36 padded tokens sent, 50.0% padding)"));
+}
+
+TEST_F(JobFiles, BadOverridesAreInputErrors) {
+  JobOverrides bad;
+  bad.endpoint = "ftp://host";
+  EXPECT_THROW((void)prepare_job(job(), bad, no_network), InputError);
+  JobOverrides zero;
+  zero.max_inflight = 0;
+  EXPECT_THROW((void)prepare_job(job(), zero, no_network), InputError);
+}
+
+TEST_F(JobFiles, RemoteEndpointWithoutShapeAsksTheConfigSource) {
+  write("prompts.jsonl", "\"The cat\"\n\"a\"\n");
+  write("job2.json", R"({"model": "org/model", "endpoint": "http://127.0.0.1:9",
+      "tokenizer": ")" + kTokenizer.string() + R"(", "prompts": "prompts.jsonl", "positions": [0],
+      "probes": [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": [1, 30]}],
+      "output": "out.h5"})");
+  int asked = 0;
+  auto source = [&](const spec::JobSpec&) {
+    ++asked;
+    return spec::ModelConfig{16, 32};
+  };
+  const auto prepared = prepare_job(dir_ / "job2.json", {}, source);
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(prepared.model_config.hidden_size, 16);
+  // A layer beyond the server's model is an input error naming the probe.
+  auto small = [](const spec::JobSpec&) { return spec::ModelConfig{16, 8}; };
+  try {
+    (void)prepare_job(dir_ / "job2.json", {}, small);
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("resid"));
+  }
+}
+
+TEST(Progress, ParsesModesAndRejectsOthers) {
+  EXPECT_EQ(parse_progress_mode("jsonl"), ProgressMode::jsonl);
+  EXPECT_EQ(parse_progress_mode("none"), ProgressMode::none);
+  EXPECT_THROW((void)parse_progress_mode("fancy"), InputError);
+}
+
+TEST(Progress, FormatsDurations) {
+  EXPECT_EQ(ProgressReporter::format_duration(0), "0:00:00");
+  EXPECT_EQ(ProgressReporter::format_duration(3723.4), "1:02:03");
+  EXPECT_EQ(ProgressReporter::format_duration(-1), "--:--");
+}
+
+TEST(Progress, LinesReportBatchesRowsBytesRateAndEta) {
+  std::ostringstream out;
+  const auto t0 = ProgressReporter::Clock::now();
+  ProgressReporter p(ProgressMode::lines, out, 10, 1000, 2, 200, t0);
+  p.batch_done(100, 4'000'000);
+  p.batch_done(100, 4'000'000);
+  p.tick(t0 + std::chrono::seconds(4), true);
+  const auto text = out.str();
+  EXPECT_THAT(text, HasSubstr("batches 4/10 (40.0%)"));
+  EXPECT_THAT(text, HasSubstr("rows 400/1000"));
+  EXPECT_THAT(text, HasSubstr("8.0 MB received"));
+  EXPECT_THAT(text, HasSubstr("2.00 MB/s"));
+  // 2 new batches in 4 s, 6 to go: 12 s.
+  EXPECT_THAT(text, HasSubstr("ETA 0:00:12"));
+}
+
+TEST(Progress, JsonlEventsAreOneObjectPerLine) {
+  std::ostringstream out;
+  const auto t0 = ProgressReporter::Clock::now();
+  ProgressReporter p(ProgressMode::jsonl, out, 3, 30, 0, 0, t0);
+  p.batch_done(10, 100);
+  p.batch_failed();
+  p.tick(t0 + std::chrono::seconds(1), true);
+  p.finish(t0 + std::chrono::seconds(2), "incomplete");
+  std::istringstream in(out.str());
+  std::string line;
+  std::vector<nlohmann::json> events;
+  while (std::getline(in, line)) events.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].at("batches_done"), 1);
+  EXPECT_EQ(events[0].at("batches_failed"), 1);
+  EXPECT_EQ(events[1].at("event"), "finished");
+  EXPECT_EQ(events[1].at("outcome"), "incomplete");
+}
+
+}  // namespace
+}  // namespace ndif::run

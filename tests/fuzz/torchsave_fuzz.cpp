@@ -2,7 +2,11 @@
 // straight from the network. Only DecodeError may escape; a crash, a sanitizer report or any
 // other exception is a finding. Every decoded tensor is also read out in full, so a view that
 // passed the bounds checks but still reaches outside its storage shows up under ASan.
-// A good seed corpus is tests/data/torchsave/*.pt.
+// The input is also run as a bare data.pkl (beside small storages "0" and "1"), because inside a
+// ZIP the CRC-32 would stop nearly every mutation before it reaches the pickle VM.
+// A good seed corpus is tests/data/torchsave/*.pt plus their data.pkl entries.
+// Build: clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc/torchsave
+//        src/torchsave/*.cpp tests/fuzz/torchsave_fuzz.cpp -lfmt -lz -lzstd -o torchsave_fuzz
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -11,6 +15,7 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
+#include "zip_archive.hpp"
 
 namespace {
 
@@ -50,6 +55,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     touch(ndif::torchsave::load(unpacked));
   } catch (const ndif::DecodeError&) {
     // damaged frame, or a frame that does not hold a torch.save file
+  }
+  try {
+    const std::vector<std::byte> storage(64, std::byte{0x3C});
+    ndif::torchsave::detail::ZipWriter zip;
+    zip.add("archive/data.pkl", input);
+    zip.add("archive/data/0", storage);
+    zip.add("archive/data/1", std::span(storage).first(6));
+    touch(ndif::torchsave::load(std::move(zip).finish()));
+  } catch (const ndif::DecodeError&) {
+    // a pickle outside the supported subset
   }
   return 0;
 }

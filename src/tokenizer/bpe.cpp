@@ -1,11 +1,18 @@
 #include "bpe.hpp"
 
+#include <algorithm>
 #include <array>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <queue>
 
 #include "ndif_sweep/core/error.hpp"
 #include "unicode.hpp"
+
+// Inlined so that the hot vocabulary lookups of encoding make no library call.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 namespace ndif::tokenizer::detail {
 
@@ -15,55 +22,138 @@ std::uint64_t pair_key(std::int32_t left, std::int32_t right) noexcept {
   return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) | static_cast<std::uint32_t>(right);
 }
 
+std::uint64_t hash_bytes(std::string_view bytes) noexcept { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+// Spreads a pair key over all bits, so that masking to the table size keeps both ids' entropy.
+std::uint64_t hash_pair(std::uint64_t key) noexcept {
+  key ^= key >> 33;
+  key *= 0xFF51AFD7ED558CCDULL;
+  key ^= key >> 33;
+  return key;
+}
+
+std::size_t table_size_for(std::size_t count) noexcept {
+  std::size_t size = 16;
+  while (size < 2 * count) size *= 2;
+  return size;
+}
+
 }  // namespace
 
-Bpe::Bpe(Vocabulary vocab, const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions options,
-         const std::string& where)
+void Vocabulary::assign(std::string_view token, std::int32_t id) {
+  if (2 * (entries_.size() + 1) > slots_.size()) grow();
+  const std::uint64_t hash = hash_bytes(token);
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+    const std::uint32_t index = slots_[slot];
+    if (index == 0) {
+      if (bytes_.size() + token.size() > UINT32_MAX) throw InputError("model.vocab holds more than 4 GiB of token text");
+      entries_.push_back({static_cast<std::uint32_t>(bytes_.size()), static_cast<std::uint32_t>(token.size()), id,
+                          static_cast<std::uint32_t>(hash)});
+      bytes_.append(token);
+      slots_[slot] = static_cast<std::uint32_t>(entries_.size());
+      return;
+    }
+    Entry& entry = entries_[index - 1];
+    if (entry.hash == static_cast<std::uint32_t>(hash) && token_of(entry) == token) {
+      entry.id = id;
+      return;
+    }
+  }
+}
+
+std::optional<std::int32_t> Vocabulary::find(std::string_view token) const noexcept {
+  if (slots_.empty()) return std::nullopt;
+  const std::uint64_t hash = hash_bytes(token);
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+    const std::uint32_t index = slots_[slot];
+    if (index == 0) return std::nullopt;
+    const Entry& entry = entries_[index - 1];
+    if (entry.hash == static_cast<std::uint32_t>(hash) && token_of(entry) == token) return entry.id;
+  }
+}
+
+void Vocabulary::grow() {
+  // Only the stored low 32 bits of each hash are at hand; they address tables of up to 2^32 slots.
+  slots_.assign(std::max<std::size_t>(slots_.size() * 2, 1024), 0);
+  const std::size_t mask = slots_.size() - 1;
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    std::size_t slot = entries_[i].hash & mask;
+    while (slots_[slot] != 0) slot = (slot + 1) & mask;
+    slots_[slot] = static_cast<std::uint32_t>(i + 1);
+  }
+}
+
+void TokenPairs::add(std::string_view left, std::string_view right) {
+  if (bytes_.size() + left.size() + right.size() > UINT32_MAX) throw InputError("model.merges hold more than 4 GiB of token text");
+  bytes_.append(left);
+  ends_.push_back(static_cast<std::uint32_t>(bytes_.size()));
+  bytes_.append(right);
+  ends_.push_back(static_cast<std::uint32_t>(bytes_.size()));
+}
+
+std::pair<std::string_view, std::string_view> TokenPairs::operator[](std::size_t index) const noexcept {
+  const std::size_t start = index == 0 ? 0 : ends_[2 * index - 1];
+  const std::size_t middle = ends_[2 * index];
+  const std::size_t end = ends_[2 * index + 1];
+  const std::string_view bytes(bytes_);
+  return {bytes.substr(start, middle - start), bytes.substr(middle, end - middle)};
+}
+
+Bpe::Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const std::string& where)
     : vocab_(std::move(vocab)), options_(std::move(options)) {
-  auto id_of = [&](const std::string& token, std::size_t rank) {
-    const auto it = vocab_.find(token);
-    if (it == vocab_.end()) {
-      throw InputError(where + ": model.merges[" + std::to_string(rank) + "] uses \"" + token +
+  auto id_of = [&](std::string_view token, std::size_t rank) {
+    const auto id = vocab_.find(token);
+    if (!id) {
+      throw InputError(where + ": model.merges[" + std::to_string(rank) + "] uses \"" + std::string(token) +
                        "\", which is not in model.vocab");
     }
-    return it->second;
+    return *id;
   };
-  merges_.reserve(merges.size());
-  const std::size_t prefix = options_.continuing_subword_prefix.size();
+  merges_.assign(table_size_for(merges.size()), Merge{empty_pair, 0, 0});
+  const std::size_t mask = merges_.size() - 1;
+  const std::string_view prefix = options_.continuing_subword_prefix;
+  std::string merged;
   for (std::size_t rank = 0; rank < merges.size(); ++rank) {
-    const auto& [left, right] = merges[rank];
-    std::string merged = left;
-    merged.append(right.size() >= prefix && right.compare(0, prefix, options_.continuing_subword_prefix) == 0
-                      ? right.substr(prefix)
-                      : right);
+    const auto [left, right] = merges[rank];
+    merged.assign(left);
+    merged.append(right.substr(right.starts_with(prefix) ? prefix.size() : 0));
+    const Merge merge{pair_key(id_of(left, rank), id_of(right, rank)), static_cast<std::uint32_t>(rank), id_of(merged, rank)};
+    std::size_t slot = hash_pair(merge.pair) & mask;
+    while (merges_[slot].pair != empty_pair && merges_[slot].pair != merge.pair) slot = (slot + 1) & mask;
     // A repeated merge keeps its last rank, as the reference's map does.
-    merges_[pair_key(id_of(left, rank), id_of(right, rank))] = Merge{static_cast<std::uint32_t>(rank), id_of(merged, rank)};
+    merges_[slot] = merge;
   }
   if (options_.unk_token) {
-    const auto it = vocab_.find(*options_.unk_token);
-    if (it == vocab_.end()) throw InputError(where + ": model.unk_token \"" + *options_.unk_token + "\" is not in model.vocab");
-    unk_id_ = it->second;
+    unk_id_ = vocab_.find(*options_.unk_token);
+    if (!unk_id_) throw InputError(where + ": model.unk_token \"" + *options_.unk_token + "\" is not in model.vocab");
   }
   if (options_.byte_fallback) {
     byte_ids_.assign(256, -1);
     for (int b = 0; b < 256; ++b) {
       std::array<char, 8> name{};
       std::snprintf(name.data(), name.size(), "<0x%02X>", b);
-      if (const auto it = vocab_.find(std::string_view(name.data())); it != vocab_.end()) byte_ids_[static_cast<std::size_t>(b)] = it->second;
+      if (const auto id = vocab_.find(std::string_view(name.data()))) byte_ids_[static_cast<std::size_t>(b)] = *id;
     }
   }
 }
 
 const Bpe::Merge* Bpe::find_merge(std::int32_t left, std::int32_t right) const noexcept {
-  const auto it = merges_.find(pair_key(left, right));
-  return it == merges_.end() ? nullptr : &it->second;
+  const std::uint64_t key = pair_key(left, right);
+  const std::size_t mask = merges_.size() - 1;
+  for (std::size_t slot = hash_pair(key) & mask;; slot = (slot + 1) & mask) {
+    const Merge& merge = merges_[slot];
+    if (merge.pair == key) return &merge;
+    if (merge.pair == empty_pair) return nullptr;
+  }
 }
 
 void Bpe::tokenize(std::string_view word, std::vector<WordToken>& out) const {
   if (word.empty()) return;
   if (options_.ignore_merges) {
-    if (const auto it = vocab_.find(word); it != vocab_.end()) {
-      out.push_back({it->second, 0, static_cast<std::uint32_t>(word.size())});
+    if (const auto id = vocab_.find(word)) {
+      out.push_back({*id, 0, static_cast<std::uint32_t>(word.size())});
       return;
     }
   }
@@ -100,12 +190,12 @@ void Bpe::tokenize(std::string_view word, std::vector<WordToken>& out) const {
     }
     const auto first = static_cast<std::uint32_t>(at);
     at += length;
-    if (const auto it = vocab_.find(key); it != vocab_.end()) {
+    if (const auto id = vocab_.find(key)) {
       if (unk) {
         add(*unk_id_, unk_first, unk_length);
         unk = false;
       }
-      add(it->second, first, static_cast<std::uint32_t>(length));
+      add(*id, first, static_cast<std::uint32_t>(length));
       continue;
     }
     if (options_.byte_fallback) {

@@ -11,6 +11,7 @@
 #include "ndif_sweep/core/files.hpp"
 #include "normalized_string.hpp"
 #include "regex.hpp"
+#include "tokenizer_json.hpp"
 #include "unicode.hpp"
 
 namespace ndif::tokenizer {
@@ -198,11 +199,11 @@ struct Tokenizer::Impl {
   std::vector<TemplatePiece> single_template;
   std::size_t vocab_size = 0;
 
-  void load(const json& root);
+  void load(detail::TokenizerDocument& document);
   void load_normalizer(const json& node, const std::string& where);
   void load_pre_tokenizer(const json& node, const std::string& where);
   void load_post_processor(const json& node, const std::string& where);
-  void load_model(const json& node);
+  void load_model(const json& node, std::optional<detail::Vocabulary>& vocab, const std::optional<detail::TokenPairs>& merges);
   void load_added_tokens(const json& node);
 
   void split_added(std::vector<Split>& splits, const AddedTokenMatcher& matcher, bool normalize_first) const;
@@ -304,7 +305,8 @@ void Tokenizer::Impl::load_post_processor(const json& node, const std::string& w
   }
 }
 
-void Tokenizer::Impl::load_model(const json& node) {
+void Tokenizer::Impl::load_model(const json& node, std::optional<detail::Vocabulary>& vocab,
+                                 const std::optional<detail::TokenPairs>& merges) {
   const std::string type = type_of(node, at("model"));
   if (type != "BPE") throw InputError(at("model") + ": model type \"" + type + "\" is not supported (only BPE)");
   if (node.contains("dropout") && !node["dropout"].is_null()) {
@@ -318,31 +320,13 @@ void Tokenizer::Impl::load_model(const json& node) {
   options.byte_fallback = value_or(node, "byte_fallback", false);
   options.ignore_merges = value_or(node, "ignore_merges", false);
 
-  detail::Vocabulary vocab;
-  const auto& vocab_node = node.at("vocab");
-  if (!vocab_node.is_object()) throw InputError(at("model.vocab") + " must be an object of token -> id");
-  vocab.reserve(vocab_node.size());
-  for (const auto& [token, id] : vocab_node.items()) vocab.emplace(token, id.get<std::int32_t>());
-
-  std::vector<std::pair<std::string, std::string>> merges;
-  const auto& merges_node = node.at("merges");
-  merges.reserve(merges_node.size());
-  for (std::size_t i = 0; i < merges_node.size(); ++i) {
-    const auto& merge = merges_node[i];
-    if (merge.is_string()) {
-      const auto& text = merge.get_ref<const std::string&>();
-      const auto space = text.find(' ', 1);
-      if (space == std::string::npos) {
-        throw InputError(at("model.merges[" + std::to_string(i) + "]") + ": \"" + text + "\" is not two tokens separated by a space");
-      }
-      merges.emplace_back(text.substr(0, space), text.substr(space + 1));
-    } else if (merge.is_array() && merge.size() == 2) {
-      merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
-    } else {
-      throw InputError(at("model.merges[" + std::to_string(i) + "]") + " must be \"a b\" or [\"a\", \"b\"]");
-    }
+  if (!vocab) {
+    throw InputError(at("model.vocab") + (node.contains("vocab") ? " must be an object of token -> id" : " is missing"));
   }
-  model.emplace(std::move(vocab), merges, std::move(options), name);
+  if (!merges) {
+    throw InputError(at("model.merges") + (node.contains("merges") ? " must be a list of merges" : " is missing"));
+  }
+  model.emplace(std::move(*vocab), *merges, std::move(options), name);
 }
 
 void Tokenizer::Impl::load_added_tokens(const json& node) {
@@ -353,7 +337,7 @@ void Tokenizer::Impl::load_added_tokens(const json& node) {
     AddedToken added_token{token.at("id").get<std::int32_t>(), token.at("content").get<std::string>(),
                            value_or(token, "lstrip", false), value_or(token, "rstrip", false),
                            value_or(token, "single_word", false)};
-    if (const auto it = model->vocab().find(added_token.content); it != model->vocab().end()) added_token.id = it->second;
+    if (const auto id = model->vocab().find(added_token.content)) added_token.id = *id;
     const bool special = value_or(token, "special", false);
     const bool normalized = value_or(token, "normalized", !special);
     (normalized ? normalized_matcher : raw_matcher).add(added_token.content, added.size());
@@ -361,7 +345,8 @@ void Tokenizer::Impl::load_added_tokens(const json& node) {
   }
 }
 
-void Tokenizer::Impl::load(const json& root) {
+void Tokenizer::Impl::load(detail::TokenizerDocument& document) {
+  const json& root = document.root;
   if (!root.is_object()) throw InputError(name + ": a tokenizer.json must hold a JSON object");
   for (const char* key : {"truncation", "padding"}) {
     if (root.contains(key) && !root[key].is_null()) {
@@ -369,7 +354,7 @@ void Tokenizer::Impl::load(const json& root) {
     }
   }
   if (!root.contains("model")) throw InputError(at("model") + " is missing");
-  load_model(root["model"]);
+  load_model(root["model"], document.vocab, document.merges);
   if (root.contains("added_tokens")) load_added_tokens(root["added_tokens"]);
   if (root.contains("normalizer")) load_normalizer(root["normalizer"], at("normalizer"));
   if (root.contains("pre_tokenizer")) load_pre_tokenizer(root["pre_tokenizer"], at("pre_tokenizer"));
@@ -377,7 +362,7 @@ void Tokenizer::Impl::load(const json& root) {
 
   std::vector<std::int32_t> ids;
   ids.reserve(model->vocab().size() + added.size());
-  for (const auto& entry : model->vocab()) ids.push_back(entry.second);
+  model->vocab().for_each([&](std::string_view, std::int32_t id) { ids.push_back(id); });
   for (const auto& token : added) ids.push_back(token.id);
   std::sort(ids.begin(), ids.end());
   vocab_size = static_cast<std::size_t>(std::unique(ids.begin(), ids.end()) - ids.begin());
@@ -492,14 +477,9 @@ Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& name) {
   auto impl = std::make_unique<Impl>();
   impl->name = name;
-  json root;
+  auto document = detail::read_tokenizer_json(json_text, name);
   try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw InputError(name + ": not valid JSON: " + e.what());
-  }
-  try {
-    impl->load(root);
+    impl->load(document);
   } catch (const json::exception& e) {
     throw InputError(name + ": unexpected tokenizer.json structure: " + e.what());
   }

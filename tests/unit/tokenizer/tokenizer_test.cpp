@@ -153,6 +153,81 @@ TEST(Tokenizer, MergeOutsideVocabularyIsAnInputError) {
   EXPECT_THROW(static_cast<void>(Tokenizer::from_json(tokenizer_json(model), "m.json")), InputError);
 }
 
+// The message of the InputError that loading `text` throws ("" when it loads).
+std::string load_error(const std::string& text) {
+  try {
+    static_cast<void>(Tokenizer::from_json(text, "e.json"));
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Tokenizer, StreamedVocabularyAndMergeErrorsNameTheEntry) {
+  const std::string merges = R"(,"merges":[]})";
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":-1})" + merges)),
+              HasSubstr("e.json: model.vocab[\"a\"] = -1 is not an id in [0, 2^31)"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":2147483648})" + merges)),
+              HasSubstr("model.vocab[\"a\"] = 2147483648"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":"0"})" + merges)),
+              HasSubstr("model.vocab[\"a\"] must be an integer id, not a string"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0,"b":1},"merges":["a b","ab"]})")),
+              HasSubstr("e.json: model.merges[1]: \"ab\" is not two tokens separated by a space"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0},"merges":[["a"]]})")),
+              HasSubstr("model.merges[0] must be \"a b\" or [\"a\", \"b\"]: it has fewer than two tokens"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0},"merges":[1]})")),
+              HasSubstr("model.merges[0] must be \"a b\" or [\"a\", \"b\"], not a number"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","merges":[]})")), HasSubstr("e.json: model.vocab is missing"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":[],"merges":[]})")),
+              HasSubstr("model.vocab must be an object of token -> id"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0}})")), HasSubstr("model.merges is missing"));
+  EXPECT_THAT(load_error(R"({"model": {"vocab": {"a": 0)"), HasSubstr("e.json: not valid JSON"));
+}
+
+TEST(Tokenizer, VocabularyAndMergesKeysOutsideTheModelStayOrdinaryJson) {
+  // A "vocab" or "merges" key elsewhere, before or after the model, is not the model's.
+  const std::string text =
+      R"({"decoder":{"vocab":{"x":"y"},"merges":[1,2]},"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":[["a","b"]]},)"
+      R"("added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null})";
+  const auto tokenizer = Tokenizer::from_json(text, "k.json");
+  EXPECT_THAT(tokenizer.encode("abba", false).ids, ElementsAre(2, 1, 0));
+  EXPECT_EQ(tokenizer.vocab_size(), 3U);
+}
+
+TEST(Tokenizer, RepeatedVocabularyTokenKeepsItsLastId) {
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(R"({"type":"BPE","vocab":{"a":0,"a":1},"merges":[]})"), "r.json");
+  EXPECT_THAT(tokenizer.encode("aa", false).ids, ElementsAre(1, 1));
+}
+
+TEST(Tokenizer, LargeVocabularyFindsEveryTokenAfterItsIndexGrew) {
+  // 5,000 two-character tokens "xy" built by 5,000 merges: the index grows several times while
+  // loading, and every merge must still resolve to its own token.
+  std::string vocab = "{";
+  std::string merges = "[";
+  std::vector<std::string> letters;
+  for (int c = 0x100; c < 0x164; ++c) {  // 100 two-byte letters, U+0100 to U+0163
+    letters.push_back({static_cast<char>(0xC0 | (c >> 6)), static_cast<char>(0x80 | (c & 0x3F))});
+  }
+  int id = 0;
+  for (const auto& letter : letters) vocab += "\"" + letter + "\":" + std::to_string(id++) + ",";
+  for (int i = 0; i < 50; ++i) {
+    for (int j = 0; j < 100; ++j) {
+      vocab += "\"" + letters[static_cast<std::size_t>(i)] + letters[static_cast<std::size_t>(j)] + "\":" + std::to_string(id++) + ",";
+      merges += "[\"" + letters[static_cast<std::size_t>(i)] + "\",\"" + letters[static_cast<std::size_t>(j)] + "\"],";
+    }
+  }
+  vocab.back() = '}';
+  merges.back() = ']';
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(R"({"type":"BPE","vocab":)" + vocab + R"(,"merges":)" + merges + "}"), "l.json");
+  EXPECT_EQ(tokenizer.vocab_size(), 5100U);
+  for (int i = 0; i < 50; i += 7) {
+    for (int j = 0; j < 100; j += 3) {
+      const std::string word = letters[static_cast<std::size_t>(i)] + letters[static_cast<std::size_t>(j)];
+      EXPECT_THAT(tokenizer.encode(word, false).ids, ElementsAre(100 + 100 * i + j)) << i << "," << j;
+    }
+  }
+}
+
 TEST(Tokenizer, InvalidUtf8IsAnInputError) {
   const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
   EXPECT_THROW(static_cast<void>(tokenizer.encode("a\xC3", false)), InputError);

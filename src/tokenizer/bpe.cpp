@@ -5,6 +5,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <mutex>
 #include <queue>
 
 #include "ndif_sweep/core/error.hpp"
@@ -39,6 +40,50 @@ std::size_t table_size_for(std::size_t count) noexcept {
 }
 
 }  // namespace
+
+// Real text repeats its words, and merging a word costs several hash lookups per character. The
+// cache is direct-mapped (a word's hash picks its one slot, a newcomer replaces the occupant), so it
+// stays bounded with no eviction bookkeeping; shards with their own locks keep threads apart.
+class Bpe::WordCache {
+public:
+  // Longer words seldom repeat; caching them would only churn the slots.
+  static constexpr std::size_t max_word_bytes = 64;
+
+  bool find(std::string_view word, std::uint64_t hash, std::vector<WordToken>& out) {
+    Shard& shard = shards_[shard_of(hash)];
+    const std::lock_guard lock(shard.mutex);
+    const Slot& slot = shard.slots[slot_of(hash)];
+    if (slot.hash != hash || slot.word != word) return false;
+    out.insert(out.end(), slot.tokens.begin(), slot.tokens.end());
+    return true;
+  }
+
+  void store(std::string_view word, std::uint64_t hash, const WordToken* first, const WordToken* last) {
+    Shard& shard = shards_[shard_of(hash)];
+    const std::lock_guard lock(shard.mutex);
+    Slot& slot = shard.slots[slot_of(hash)];
+    slot.hash = hash;
+    slot.word.assign(word);
+    slot.tokens.assign(first, last);
+  }
+
+private:
+  static constexpr std::size_t shard_count = 32;
+  static constexpr std::size_t slots_per_shard = 1024;
+  static std::size_t shard_of(std::uint64_t hash) noexcept { return hash >> 59; }
+  static std::size_t slot_of(std::uint64_t hash) noexcept { return hash & (slots_per_shard - 1); }
+
+  struct Slot {
+    std::uint64_t hash = 0;
+    std::string word;
+    std::vector<WordToken> tokens;
+  };
+  struct alignas(64) Shard {
+    std::mutex mutex;
+    std::array<Slot, slots_per_shard> slots;
+  };
+  std::array<Shard, shard_count> shards_;
+};
 
 void Vocabulary::assign(std::string_view token, std::int32_t id) {
   if (2 * (entries_.size() + 1) > slots_.size()) grow();
@@ -102,7 +147,7 @@ std::pair<std::string_view, std::string_view> TokenPairs::operator[](std::size_t
 }
 
 Bpe::Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const std::string& where)
-    : vocab_(std::move(vocab)), options_(std::move(options)) {
+    : vocab_(std::move(vocab)), options_(std::move(options)), cache_(std::make_unique<WordCache>()) {
   auto id_of = [&](std::string_view token, std::size_t rank) {
     const auto id = vocab_.find(token);
     if (!id) {
@@ -149,8 +194,24 @@ const Bpe::Merge* Bpe::find_merge(std::int32_t left, std::int32_t right) const n
   }
 }
 
+Bpe::Bpe(Bpe&&) noexcept = default;
+Bpe& Bpe::operator=(Bpe&&) noexcept = default;
+Bpe::~Bpe() = default;
+
 void Bpe::tokenize(std::string_view word, std::vector<WordToken>& out) const {
   if (word.empty()) return;
+  if (word.size() > WordCache::max_word_bytes) {
+    tokenize_uncached(word, out);
+    return;
+  }
+  const std::uint64_t hash = hash_bytes(word);
+  if (cache_->find(word, hash, out)) return;
+  const std::size_t first = out.size();
+  tokenize_uncached(word, out);
+  cache_->store(word, hash, out.data() + first, out.data() + out.size());
+}
+
+void Bpe::tokenize_uncached(std::string_view word, std::vector<WordToken>& out) const {
   if (options_.ignore_merges) {
     if (const auto id = vocab_.find(word)) {
       out.push_back({*id, 0, static_cast<std::uint32_t>(word.size())});

@@ -3,6 +3,7 @@
 /// The BPE model of tokenizer.json: vocabulary, ranked merges, byte fallback and unknown tokens.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -80,7 +81,12 @@ public:
   /// `where` if a merge or the unknown token is not in the vocabulary.
   Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const std::string& where);
 
-  /// Tokenizes one word, appending its tokens to `out`.
+  Bpe(Bpe&&) noexcept;
+  Bpe& operator=(Bpe&&) noexcept;
+  ~Bpe();
+
+  /// Tokenizes one word, appending its tokens to `out`. Safe to call from several threads: the
+  /// tokens of short words are kept in a bounded cache that the threads share.
   void tokenize(std::string_view word, std::vector<WordToken>& out) const;
 
   [[nodiscard]] const Vocabulary& vocab() const noexcept { return vocab_; }
@@ -93,12 +99,16 @@ private:
   };
   static constexpr std::uint64_t empty_pair = ~std::uint64_t{0};
   [[nodiscard]] const Merge* find_merge(std::int32_t left, std::int32_t right) const noexcept;
+  void tokenize_uncached(std::string_view word, std::vector<WordToken>& out) const;
+
+  class WordCache;
 
   Vocabulary vocab_;
   std::vector<Merge> merges_;  // open addressing, size a power of two, at most half full
   BpeOptions options_;
   std::optional<std::int32_t> unk_id_;
   std::vector<std::int32_t> byte_ids_;  // <0xXX> tokens for byte fallback, -1 when absent
+  std::unique_ptr<WordCache> cache_;
 };
 
 }  // namespace ndif::tokenizer::detail

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/tokenizer/tokenize_command.hpp"
@@ -226,6 +228,37 @@ TEST(Tokenizer, LargeVocabularyFindsEveryTokenAfterItsIndexGrew) {
       EXPECT_THAT(tokenizer.encode(word, false).ids, ElementsAre(100 + 100 * i + j)) << i << "," << j;
     }
   }
+}
+
+TEST(Tokenizer, SharedWordCacheGivesEveryThreadTheSameTokens) {
+  // Many distinct words, each repeated, some longer than the cache takes, encoded by four threads
+  // at once: cached and freshly merged words must give the same ids and offsets.
+  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  std::vector<std::string> texts;
+  for (int i = 0; i < 400; ++i) {
+    std::string word;
+    for (int bit = 0; bit < 9; ++bit) word += (i >> bit & 1) != 0 ? "ab" : "ba";
+    texts.push_back(word + " " + word + " c" + std::string(static_cast<std::size_t>(i % 90), 'a') + "b");
+  }
+  std::vector<ndif::tokenizer::Encoding> expected;
+  for (const auto& text : texts) expected.push_back(tokenizer.encode(text, false));
+  // "abbaabbabababababa" twice, then " caaaaab".
+  EXPECT_THAT(expected[5].ids, ElementsAre(3, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0, 4, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0, 2, 5, 0, 0, 0, 0, 3));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+          const std::size_t k = (i * 7 + t * 101 + static_cast<std::size_t>(round)) % texts.size();
+          const auto encoding = tokenizer.encode(texts[k], false);
+          if (encoding.ids != expected[k].ids || encoding.offsets != expected[k].offsets) ++mismatches[t];
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_THAT(mismatches, ElementsAre(0, 0, 0, 0));
 }
 
 TEST(Tokenizer, InvalidUtf8IsAnInputError) {

@@ -29,6 +29,7 @@ class ExactSweep(TempDirTestCase):
 
     def sweep_and_check(self, lines, ranks=None, extra_args=(), tokenizer="llama3_1", model=None,
                         one_batch=True, **job_fields):
+        job_fields.setdefault("tokenizer", str(harness.tokenizer_file(tokenizer)))
         job_path, job = make_job(self.dir, lines, **job_fields)
         expect = Expectation(job, lines, tokenizer=tokenizer, model=model)
         result = sweep("run", job_path, "--progress", "lines", *extra_args, ranks=ranks, timeout=240)
@@ -117,8 +118,7 @@ class ExactSweep(TempDirTestCase):
         probes = [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": "1:5:2"},
                   {"name": "mlp", "module": "model.layers.{layer}.mlp", "output_index": None, "layers": [4, 0]}]
         self.sweep_and_check(lines, ranks=2, extra_args=("--endpoint", server.url), tokenizer="gpt2", model=model,
-                             probes=probes, dtype="bfloat16", local=model,
-                             **{"tokenizer": str(harness.tokenizer_file("gpt2"))})
+                             probes=probes, dtype="bfloat16", local=model)
 
 
 if __name__ == "__main__":

@@ -122,18 +122,38 @@ class Resume(TempDirTestCase):
         self.check_partial()
         self.resume_and_compare(ranks=None)
 
-    def test_sigterm_drains_with_exit_3_then_resume_completes(self):
+    def drain(self, signal_ranks=None, signal_mpirun=None):
         proc = self.start_slow_run(ranks=2)
         self.wait_partly_done(proc)
-        pids = list(harness.mpi_rank_pids(proc.pid).values())
-        proc.send_signal(signal.SIGTERM)
-        self.assertEqual(self.wait_exit(proc), 3, self.log_text())
-        self.wait_gone(pids)
+        pids = harness.mpi_rank_pids(proc.pid)
+        if signal_ranks:
+            for pid in pids.values():
+                os.kill(pid, signal_ranks)
+        if signal_mpirun:
+            proc.send_signal(signal_mpirun)
+        code = self.wait_exit(proc)
+        self.wait_gone(list(pids.values()))
         self.check_partial()
         status = harness.status_json(self.dir / "out.h5")
         self.assertTrue(status["missing_batches"], json.dumps(status))
+        return code, status["runs"][-1]["outcome"]
+
+    def test_sigterm_to_every_rank_drains_with_exit_3_then_resume_completes(self):
+        # What SLURM does at a time limit or preemption: SIGTERM to every task of the step.
+        self.assertEqual(self.drain(signal_ranks=signal.SIGTERM), (3, "drained"), self.log_text())
         self.resume_and_compare(ranks=2)
 
+    def test_sigusr1_to_mpirun_finishes_batches_in_flight_with_exit_3(self):
+        # mpirun forwards SIGUSR1 to the ranks; the early warning of `sbatch --signal=USR1@T`.
+        self.assertEqual(self.drain(signal_mpirun=signal.SIGUSR1), (3, "drained"), self.log_text())
+        self.resume_and_compare(ranks=1)
+
+    def test_sigterm_to_mpirun_leaves_a_resumable_file(self):
+        # mpirun forwards SIGTERM and then reports its own termination (exit 1, not the ranks' 3),
+        # but the ranks still drain and close the file.
+        code, _ = self.drain(signal_mpirun=signal.SIGTERM)
+        self.assertNotEqual(code, 0, self.log_text())
+        self.resume_and_compare(ranks=3)
 
 if __name__ == "__main__":
     harness.main()

@@ -202,7 +202,8 @@ Probe parse_probe(const json& value, const std::string& prefix, const std::strin
 
 std::filesystem::path resolve_path(const std::filesystem::path& job_file, const std::string& written) {
   const std::filesystem::path path(written);
-  return path.is_relative() ? job_file.parent_path() / path : path;
+  // Normalised so that messages and the output path read "out/demo.h5", not "jobs/../out/demo.h5".
+  return (path.is_relative() ? job_file.parent_path() / path : path).lexically_normal();
 }
 
 std::string as_written(const std::filesystem::path& job_file, const std::filesystem::path& resolved) {

@@ -24,21 +24,25 @@ torchsave::DType file_dtype(spec::DType dtype) {
   throw InternalError("unknown requested dtype in result decoder");
 }
 
+// clang with libstdc++ fails to instantiate std::pair<Value, Value> (a Dict item) before Value's
+// destructor, because Value holds Dicts; a Value made here instantiates the destructor first.
+[[maybe_unused]] torchsave::Value none_value() { return torchsave::Value{}; }
+
 const char* kind_of(const torchsave::Value& value) {
   static constexpr const char* kNames[] = {"None", "bool", "int", "float", "str", "tensor", "list", "tuple", "dict"};
   return kNames[value.v.index()];
 }
 
 const torchsave::Value* find_key(const torchsave::Dict& dict, const std::string& key) {
-  for (const auto& [k, v] : dict.items) {
-    if (const auto* s = std::get_if<std::string>(&k.v); s != nullptr && *s == key) return &v;
+  for (const auto& item : dict.items) {
+    if (const auto* s = std::get_if<std::string>(&item.first.v); s != nullptr && *s == key) return &item.second;
   }
   return nullptr;
 }
 
 const torchsave::Value* find_key(const torchsave::Dict& dict, std::int64_t key) {
-  for (const auto& [k, v] : dict.items) {
-    if (const auto* i = std::get_if<std::int64_t>(&k.v); i != nullptr && *i == key) return &v;
+  for (const auto& item : dict.items) {
+    if (const auto* i = std::get_if<std::int64_t>(&item.first.v); i != nullptr && *i == key) return &item.second;
   }
   return nullptr;
 }
@@ -56,10 +60,10 @@ const torchsave::Tensor& saved_tensor(const torchsave::Value& root, std::int64_t
     // G3 servers key saved values by variable name; with one save per batch there is one tensor.
     const torchsave::Value* only = nullptr;
     int tensors = 0;
-    for (const auto& [k, v] : results->items) {
-      if (std::holds_alternative<torchsave::Tensor>(v.v)) {
+    for (const auto& item : results->items) {
+      if (std::holds_alternative<torchsave::Tensor>(item.second.v)) {
         ++tensors;
-        only = &v;
+        only = &item.second;
       }
     }
     if (tensors != 1) {

@@ -59,6 +59,9 @@ Verdict classify_job_error(std::string_view status, std::string_view description
   // NNSIGHT_ERROR (0.4) is the graph failing on the server: the same request fails the same way.
   if (status == "NNSIGHT_ERROR") return Verdict::job_invalid;
   if (description.substr(0, 16) == "InvalidRequest: ") return Verdict::job_invalid;
+  // G2 servers refused a bad key, and refuse models outside a key's tier, with an ERROR status
+  // instead of an HTTP status; the next attempt would be refused the same way.
+  if (description.find("API key") != std::string_view::npos) return Verdict::refused;
   return Verdict::retry;
 }
 

@@ -44,8 +44,9 @@ enum class FailureCause {
 [[nodiscard]] Verdict classify_http(Stage stage, long status, bool presigned = false) noexcept;
 
 /// A job that ended with ERROR or NNSIGHT_ERROR and this description: "InvalidRequest: ..." and
-/// graph errors are the request's fault; everything else (cancelled, preempted, took longer than
-/// the timeout, hotswapping) may pass.
+/// graph errors are the request's fault (job_invalid); a description that mentions the "API key"
+/// is a refusal of the key (G2 answers a bad key this way); everything else (cancelled, preempted,
+/// took longer than the timeout, out of memory) may pass.
 [[nodiscard]] Verdict classify_job_error(std::string_view status, std::string_view description) noexcept;
 
 /// A result or status body that did not decode: a truncated body is retried, a complete one is not.

@@ -39,6 +39,9 @@ TEST(RetryPolicy, JobErrorTable) {
   EXPECT_EQ(classify_job_error("ERROR", ""), Verdict::retry);
   EXPECT_EQ(classify_job_error("ERROR", "InvalidRequest: unknown module .model.layers.99"), Verdict::job_invalid);
   EXPECT_EQ(classify_job_error("ERROR", "InvalidRequestX"), Verdict::retry);
+  EXPECT_EQ(classify_job_error("ERROR", "Missing or invalid API key. Please visit https://login.ndif.us/"), Verdict::refused);
+  EXPECT_EQ(classify_job_error("ERROR", "Model gpt2 is not dedicated and hotswapping is not supported for this API key"),
+            Verdict::refused);
   EXPECT_EQ(classify_job_error("NNSIGHT_ERROR", "IndexError: index 7 is out of bounds"), Verdict::job_invalid);
 }
 

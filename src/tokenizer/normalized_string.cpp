@@ -83,14 +83,22 @@ void NormalizedString::replace(const Regex& pattern, std::string_view content) {
 namespace {
 
 // GPT-2's reversible byte-to-character table: printable bytes stand for themselves, the others
-// are shifted above U+0100.
-const std::array<std::string, 256>& byte_level_chars() {
-  static const std::array<std::string, 256> table = [] {
-    std::array<std::string, 256> chars;
+// are shifted above U+0100. Every character is below U+0800, so its UTF-8 takes one or two bytes.
+struct ByteLevelChar {
+  std::array<char, 2> bytes;
+  std::size_t length;
+};
+const std::array<ByteLevelChar, 256>& byte_level_chars() {
+  static const std::array<ByteLevelChar, 256> table = [] {
+    std::array<ByteLevelChar, 256> chars{};
     char32_t next = 256;
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      append_utf8(chars[static_cast<std::size_t>(b)], printable ? static_cast<char32_t>(b) : next++);
+      std::string utf8;
+      append_utf8(utf8, printable ? static_cast<char32_t>(b) : next++);
+      auto& entry = chars[static_cast<std::size_t>(b)];
+      entry.length = utf8.size();
+      std::copy(utf8.begin(), utf8.end(), entry.bytes.begin());
     }
     return chars;
   }();
@@ -100,16 +108,24 @@ const std::array<std::string, 256>& byte_level_chars() {
 }  // namespace
 
 void NormalizedString::to_byte_level() {
+  // Written in place into buffers sized for the worst case (two bytes each): this runs on every
+  // byte of every prompt.
   const auto& table = byte_level_chars();
-  std::string text;
-  std::vector<ByteRange> alignments;
-  text.reserve(text_.size() * 2);
-  alignments.reserve(text_.size() * 2);
+  std::string text(text_.size() * 2, '\0');
+  std::vector<ByteRange> alignments(text_.size() * 2);
+  std::size_t out = 0;
   for (std::size_t i = 0; i < text_.size(); ++i) {
-    const std::string& mapped = table[static_cast<unsigned char>(text_[i])];
-    text.append(mapped);
-    alignments.insert(alignments.end(), mapped.size(), alignments_[i]);
+    const ByteLevelChar& mapped = table[static_cast<unsigned char>(text_[i])];
+    text[out] = mapped.bytes[0];
+    alignments[out] = alignments_[i];
+    if (mapped.length == 2) {
+      text[out + 1] = mapped.bytes[1];
+      alignments[out + 1] = alignments_[i];
+    }
+    out += mapped.length;
   }
+  text.resize(out);
+  alignments.resize(out);
   text_ = std::move(text);
   alignments_ = std::move(alignments);
 }

@@ -2,11 +2,11 @@
 // Ownership of libcurl's C resources and the one checked shim per kind of curl call. Private to
 // the transport: no other file of the module includes a curl header.
 
-#include <memory>
-#include <string>
-
 #include <curl/curl.h>
 #include <fmt/format.h>
+
+#include <memory>
+#include <string>
 
 #include "ndif_sweep/core/error.hpp"
 
@@ -27,13 +27,15 @@ using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
 
 inline Easy make_easy() {
   Easy easy(curl_easy_init());
-  if (!easy) throw InternalError("curl_easy_init failed (out of memory, or curl_global_init was not called in main)");
+  if (!easy)
+    throw InternalError("curl_easy_init failed (out of memory, or curl_global_init was not called in main)");
   return easy;
 }
 
 inline Multi make_multi() {
   Multi multi(curl_multi_init());
-  if (!multi) throw InternalError("curl_multi_init failed (out of memory, or curl_global_init was not called in main)");
+  if (!multi)
+    throw InternalError("curl_multi_init failed (out of memory, or curl_global_init was not called in main)");
   return multi;
 }
 
@@ -41,7 +43,8 @@ inline Multi make_multi() {
 template <typename T>
 void set(CURL* easy, CURLoption option, T value, const char* what) {
   const CURLcode rc = curl_easy_setopt(easy, option, value);
-  if (rc != CURLE_OK) throw InternalError(fmt::format("curl_easy_setopt({}) failed: {}", what, curl_easy_strerror(rc)));
+  if (rc != CURLE_OK)
+    throw InternalError(fmt::format("curl_easy_setopt({}) failed: {}", what, curl_easy_strerror(rc)));
 }
 
 inline void check_multi(CURLMcode rc, const char* what) {

@@ -1,12 +1,12 @@
 #include "ndif_sweep/ndif/request.hpp"
 
+#include <fmt/format.h>
+#include <zlib.h>
+
 #include <chrono>
 #include <cstring>
-#include <numeric>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <zlib.h>
+#include <numeric>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/version.hpp"
@@ -17,7 +17,8 @@ namespace {
 // Key order matters to nobody but a human comparing our bodies with nnsight's, so keep nnsight's.
 using Json = nlohmann::ordered_json;
 
-constexpr const char* kInterventionProtocol = "nnsight.intervention.protocols.intervention.InterventionProtocol";
+constexpr const char* kInterventionProtocol =
+    "nnsight.intervention.protocols.intervention.InterventionProtocol";
 constexpr const char* kGetItem = "_operator.getitem";
 constexpr const char* kStack = "torch.stack";
 constexpr const char* kFetchAttr = "nnsight.util.fetch_attr";
@@ -28,9 +29,12 @@ constexpr const char* kInterleavingTracer = "nnsight.intervention.contexts.inter
 // G2 cannot serialize torch dtypes, so the conversion is the Tensor method of the same name.
 const char* conversion_method(spec::DType dtype) {
   switch (dtype) {
-    case spec::DType::float16: return "half";
-    case spec::DType::bfloat16: return "bfloat16";
-    case spec::DType::float32: return "float";
+    case spec::DType::float16:
+      return "half";
+    case spec::DType::bfloat16:
+      return "bfloat16";
+    case spec::DType::float32:
+      return "float";
   }
   throw InternalError("unknown target dtype in request encoder");
 }
@@ -45,7 +49,7 @@ Json dict(Json values) { return Json{{"type_name", "DICT"}, {"values", std::move
 // live in the memo under an integer id and are referenced from everywhere else; a node's index
 // is its position in the graph's node list.
 class GraphBuilder {
-public:
+ public:
   struct Node {
     std::int64_t index;
     std::int64_t memo_id;
@@ -74,7 +78,7 @@ public:
     return Json{{"graph", std::move(graph)}, {"memo", std::move(memo_)}};
   }
 
-private:
+ private:
   std::int64_t next_id_ = 0;
   Json nodes_ = Json::array();
   Json memo_ = Json::object();
@@ -87,23 +91,28 @@ Json int64_tensor_row(const std::vector<std::int32_t>& values) {
 }
 
 void check_request(const BatchRequest& request) {
-  if (request.prompts.empty()) throw InputError("batch request has no prompts; every batch needs at least one");
-  if (request.probes.empty()) throw InputError("batch request has no probes; the job spec must list at least one");
+  if (request.prompts.empty())
+    throw InputError("batch request has no prompts; every batch needs at least one");
+  if (request.probes.empty())
+    throw InputError("batch request has no probes; the job spec must list at least one");
   const auto positions = request.prompts.front().positions.size();
   for (std::size_t k = 0; k < request.prompts.size(); ++k) {
     const auto& prompt = request.prompts[k];
     const auto n = static_cast<std::int64_t>(prompt.ids.size());
     if (n == 0 || n > request.padded_len) {
-      throw InputError(fmt::format("batch request: prompt {} has {} tokens, expected 1 to the padded length {}", k,
-                                   n, request.padded_len));
+      throw InputError(
+          fmt::format("batch request: prompt {} has {} tokens, expected 1 to the padded length {}", k, n,
+                      request.padded_len));
     }
     if (prompt.positions.size() != positions || positions == 0) {
-      throw InputError(fmt::format("batch request: prompt {} has {} positions, expected {} (and at least one)", k,
-                                   prompt.positions.size(), positions));
+      throw InputError(
+          fmt::format("batch request: prompt {} has {} positions, expected {} (and at least one)", k,
+                      prompt.positions.size(), positions));
     }
     for (auto p : prompt.positions) {
       if (p < 0 || p >= n) {
-        throw InputError(fmt::format("batch request: prompt {} position {} is outside its {} tokens", k, p, n));
+        throw InputError(
+            fmt::format("batch request: prompt {} position {} is outside its {} tokens", k, p, n));
       }
     }
   }
@@ -116,7 +125,8 @@ ExpectedResult expected_result(const BatchRequest& request, std::int64_t saved_n
   ExpectedResult expected;
   expected.saved_node = saved_node;
   expected.batch = static_cast<std::int64_t>(request.prompts.size());
-  for (const auto& probe : request.probes) expected.probe_layers.push_back(static_cast<std::int64_t>(probe.layers.size()));
+  for (const auto& probe : request.probes)
+    expected.probe_layers.push_back(static_cast<std::int64_t>(probe.layers.size()));
   expected.positions = static_cast<std::int64_t>(request.prompts.front().positions.size());
   expected.hidden = request.hidden;
   expected.dtype = request.dtype;
@@ -131,26 +141,29 @@ struct BuiltGraph {
 BuiltGraph build_graph(const BatchRequest& request) {
   check_request(request);
   GraphBuilder graph;
-  const auto slice_all = graph.memoize(Json{{"type_name", "SLICE"}, {"start", nullptr}, {"stop", nullptr}, {"step", nullptr}});
+  const auto slice_all =
+      graph.memoize(Json{{"type_name", "SLICE"}, {"start", nullptr}, {"stop", nullptr}, {"step", nullptr}});
 
   Json per_invoke = Json::array();
   for (std::size_t k = 0; k < request.prompts.size(); ++k) {
     const auto& prompt = request.prompts[k];
-    const auto offset = plan::PaddingOffset::for_prompt(request.padded_len, static_cast<std::int32_t>(prompt.ids.size()));
+    const auto offset =
+        plan::PaddingOffset::for_prompt(request.padded_len, static_cast<std::int32_t>(prompt.ids.size()));
     Json adjusted = Json::array();
     for (auto p : prompt.positions) adjusted.push_back(offset.apply(p));
 
     Json layers = Json::array();
     for (const auto& probe : request.probes) {
       for (int layer : probe.layers) {
-        auto value = graph.add(kInterventionProtocol,
-                               Json::array({"." + probe.module_for(layer) + ".output", static_cast<std::int64_t>(k), 0}));
+        auto value = graph.add(kInterventionProtocol, Json::array({"." + probe.module_for(layer) + ".output",
+                                                                   static_cast<std::int64_t>(k), 0}));
         if (probe.output_index) {
           value = graph.add(kGetItem, Json::array({reference(value.memo_id), *probe.output_index}));
         }
         // x[0, [positions], :]: dim 0 of an invoke's narrowed output is its one prompt.
         const auto rows = graph.add(
-            kGetItem, Json::array({reference(value.memo_id), tuple(Json::array({0, list(adjusted), slice_all}))}));
+            kGetItem,
+            Json::array({reference(value.memo_id), tuple(Json::array({0, list(adjusted), slice_all}))}));
         layers.push_back(reference(rows.memo_id));
       }
     }
@@ -158,18 +171,21 @@ BuiltGraph build_graph(const BatchRequest& request) {
     per_invoke.push_back(reference(stacked.memo_id));
   }
   const auto batch = graph.add(kStack, Json::array({list(std::move(per_invoke))}), Json{{"dim", 0}});
-  const auto method = graph.add(kFetchAttr, Json::array({reference(batch.memo_id), conversion_method(request.dtype)}));
+  const auto method =
+      graph.add(kFetchAttr, Json::array({reference(batch.memo_id), conversion_method(request.dtype)}));
   const auto converted = graph.add(kProxyCall, Json::array({reference(method.memo_id)}));
   graph.add(kLockProtocol, Json::array({reference(converted.memo_id)}));
 
   Json subset = Json::array();
   for (std::int64_t i = 0; i < graph.node_count(); ++i) subset.push_back(i);
-  Json tracer_args = Json::array({Json{{"type_name", "INTERVENTIONGRAPH"}, {"subset", std::move(subset)}}, nullptr});
+  Json tracer_args =
+      Json::array({Json{{"type_name", "INTERVENTIONGRAPH"}, {"subset", std::move(subset)}}, nullptr});
   for (const auto& prompt : request.prompts) {
     const std::vector<std::int32_t> ones(prompt.ids.size(), 1);
     Json inputs = dict(Json{{"input_ids", graph.memoize(int64_tensor_row(prompt.ids))},
                             {"attention_mask", graph.memoize(int64_tensor_row(ones))}});
-    tracer_args.push_back(tuple(Json::array({tuple(Json::array({std::move(inputs)})), dict(Json{{"labels", nullptr}})})));
+    tracer_args.push_back(
+        tuple(Json::array({tuple(Json::array({std::move(inputs)})), dict(Json{{"labels", nullptr}})})));
   }
   graph.add(kInterleavingTracer, std::move(tracer_args));
   return BuiltGraph{std::move(graph).finish(), converted.index};
@@ -178,9 +194,12 @@ BuiltGraph build_graph(const BatchRequest& request) {
 std::vector<std::byte> zlib_compress(const std::string& text) {
   uLongf size = compressBound(static_cast<uLong>(text.size()));
   std::vector<std::byte> out(size);
-  const int rc = compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
-                           static_cast<uLong>(text.size()), Z_DEFAULT_COMPRESSION);
-  if (rc != Z_OK) throw InternalError(fmt::format("zlib compress2 of a {}-byte request failed with code {}", text.size(), rc));
+  const int rc =
+      compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
+                static_cast<uLong>(text.size()), Z_DEFAULT_COMPRESSION);
+  if (rc != Z_OK)
+    throw InternalError(
+        fmt::format("zlib compress2 of a {}-byte request failed with code {}", text.size(), rc));
   out.resize(size);
   return out;
 }
@@ -190,11 +209,19 @@ char32_t next_code_point(std::string_view text, std::size_t& i) {
   const auto lead = static_cast<unsigned char>(text[i]);
   int extra = 0;
   char32_t cp = 0;
-  if (lead < 0x80) { cp = lead; }
-  else if ((lead & 0xE0) == 0xC0) { cp = lead & 0x1F; extra = 1; }
-  else if ((lead & 0xF0) == 0xE0) { cp = lead & 0x0F; extra = 2; }
-  else if ((lead & 0xF8) == 0xF0) { cp = lead & 0x07; extra = 3; }
-  else throw InputError(fmt::format("model name is not valid UTF-8 (byte {} is 0x{:02x})", i, lead));
+  if (lead < 0x80) {
+    cp = lead;
+  } else if ((lead & 0xE0) == 0xC0) {
+    cp = lead & 0x1F;
+    extra = 1;
+  } else if ((lead & 0xF0) == 0xE0) {
+    cp = lead & 0x0F;
+    extra = 2;
+  } else if ((lead & 0xF8) == 0xF0) {
+    cp = lead & 0x07;
+    extra = 3;
+  } else
+    throw InputError(fmt::format("model name is not valid UTF-8 (byte {} is 0x{:02x})", i, lead));
   if (i + static_cast<std::size_t>(extra) >= text.size() && extra > 0) {
     throw InputError(fmt::format("model name is not valid UTF-8 (truncated sequence at byte {})", i));
   }
@@ -227,13 +254,27 @@ std::string python_json_string(std::string_view text) {
   while (i < text.size()) {
     const char32_t cp = next_code_point(text, i);
     switch (cp) {
-      case U'"': out += "\\\""; break;
-      case U'\\': out += "\\\\"; break;
-      case U'\n': out += "\\n"; break;
-      case U'\r': out += "\\r"; break;
-      case U'\t': out += "\\t"; break;
-      case U'\b': out += "\\b"; break;
-      case U'\f': out += "\\f"; break;
+      case U'"':
+        out += "\\\"";
+        break;
+      case U'\\':
+        out += "\\\\";
+        break;
+      case U'\n':
+        out += "\\n";
+        break;
+      case U'\r':
+        out += "\\r";
+        break;
+      case U'\t':
+        out += "\\t";
+        break;
+      case U'\b':
+        out += "\\b";
+        break;
+      case U'\f':
+        out += "\\f";
+        break;
       default:
         if (cp < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned>(cp));
@@ -263,7 +304,8 @@ EncodedRequest G2RequestEncoder::encode(const BatchRequest& request) const {
   auto built = build_graph(request);
   EncodedRequest encoded;
   encoded.body = zlib_compress(built.json.dump());
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   encoded.headers = {
       {"Content-Type", "application/octet-stream"},
       {"model_key", model_key(request.model)},

@@ -1,10 +1,10 @@
 #include "ndif_sweep/ndif/result.hpp"
 
-#include <cstring>
-#include <string>
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include <cstring>
+#include <string>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
@@ -17,9 +17,12 @@ constexpr std::size_t kContainerSlack = std::size_t{1} << 20;
 
 torchsave::DType file_dtype(spec::DType dtype) {
   switch (dtype) {
-    case spec::DType::float16: return torchsave::DType::float16;
-    case spec::DType::bfloat16: return torchsave::DType::bfloat16;
-    case spec::DType::float32: return torchsave::DType::float32;
+    case spec::DType::float16:
+      return torchsave::DType::float16;
+    case spec::DType::bfloat16:
+      return torchsave::DType::bfloat16;
+    case spec::DType::float32:
+      return torchsave::DType::float32;
   }
   throw InternalError("unknown requested dtype in result decoder");
 }
@@ -29,31 +32,36 @@ torchsave::DType file_dtype(spec::DType dtype) {
 [[maybe_unused]] torchsave::Value none_value() { return torchsave::Value{}; }
 
 const char* kind_of(const torchsave::Value& value) {
-  static constexpr const char* kNames[] = {"None", "bool", "int", "float", "str", "tensor", "list", "tuple", "dict"};
+  static constexpr const char* kNames[] = {"None",   "bool", "int",   "float", "str",
+                                           "tensor", "list", "tuple", "dict"};
   return kNames[value.v.index()];
 }
 
 const torchsave::Value* find_key(const torchsave::Dict& dict, const std::string& key) {
   for (const auto& item : dict.items) {
-    if (const auto* s = std::get_if<std::string>(&item.first.v); s != nullptr && *s == key) return &item.second;
+    if (const auto* s = std::get_if<std::string>(&item.first.v); s != nullptr && *s == key)
+      return &item.second;
   }
   return nullptr;
 }
 
 const torchsave::Value* find_key(const torchsave::Dict& dict, std::int64_t key) {
   for (const auto& item : dict.items) {
-    if (const auto* i = std::get_if<std::int64_t>(&item.first.v); i != nullptr && *i == key) return &item.second;
+    if (const auto* i = std::get_if<std::int64_t>(&item.first.v); i != nullptr && *i == key)
+      return &item.second;
   }
   return nullptr;
 }
 
 const torchsave::Tensor& saved_tensor(const torchsave::Value& root, std::int64_t saved_node) {
   const auto* dict = std::get_if<torchsave::Dict>(&root.v);
-  if (dict == nullptr) throw DecodeError(fmt::format("result file holds a {}, expected a dict", kind_of(root)));
+  if (dict == nullptr)
+    throw DecodeError(fmt::format("result file holds a {}, expected a dict", kind_of(root)));
   const torchsave::Value* values = find_key(*dict, "result");
   if (values == nullptr) throw DecodeError("result file's dict has no \"result\" key");
   const auto* results = std::get_if<torchsave::Dict>(&values->v);
-  if (results == nullptr) throw DecodeError(fmt::format("result file's \"result\" is a {}, expected a dict", kind_of(*values)));
+  if (results == nullptr)
+    throw DecodeError(fmt::format("result file's \"result\" is a {}, expected a dict", kind_of(*values)));
 
   const torchsave::Value* saved = find_key(*results, saved_node);
   if (saved == nullptr) {
@@ -67,14 +75,15 @@ const torchsave::Tensor& saved_tensor(const torchsave::Value& root, std::int64_t
       }
     }
     if (tensors != 1) {
-      throw DecodeError(fmt::format("result file has no value for node {} and {} tensors instead of exactly one",
-                                    saved_node, tensors));
+      throw DecodeError(fmt::format(
+          "result file has no value for node {} and {} tensors instead of exactly one", saved_node, tensors));
     }
     saved = only;
   }
   const auto* tensor = std::get_if<torchsave::Tensor>(&saved->v);
   if (tensor == nullptr) {
-    throw DecodeError(fmt::format("result for node {} is a {}, expected a tensor", saved_node, kind_of(*saved)));
+    throw DecodeError(
+        fmt::format("result for node {} is a {}, expected a tensor", saved_node, kind_of(*saved)));
   }
   return *tensor;
 }
@@ -106,24 +115,28 @@ std::size_t max_result_bytes(const ExpectedResult& expected) noexcept {
 
 DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResult& expected) {
   const auto limit = max_result_bytes(expected);
-  const auto file = torchsave::maybe_decompress_zstd(std::vector<std::byte>(bytes.begin(), bytes.end()), limit);
+  const auto file =
+      torchsave::maybe_decompress_zstd(std::vector<std::byte>(bytes.begin(), bytes.end()), limit);
   const auto root = torchsave::load(file);
   const auto& tensor = saved_tensor(root, expected.saved_node);
 
   const auto want_dtype = file_dtype(expected.dtype);
   if (tensor.dtype() != want_dtype) {
-    throw DecodeError(fmt::format("result tensor has dtype {}, expected {} as requested", torchsave::dtype_name(tensor.dtype()),
-                                  torchsave::dtype_name(want_dtype)));
+    throw DecodeError(fmt::format("result tensor has dtype {}, expected {} as requested",
+                                  torchsave::dtype_name(tensor.dtype()), torchsave::dtype_name(want_dtype)));
   }
-  const std::vector<std::int64_t> want_shape{expected.batch, expected.total_layers(), expected.positions, expected.hidden};
+  const std::vector<std::int64_t> want_shape{expected.batch, expected.total_layers(), expected.positions,
+                                             expected.hidden};
   if (tensor.shape != want_shape) {
-    throw DecodeError(fmt::format("result tensor has shape ({}), expected ({}) = (prompts, layers, positions, hidden)",
-                                  fmt::join(tensor.shape, ", "), fmt::join(want_shape, ", ")));
+    throw DecodeError(
+        fmt::format("result tensor has shape ({}), expected ({}) = (prompts, layers, positions, hidden)",
+                    fmt::join(tensor.shape, ", "), fmt::join(want_shape, ", ")));
   }
 
   const auto data = tensor.contiguous_bytes();
   const auto element = torchsave::element_size(want_dtype);
-  const auto row = static_cast<std::size_t>(expected.positions * expected.hidden) * element;  // one layer of one prompt
+  const auto row =
+      static_cast<std::size_t>(expected.positions * expected.hidden) * element;  // one layer of one prompt
   const auto per_prompt = row * static_cast<std::size_t>(expected.total_layers());
 
   DecodedResult out;

@@ -19,23 +19,34 @@ std::uint64_t mix(std::uint64_t x) noexcept {
 
 const char* cause_name(FailureCause cause) noexcept {
   switch (cause) {
-    case FailureCause::timeout: return "timeout";
-    case FailureCause::connection: return "connection";
-    case FailureCause::http_status: return "http_status";
-    case FailureCause::truncated: return "truncated";
-    case FailureCause::oversized: return "oversized";
-    case FailureCause::bad_reply: return "bad_reply";
-    case FailureCause::job_error: return "job_error";
+    case FailureCause::timeout:
+      return "timeout";
+    case FailureCause::connection:
+      return "connection";
+    case FailureCause::http_status:
+      return "http_status";
+    case FailureCause::truncated:
+      return "truncated";
+    case FailureCause::oversized:
+      return "oversized";
+    case FailureCause::bad_reply:
+      return "bad_reply";
+    case FailureCause::job_error:
+      return "job_error";
   }
   return "unknown";
 }
 
 const char* verdict_name(Verdict verdict) noexcept {
   switch (verdict) {
-    case Verdict::retry: return "retry";
-    case Verdict::refused: return "refused";
-    case Verdict::job_invalid: return "job_invalid";
-    case Verdict::fatal: return "fatal";
+    case Verdict::retry:
+      return "retry";
+    case Verdict::refused:
+      return "refused";
+    case Verdict::job_invalid:
+      return "job_invalid";
+    case Verdict::fatal:
+      return "fatal";
   }
   return "unknown";
 }
@@ -65,11 +76,14 @@ Verdict classify_job_error(std::string_view status, std::string_view description
   return Verdict::retry;
 }
 
-Verdict classify_decode(bool body_complete) noexcept { return body_complete ? Verdict::fatal : Verdict::retry; }
+Verdict classify_decode(bool body_complete) noexcept {
+  return body_complete ? Verdict::fatal : Verdict::retry;
+}
 
 std::chrono::milliseconds RetryPolicy::backoff(std::int64_t batch, int failures) const noexcept {
   const int doublings = std::clamp(failures - 1, 0, 62);
-  const double full = std::min(options_.max_backoff_s, options_.initial_backoff_s * std::ldexp(1.0, doublings));
+  const double full =
+      std::min(options_.max_backoff_s, options_.initial_backoff_s * std::ldexp(1.0, doublings));
   const std::uint64_t draw = mix(seed_ ^ mix(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL +
                                              static_cast<std::uint64_t>(failures)));
   const double unit = static_cast<double>(draw >> 11) * 0x1.0p-53;  // uniform in [0, 1)

@@ -1,6 +1,7 @@
 #include "ndif_sweep/ndif/status.hpp"
 
 #include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
@@ -59,8 +60,8 @@ JobStatus parse_status(std::string_view body) {
   if (out.state == JobState::completed && has_data) {
     if (data->is_string()) {
       out.result_url = data->get<std::string>();
-    } else if (data->is_array() && data->size() == 2 && (*data)[0].is_string() && (*data)[1].is_number_integer() &&
-               (*data)[1].get<std::int64_t>() >= 0) {
+    } else if (data->is_array() && data->size() == 2 && (*data)[0].is_string() &&
+               (*data)[1].is_number_integer() && (*data)[1].get<std::int64_t>() >= 0) {
       out.result_url = (*data)[0].get<std::string>();
       out.result_size = (*data)[1].get<std::int64_t>();
     } else {
@@ -69,7 +70,8 @@ JobStatus parse_status(std::string_view body) {
     if (out.result_url->empty()) malformed(body, "COMPLETED result URL is empty");
   }
   if (out.state == JobState::nnsight_error && out.description.empty() && has_data && data->is_object()) {
-    if (const auto m = data->find("err_message"); m != data->end() && m->is_string()) out.description = m->get<std::string>();
+    if (const auto m = data->find("err_message"); m != data->end() && m->is_string())
+      out.description = m->get<std::string>();
   }
   return out;
 }

@@ -1,12 +1,12 @@
 #include "ndif_sweep/ndif/transport.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <list>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "curl_handles.hpp"
@@ -30,7 +30,8 @@ std::string trim_slash(std::string url) {
 long to_ms(double seconds) { return static_cast<long>(std::max(1.0, seconds * 1000.0)); }
 
 std::string unix_timestamp() {
-  return fmt::format("{}", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  return fmt::format(
+      "{}", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
 // The server's own words from a FastAPI error body ({"detail": ...}) or the start of the body.
@@ -48,11 +49,16 @@ std::string server_words(const std::vector<std::byte>& body) {
 
 FailureCause cause_of(CURLcode rc, bool oversized) {
   switch (rc) {
-    case CURLE_OPERATION_TIMEDOUT: return FailureCause::timeout;
-    case CURLE_PARTIAL_FILE: return FailureCause::truncated;
-    case CURLE_FILESIZE_EXCEEDED: return FailureCause::oversized;
-    case CURLE_WRITE_ERROR: return oversized ? FailureCause::oversized : FailureCause::connection;
-    default: return FailureCause::connection;
+    case CURLE_OPERATION_TIMEDOUT:
+      return FailureCause::timeout;
+    case CURLE_PARTIAL_FILE:
+      return FailureCause::truncated;
+    case CURLE_FILESIZE_EXCEEDED:
+      return FailureCause::oversized;
+    case CURLE_WRITE_ERROR:
+      return oversized ? FailureCause::oversized : FailureCause::connection;
+    default:
+      return FailureCause::connection;
   }
 }
 
@@ -165,7 +171,8 @@ struct JobTransport::Impl {
     curl::append_header(t.headers, "Expect", "");  // no 100-continue round trip for large bodies
     CURL* e = t.easy.get();
     curl::set(e, CURLOPT_POST, 1L, "POST");
-    curl::set(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(a.request.body.size()), "POSTFIELDSIZE_LARGE");
+    curl::set(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(a.request.body.size()),
+              "POSTFIELDSIZE_LARGE");
     curl::set(e, CURLOPT_POSTFIELDS, static_cast<const void*>(a.request.body.data()), "POSTFIELDS");
     launch(a, std::move(t), Phase::submitting);
   }
@@ -180,7 +187,8 @@ struct JobTransport::Impl {
     const std::size_t limit = std::min(options.max_result_bytes, max_result_bytes(a.request.expected));
     a.presigned = status.result_url.has_value();
     a.announced_size = status.result_size;
-    auto t = make_transfer(a.presigned ? *status.result_url : base + "/result/" + a.job_id, options.timeouts, limit);
+    auto t = make_transfer(a.presigned ? *status.result_url : base + "/result/" + a.job_id, options.timeouts,
+                           limit);
     if (a.presigned) {
       // A presigned URL may redirect to storage; it gets no API key, so following is safe.
       curl::set(t.easy.get(), CURLOPT_FOLLOWLOCATION, 1L, "FOLLOWLOCATION");
@@ -194,20 +202,25 @@ struct JobTransport::Impl {
 
   const char* path_of(const Attempt& a, Stage stage) const {
     switch (stage) {
-      case Stage::submit: return "POST /request";
-      case Stage::poll: return "GET /response/{id}";
-      case Stage::download: return a.presigned ? "GET result URL" : "GET /result/{id}";
+      case Stage::submit:
+        return "POST /request";
+      case Stage::poll:
+        return "GET /response/{id}";
+      case Stage::download:
+        return a.presigned ? "GET result URL" : "GET /result/{id}";
     }
     return "";
   }
 
-  FinishedJob failed(Attempt& a, Verdict verdict, FailureCause cause, Stage stage, long status, std::string message) {
+  FinishedJob failed(Attempt& a, Verdict verdict, FailureCause cause, Stage stage, long status,
+                     std::string message) {
     FinishedJob f;
     f.ticket = a.ticket;
     f.job_id = a.job_id;
     f.seconds = std::chrono::duration<double>(Clock::now() - a.started).count();
-    f.failure = TransportFailure{verdict, cause, stage, status, fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch,
-                                                                             a.ticket.attempt, path_of(a, stage), message)};
+    f.failure = TransportFailure{verdict, cause, stage, status,
+                                 fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch, a.ticket.attempt,
+                                             path_of(a, stage), message)};
     return f;
   }
 
@@ -219,8 +232,8 @@ struct JobTransport::Impl {
       return std::nullopt;
     }
     if (status.state == JobState::error || status.state == JobState::nnsight_error) {
-      return failed(a, classify_job_error(status.status, status.description), FailureCause::job_error, stage, 0,
-                    fmt::format("job {} ended with {}: {}", a.job_id, status.status, status.description));
+      return failed(a, classify_job_error(status.status, status.description), FailureCause::job_error, stage,
+                    0, fmt::format("job {} ended with {}: {}", a.job_id, status.status, status.description));
     }
     a.phase = Phase::waiting_to_poll;
     a.next_poll = Clock::now() + poll_delay(a.polls, options.timeouts.poll_interval_s);
@@ -252,8 +265,8 @@ struct JobTransport::Impl {
       const auto cause = cause_of(rc, t.oversized);
       const auto verdict = cause == FailureCause::oversized ? Verdict::fatal : Verdict::retry;
       std::string message = cause == FailureCause::oversized
-                                 ? fmt::format("reply exceeds the limit of {} bytes", t.limit)
-                                 : fmt::format("{} ({})", curl_easy_strerror(rc), t.error.data());
+                                ? fmt::format("reply exceeds the limit of {} bytes", t.limit)
+                                : fmt::format("{} ({})", curl_easy_strerror(rc), t.error.data());
       if (stage == Stage::poll) return on_poll_failure(a, verdict, cause, 0, std::move(message));
       return failed(a, verdict, cause, stage, 0, std::move(message));
     }
@@ -261,7 +274,8 @@ struct JobTransport::Impl {
     if (status != 200) {
       const auto verdict = classify_http(stage, status, a.presigned);
       auto message = fmt::format("HTTP {}: {}", status, server_words(t.received));
-      if (stage == Stage::poll) return on_poll_failure(a, verdict, FailureCause::http_status, status, std::move(message));
+      if (stage == Stage::poll)
+        return on_poll_failure(a, verdict, FailureCause::http_status, status, std::move(message));
       return failed(a, verdict, FailureCause::http_status, stage, status, std::move(message));
     }
     if (stage == Stage::download) {
@@ -282,7 +296,8 @@ struct JobTransport::Impl {
     try {
       parsed = parse_status(t.text());
     } catch (const DecodeError& e) {
-      if (stage == Stage::poll) return on_poll_failure(a, classify_decode(true), FailureCause::bad_reply, status, e.what());
+      if (stage == Stage::poll)
+        return on_poll_failure(a, classify_decode(true), FailureCause::bad_reply, status, e.what());
       return failed(a, classify_decode(true), FailureCause::bad_reply, stage, status, e.what());
     }
     if (stage == Stage::poll) a.poll_failures = 0;
@@ -301,11 +316,13 @@ struct JobTransport::Impl {
       const auto now = Clock::now();
       for (auto it = attempts.begin(); it != attempts.end();) {
         if (now >= it->deadline) {
-          it = finish(it, failed(*it, Verdict::retry, FailureCause::timeout,
-                                 it->phase == Phase::submitting    ? Stage::submit
-                                 : it->phase == Phase::downloading ? Stage::download
-                                                                   : Stage::poll,
-                                 0, fmt::format("the attempt took longer than job_s = {} s", options.timeouts.job_s)));
+          it = finish(
+              it,
+              failed(*it, Verdict::retry, FailureCause::timeout,
+                     it->phase == Phase::submitting    ? Stage::submit
+                     : it->phase == Phase::downloading ? Stage::download
+                                                       : Stage::poll,
+                     0, fmt::format("the attempt took longer than job_s = {} s", options.timeouts.job_s)));
           continue;
         }
         if (it->phase == Phase::waiting_to_poll && now >= it->next_poll) start_poll(*it);
@@ -319,7 +336,8 @@ struct JobTransport::Impl {
         void* owner = nullptr;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &owner);
         const CURLcode rc = msg->data.result;  // msg is invalid once its handle is removed
-        auto it = std::find_if(attempts.begin(), attempts.end(), [&](const Attempt& a) { return &a == owner; });
+        auto it =
+            std::find_if(attempts.begin(), attempts.end(), [&](const Attempt& a) { return &a == owner; });
         if (it == attempts.end()) continue;
         if (auto job = on_done(*it, rc)) finish(it, std::move(*job));
       }
@@ -331,7 +349,8 @@ struct JobTransport::Impl {
         if (a.phase == Phase::waiting_to_poll) wake = std::min(wake, a.next_poll);
       }
       const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - after).count();
-      curl::check_multi(curl_multi_poll(multi.get(), nullptr, 0, static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
+      curl::check_multi(curl_multi_poll(multi.get(), nullptr, 0,
+                                        static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
                         "curl_multi_poll");
     }
     return finished;
@@ -355,7 +374,9 @@ void JobTransport::submit(JobTicket ticket, EncodedRequest request) {
   }
 }
 
-std::vector<FinishedJob> JobTransport::run(std::chrono::milliseconds max_wait) { return impl_->run(max_wait); }
+std::vector<FinishedJob> JobTransport::run(std::chrono::milliseconds max_wait) {
+  return impl_->run(max_wait);
+}
 
 std::size_t JobTransport::in_flight() const noexcept { return impl_->attempts.size(); }
 
@@ -403,10 +424,12 @@ spec::ModelConfig fetch_model_config(const std::string& base_url, const std::str
                             curl_easy_strerror(reply.rc), reply.error));
   }
   if (reply.status == 401 || reply.status == 403) {
-    throw ServiceRefused(fmt::format("GET {} was refused with HTTP {}: check the API key in the job's api_key_env variable",
-                                     url, reply.status));
+    throw ServiceRefused(
+        fmt::format("GET {} was refused with HTTP {}: check the API key in the job's api_key_env variable",
+                    url, reply.status));
   }
-  if (reply.status != 200) throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
+  if (reply.status != 200)
+    throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
   const auto json = nlohmann::json::parse(reply.body, nullptr, false);
   if (!json.is_object() || !json.contains("deployments") || !json["deployments"].is_object()) {
     throw DecodeError(fmt::format("GET {}: the reply has no \"deployments\" object", url));
@@ -419,7 +442,8 @@ spec::ModelConfig fetch_model_config(const std::string& base_url, const std::str
     if (!deployment.is_object()) continue;
     const auto repo = deployment.find("repo_id");
     const bool exact = repo != deployment.end() && repo->is_string() && repo->get<std::string>() == model;
-    const bool wildcard = name == "*" || (repo != deployment.end() && repo->is_string() && repo->get<std::string>() == "*");
+    const bool wildcard =
+        name == "*" || (repo != deployment.end() && repo->is_string() && repo->get<std::string>() == "*");
     if (exact || (wildcard && chosen == nullptr)) {
       chosen = &deployment;
       chosen_name = name;
@@ -427,17 +451,20 @@ spec::ModelConfig fetch_model_config(const std::string& base_url, const std::str
     }
   }
   if (chosen == nullptr) {
-    throw InputError(fmt::format("model \"{}\" is not deployed at {} (deployments: {}); check \"model\" in the job",
-                                 model, base_url, fmt::join(names, ", ")));
+    throw InputError(
+        fmt::format("model \"{}\" is not deployed at {} (deployments: {}); check \"model\" in the job", model,
+                    base_url, fmt::join(names, ", ")));
   }
   const auto config = chosen->find("config");
   if (config == chosen->end() || !config->is_object()) {
-    throw InputError(fmt::format("deployment \"{}\" at {} does not report its config; set \"model_config\" "
-                                 "({{\"hidden_size\": H, \"num_hidden_layers\": L}}) in the job",
-                                 chosen_name, base_url));
+    throw InputError(
+        fmt::format("deployment \"{}\" at {} does not report its config; set \"model_config\" "
+                    "({{\"hidden_size\": H, \"num_hidden_layers\": L}}) in the job",
+                    chosen_name, base_url));
   }
   const std::string where = "GET " + url;
-  return spec::ModelConfig{config_int(*config, "hidden_size", where), config_int(*config, "num_hidden_layers", where)};
+  return spec::ModelConfig{config_int(*config, "hidden_size", where),
+                           config_int(*config, "num_hidden_layers", where)};
 }
 
 bool ping(const std::string& base_url, const spec::Timeouts& timeouts) {

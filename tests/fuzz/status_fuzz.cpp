@@ -40,7 +40,8 @@ void result_file(std::span<const std::byte> bytes, ndif::spec::DType dtype) {
     const auto decoded = ndif::remote::decode_result(bytes, expected);
     const auto element = static_cast<std::size_t>(ndif::spec::dtype_bytes(dtype));
     if (decoded.probes.size() != 2 || decoded.probes[0].bytes.size() != 2 * 1 * 1 * 2 * element ||
-        decoded.probes[1].bytes.size() != 2 * 2 * 1 * 2 * element || decoded.nonfinite < 0 || decoded.nonfinite > 12) {
+        decoded.probes[1].bytes.size() != 2 * 2 * 1 * 2 * element || decoded.nonfinite < 0 ||
+        decoded.nonfinite > 12) {
       __builtin_trap();
     }
   } catch (const ndif::DecodeError&) {

@@ -18,22 +18,22 @@ namespace ndif::remote {
 /// What one batch asks for: its prompts in send order (one invoke each), the padded length S of
 /// the batch, the probes and the dtype the server converts to.
 struct BatchRequest {
-  std::string model;                          ///< repo id, e.g. "meta-llama/Llama-3.1-70B"
-  std::vector<plan::EncodedPrompt> prompts;   ///< in send order; every prompt has P positions
-  std::int32_t padded_len = 0;                ///< S: the longest prompt of the batch, in tokens
+  std::string model;                         ///< repo id, e.g. "meta-llama/Llama-3.1-70B"
+  std::vector<plan::EncodedPrompt> prompts;  ///< in send order; every prompt has P positions
+  std::int32_t padded_len = 0;               ///< S: the longest prompt of the batch, in tokens
   std::vector<spec::Probe> probes;
   spec::DType dtype = spec::DType::float16;
-  std::int64_t hidden = 0;                    ///< H, the model's hidden size: sizes the expected result
+  std::int64_t hidden = 0;  ///< H, the model's hidden size: sizes the expected result
 };
 
 /// The one tensor a batch's result holds: (B, Ltot, P, H) in `dtype`, Ltot the sum of the probes'
 /// layer counts, probes stacked in order along dim 1.
 struct ExpectedResult {
-  std::int64_t saved_node = 0;              ///< node index whose value the result holds
-  std::int64_t batch = 0;                   ///< B
-  std::vector<std::int64_t> probe_layers;   ///< L_p per probe, in probe order
-  std::int64_t positions = 0;               ///< P
-  std::int64_t hidden = 0;                  ///< H
+  std::int64_t saved_node = 0;             ///< node index whose value the result holds
+  std::int64_t batch = 0;                  ///< B
+  std::vector<std::int64_t> probe_layers;  ///< L_p per probe, in probe order
+  std::int64_t positions = 0;              ///< P
+  std::int64_t hidden = 0;                 ///< H
   spec::DType dtype = spec::DType::float16;
 
   /// Sum of `probe_layers`.
@@ -54,7 +54,7 @@ struct EncodedRequest {
 /// Builds request bodies of one protocol generation. The transport and the run loop see only this
 /// interface, so an encoder for another generation can be added beside the G2 one.
 class RequestEncoder {
-public:
+ public:
   virtual ~RequestEncoder() = default;
   /// Encodes one batch. Throws InputError if the batch cannot be expressed (no prompts, no
   /// probes, a position outside its prompt, a prompt longer than `padded_len`).
@@ -65,7 +65,7 @@ public:
 /// with one invoke per prompt, the padding-adjusted positions sliced on the server, every probe
 /// and layer stacked into one (B, Ltot, P, H) tensor, converted with a Tensor method and saved once.
 class G2RequestEncoder final : public RequestEncoder {
-public:
+ public:
   [[nodiscard]] EncodedRequest encode(const BatchRequest& request) const override;
 
   /// The uncompressed JSON text of the body (the same graph `encode` compresses); for tests and

@@ -56,18 +56,20 @@ enum class FailureCause {
 /// `max_backoff_s`, with "equal jitter" (a uniform draw in [d/2, d]) that depends only on the seed,
 /// the batch and the failure count, so runs are reproducible.
 class RetryPolicy {
-public:
+ public:
   RetryPolicy(spec::RetryOptions options, std::uint64_t seed) noexcept : options_(options), seed_(seed) {}
 
   /// True while `attempts_made` (failed attempts so far) leaves room for another attempt.
-  [[nodiscard]] bool may_retry(int attempts_made) const noexcept { return attempts_made < options_.max_attempts; }
+  [[nodiscard]] bool may_retry(int attempts_made) const noexcept {
+    return attempts_made < options_.max_attempts;
+  }
 
   /// The wait before the next attempt of `batch` after its `failures`-th failure (1-based).
   [[nodiscard]] std::chrono::milliseconds backoff(std::int64_t batch, int failures) const noexcept;
 
   [[nodiscard]] const spec::RetryOptions& options() const noexcept { return options_; }
 
-private:
+ private:
   spec::RetryOptions options_;
   std::uint64_t seed_;
 };

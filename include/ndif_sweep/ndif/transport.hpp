@@ -51,18 +51,18 @@ struct TransportFailure {
 /// An attempt that ended, successfully or not.
 struct FinishedJob {
   JobTicket ticket;
-  std::string job_id;                      ///< "" if the submit failed
-  std::optional<TransportFailure> failure; ///< nullopt on success
-  std::vector<std::byte> result;           ///< the downloaded result file, on success
-  std::int64_t bytes_received = 0;         ///< bytes of the result download
-  double seconds = 0;                      ///< from submit to the end of the download
+  std::string job_id;                       ///< "" if the submit failed
+  std::optional<TransportFailure> failure;  ///< nullopt on success
+  std::vector<std::byte> result;            ///< the downloaded result file, on success
+  std::int64_t bytes_received = 0;          ///< bytes of the result download
+  double seconds = 0;                       ///< from submit to the end of the download
 };
 
 /// Runs attempts through their lifecycle: POST /request, then GET /response/{id} with backoff
 /// (poll_delay) until COMPLETED or ERROR, then the download from /result/{id} or from the URL in
 /// the COMPLETED status. Single-threaded: nothing happens between calls to `run`. Not copyable.
 class JobTransport {
-public:
+ public:
   /// Throws InternalError if libcurl cannot create its multi handle.
   explicit JobTransport(TransportOptions options);
   ~JobTransport();
@@ -86,7 +86,7 @@ public:
   /// Abandons every attempt in flight; they are not returned by `run`.
   void cancel_all() noexcept;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,12 +1,12 @@
+#include "ndif_sweep/ndif/request.hpp"
+
 #include <gtest/gtest.h>
-
-#include <string>
-
-#include <nlohmann/json.hpp>
 #include <zlib.h>
 
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/request.hpp"
 
 namespace ndif::remote {
 namespace {
@@ -38,8 +38,8 @@ BatchRequest two_prompt_batch() {
 std::string inflate(const std::vector<std::byte>& body) {
   std::string out(1 << 20, '\0');
   uLongf size = out.size();
-  EXPECT_EQ(uncompress(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(body.data()),
-                       static_cast<uLong>(body.size())),
+  EXPECT_EQ(uncompress(reinterpret_cast<Bytef*>(out.data()), &size,
+                       reinterpret_cast<const Bytef*>(body.data()), static_cast<uLong>(body.size())),
             Z_OK);
   out.resize(size);
   return out;
@@ -64,7 +64,9 @@ struct Graph {
     }
     return -1;
   }
-  [[nodiscard]] std::string target(int i) const { return nodes[static_cast<std::size_t>(i)]["target"]["function_name"]; }
+  [[nodiscard]] std::string target(int i) const {
+    return nodes[static_cast<std::size_t>(i)]["target"]["function_name"];
+  }
   [[nodiscard]] const json& args(int i) const { return nodes[static_cast<std::size_t>(i)]["args"]; }
 };
 
@@ -73,11 +75,18 @@ TEST(RequestEncoder, TwoPromptBatchHasOneNodePerOperationInInvokeProbeLayerOrder
   // Per invoke: 2 resid layers x (module, getitem 0, positions) + 1 mlp layer x (module, positions) + stack.
   ASSERT_EQ(g.nodes.size(), 2 * 9 + 5);
   const std::vector<std::string> invoke_targets = {
-      "nnsight.intervention.protocols.intervention.InterventionProtocol", "_operator.getitem", "_operator.getitem",
-      "nnsight.intervention.protocols.intervention.InterventionProtocol", "_operator.getitem", "_operator.getitem",
-      "nnsight.intervention.protocols.intervention.InterventionProtocol", "_operator.getitem", "torch.stack"};
+      "nnsight.intervention.protocols.intervention.InterventionProtocol",
+      "_operator.getitem",
+      "_operator.getitem",
+      "nnsight.intervention.protocols.intervention.InterventionProtocol",
+      "_operator.getitem",
+      "_operator.getitem",
+      "nnsight.intervention.protocols.intervention.InterventionProtocol",
+      "_operator.getitem",
+      "torch.stack"};
   for (int k = 0; k < 2; ++k) {
-    for (int i = 0; i < 9; ++i) EXPECT_EQ(g.target(k * 9 + i), invoke_targets[static_cast<std::size_t>(i)]) << k << " " << i;
+    for (int i = 0; i < 9; ++i)
+      EXPECT_EQ(g.target(k * 9 + i), invoke_targets[static_cast<std::size_t>(i)]) << k << " " << i;
   }
   EXPECT_EQ(g.target(18), "torch.stack");
   EXPECT_EQ(g.target(19), "nnsight.util.fetch_attr");
@@ -91,7 +100,7 @@ TEST(RequestEncoder, TwoPromptBatchHasOneNodePerOperationInInvokeProbeLayerOrder
   EXPECT_EQ(g.args(9), json::array({".model.layers.0.output", 1, 0}));
   EXPECT_EQ(g.args(15), json::array({".model.layers.1.mlp.output", 1, 0}));
   EXPECT_EQ(g.node_index(g.args(1)[0]), 0);
-  EXPECT_EQ(g.args(1)[1], 0);  // output_index
+  EXPECT_EQ(g.args(1)[1], 0);                // output_index
   EXPECT_EQ(g.node_index(g.args(7)[0]), 6);  // the tensor-output probe is sliced directly
 }
 
@@ -124,7 +133,8 @@ TEST(RequestEncoder, StacksLayersThenInvokesConvertsAndSavesExactlyOnce) {
   EXPECT_EQ(g.args(19)[1], "bfloat16");
   EXPECT_EQ(g.node_index(g.args(20)[0]), 19);
   int locks = 0;
-  for (std::size_t i = 0; i < g.nodes.size(); ++i) locks += g.target(static_cast<int>(i)) == "nnsight.tracing.protocols.lock.LockProtocol";
+  for (std::size_t i = 0; i < g.nodes.size(); ++i)
+    locks += g.target(static_cast<int>(i)) == "nnsight.tracing.protocols.lock.LockProtocol";
   EXPECT_EQ(locks, 1);
   EXPECT_EQ(g.node_index(g.args(21)[0]), 20);
   EXPECT_FALSE(g.nodes[21].contains("kwargs"));  // empty kwargs are omitted, as nnsight does
@@ -144,8 +154,9 @@ TEST(RequestEncoder, TracerIsLastAndCarriesEveryOtherNodeAndTheTokenIds) {
   EXPECT_EQ(inputs(0)["values"][1], (json{{"type_name", "DICT"}, {"values", {{"labels", nullptr}}}}));
   const auto& dict = inputs(1)["values"][0]["values"][0];
   EXPECT_EQ(dict["type_name"], "DICT");
-  EXPECT_EQ(g.memo(dict["values"]["input_ids"]),
-            (json{{"type_name", "TENSOR"}, {"values", json::array({json::array({20, 21})})}, {"dtype", "int64"}}));
+  EXPECT_EQ(
+      g.memo(dict["values"]["input_ids"]),
+      (json{{"type_name", "TENSOR"}, {"values", json::array({json::array({20, 21})})}, {"dtype", "int64"}}));
   EXPECT_EQ(g.memo(dict["values"]["attention_mask"])["values"], json::array({json::array({1, 1})}));
   EXPECT_EQ(g.memo(inputs(0)["values"][0]["values"][0]["values"]["input_ids"])["values"][0],
             json::array({10, 11, 12, 13, 14}));
@@ -158,7 +169,8 @@ TEST(RequestEncoder, BodyIsTheZlibCompressedGraphAndHeadersFollowNnsight0411) {
   std::map<std::string, std::string> headers(encoded.headers.begin(), encoded.headers.end());
   EXPECT_EQ(headers.size(), 7);
   EXPECT_EQ(headers["Content-Type"], "application/octet-stream");
-  EXPECT_EQ(headers["model_key"], R"(nnsight.modeling.language.LanguageModel:{"repo_id": "meta-llama/Llama-3.1-70B"})");
+  EXPECT_EQ(headers["model_key"],
+            R"(nnsight.modeling.language.LanguageModel:{"repo_id": "meta-llama/Llama-3.1-70B"})");
   EXPECT_EQ(headers["format"], "json");
   EXPECT_EQ(headers["zlib"], "True");
   EXPECT_EQ(headers["nnsight-version"], "0.4.11");

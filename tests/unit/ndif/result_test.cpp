@@ -1,12 +1,12 @@
+#include "ndif_sweep/ndif/result.hpp"
+
 #include <gtest/gtest.h>
+#include <zstd.h>
 
 #include <cstring>
 #include <string>
 
-#include <zstd.h>
-
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/result.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
 
 namespace ndif::remote {
@@ -87,7 +87,9 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   const std::uint16_t inf16 = 0x7C00, nan16 = 0xFE01;
   std::memcpy(f16.data() + 2 * 5, &inf16, 2);
   std::memcpy(f16.data() + 2 * 40, &nan16, 2);
-  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, f16))), expected_f16()).nonfinite, 2);
+  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, f16))), expected_f16())
+                .nonfinite,
+            2);
 
   auto bf16 = pattern16(48);
   const std::uint16_t inf_bf = 0xFF80;  // -inf in bfloat16; 0x7C00 is an ordinary finite bfloat16
@@ -95,13 +97,18 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   std::memcpy(bf16.data() + 2 * 8, &inf16, 2);
   auto expected = expected_f16();
   expected.dtype = spec::DType::bfloat16;
-  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite, 1);
+  EXPECT_EQ(
+      decode_result(file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite,
+      1);
 
   std::vector<std::byte> f32(48 * 4, std::byte{0});
-  const float values[] = {1.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()};
+  const float values[] = {1.0f, std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()};
   std::memcpy(f32.data(), values, sizeof values);
   expected.dtype = spec::DType::float32;
-  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite, 2);
+  EXPECT_EQ(
+      decode_result(file_of(g2_result(tensor(ts::DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
+      2);
 }
 
 TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
@@ -133,7 +140,8 @@ TEST(ResultDecoder, AcceptsZstdCompressedFiles) {
 
 TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
   ts::Dict results;
-  results.items.emplace_back(ts::Value{std::string("acts")}, tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  results.items.emplace_back(ts::Value{std::string("acts")},
+                             tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
   ts::Dict root;
   root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job-1")});
   root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
@@ -142,13 +150,15 @@ TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
 
 TEST(ResultDecoder, ShapeMismatchNamesExpectedAndGot) {
   const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 4, 2}, pattern16(48))));
-  EXPECT_EQ(decode_message(file, expected_f16()),
-            "result tensor has shape (2, 3, 4, 2), expected (2, 3, 2, 4) = (prompts, layers, positions, hidden)");
+  EXPECT_EQ(
+      decode_message(file, expected_f16()),
+      "result tensor has shape (2, 3, 4, 2), expected (2, 3, 2, 4) = (prompts, layers, positions, hidden)");
 }
 
 TEST(ResultDecoder, DtypeMismatchNamesExpectedAndGot) {
   const auto file = file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, pattern16(48))));
-  EXPECT_EQ(decode_message(file, expected_f16()), "result tensor has dtype bfloat16, expected float16 as requested");
+  EXPECT_EQ(decode_message(file, expected_f16()),
+            "result tensor has dtype bfloat16, expected float16 as requested");
 }
 
 TEST(ResultDecoder, WrongContainersAreDecodeErrors) {
@@ -156,7 +166,8 @@ TEST(ResultDecoder, WrongContainersAreDecodeErrors) {
   EXPECT_EQ(decode_message(file_of(t()), expected_f16()), "result file holds a tensor, expected a dict");
   ts::Dict no_result;
   no_result.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("j")});
-  EXPECT_EQ(decode_message(file_of(ts::Value{no_result}), expected_f16()), "result file's dict has no \"result\" key");
+  EXPECT_EQ(decode_message(file_of(ts::Value{no_result}), expected_f16()),
+            "result file's dict has no \"result\" key");
   EXPECT_EQ(decode_message(file_of(g2_result(ts::Value{std::int64_t{3}})), expected_f16()),
             "result for node 20 is a int, expected a tensor");
   ts::Dict two;

@@ -1,8 +1,8 @@
+#include "ndif_sweep/ndif/retry.hpp"
+
 #include <gtest/gtest.h>
 
 #include <set>
-
-#include "ndif_sweep/ndif/retry.hpp"
 
 namespace ndif::remote {
 namespace {
@@ -15,16 +15,16 @@ TEST(RetryPolicy, HttpStatusTable) {
     Verdict verdict;
   };
   const Case cases[] = {
-      {Stage::submit, 500, false, Verdict::retry},      {Stage::submit, 502, false, Verdict::retry},
-      {Stage::submit, 503, false, Verdict::retry},      {Stage::submit, 429, false, Verdict::retry},
-      {Stage::submit, 408, false, Verdict::retry},      {Stage::submit, 401, false, Verdict::refused},
-      {Stage::submit, 403, false, Verdict::refused},    {Stage::submit, 400, false, Verdict::refused},
-      {Stage::submit, 422, false, Verdict::refused},    {Stage::submit, 404, false, Verdict::refused},
-      {Stage::poll, 401, false, Verdict::refused},      {Stage::poll, 403, false, Verdict::refused},
-      {Stage::poll, 404, false, Verdict::retry},        {Stage::poll, 503, false, Verdict::retry},
-      {Stage::download, 401, false, Verdict::refused},  {Stage::download, 403, false, Verdict::refused},
-      {Stage::download, 403, true, Verdict::retry},     {Stage::download, 404, false, Verdict::retry},
-      {Stage::download, 500, true, Verdict::retry},     {Stage::download, 400, true, Verdict::refused},
+      {Stage::submit, 500, false, Verdict::retry},     {Stage::submit, 502, false, Verdict::retry},
+      {Stage::submit, 503, false, Verdict::retry},     {Stage::submit, 429, false, Verdict::retry},
+      {Stage::submit, 408, false, Verdict::retry},     {Stage::submit, 401, false, Verdict::refused},
+      {Stage::submit, 403, false, Verdict::refused},   {Stage::submit, 400, false, Verdict::refused},
+      {Stage::submit, 422, false, Verdict::refused},   {Stage::submit, 404, false, Verdict::refused},
+      {Stage::poll, 401, false, Verdict::refused},     {Stage::poll, 403, false, Verdict::refused},
+      {Stage::poll, 404, false, Verdict::retry},       {Stage::poll, 503, false, Verdict::retry},
+      {Stage::download, 401, false, Verdict::refused}, {Stage::download, 403, false, Verdict::refused},
+      {Stage::download, 403, true, Verdict::retry},    {Stage::download, 404, false, Verdict::retry},
+      {Stage::download, 500, true, Verdict::retry},    {Stage::download, 400, true, Verdict::refused},
   };
   for (const auto& c : cases) {
     EXPECT_EQ(classify_http(c.stage, c.status, c.presigned), c.verdict)
@@ -34,15 +34,20 @@ TEST(RetryPolicy, HttpStatusTable) {
 
 TEST(RetryPolicy, JobErrorTable) {
   EXPECT_EQ(classify_job_error("ERROR", "Job took longer than timeout: 3600.0 seconds"), Verdict::retry);
-  EXPECT_EQ(classify_job_error("ERROR", "Your job was cancelled or preempted by the server."), Verdict::retry);
+  EXPECT_EQ(classify_job_error("ERROR", "Your job was cancelled or preempted by the server."),
+            Verdict::retry);
   EXPECT_EQ(classify_job_error("ERROR", "CUDA out of memory"), Verdict::retry);
   EXPECT_EQ(classify_job_error("ERROR", ""), Verdict::retry);
-  EXPECT_EQ(classify_job_error("ERROR", "InvalidRequest: unknown module .model.layers.99"), Verdict::job_invalid);
+  EXPECT_EQ(classify_job_error("ERROR", "InvalidRequest: unknown module .model.layers.99"),
+            Verdict::job_invalid);
   EXPECT_EQ(classify_job_error("ERROR", "InvalidRequestX"), Verdict::retry);
-  EXPECT_EQ(classify_job_error("ERROR", "Missing or invalid API key. Please visit https://login.ndif.us/"), Verdict::refused);
-  EXPECT_EQ(classify_job_error("ERROR", "Model gpt2 is not dedicated and hotswapping is not supported for this API key"),
+  EXPECT_EQ(classify_job_error("ERROR", "Missing or invalid API key. Please visit https://login.ndif.us/"),
             Verdict::refused);
-  EXPECT_EQ(classify_job_error("NNSIGHT_ERROR", "IndexError: index 7 is out of bounds"), Verdict::job_invalid);
+  EXPECT_EQ(classify_job_error(
+                "ERROR", "Model gpt2 is not dedicated and hotswapping is not supported for this API key"),
+            Verdict::refused);
+  EXPECT_EQ(classify_job_error("NNSIGHT_ERROR", "IndexError: index 7 is out of bounds"),
+            Verdict::job_invalid);
 }
 
 TEST(RetryPolicy, DecodeOfATruncatedBodyIsRetriedOfACompleteOneIsFatal) {

@@ -1,13 +1,15 @@
+#include "ndif_sweep/ndif/status.hpp"
+
 #include <gtest/gtest.h>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/status.hpp"
 
 namespace ndif::remote {
 namespace {
 
 TEST(StatusParse, ReceivedHoldsTheJobId) {
-  const auto s = parse_status(R"({"id": "6f1c", "status": "RECEIVED", "description": "Your job has been received.", "data": null, "session_id": null})");
+  const auto s = parse_status(
+      R"({"id": "6f1c", "status": "RECEIVED", "description": "Your job has been received.", "data": null, "session_id": null})");
   EXPECT_EQ(s.id, "6f1c");
   EXPECT_EQ(s.state, JobState::received);
   EXPECT_EQ(s.description, "Your job has been received.");
@@ -16,10 +18,15 @@ TEST(StatusParse, ReceivedHoldsTheJobId) {
 }
 
 TEST(StatusParse, EveryDocumentedStatusMapsToItsState) {
-  const std::pair<const char*, JobState> cases[] = {
-      {"QUEUED", JobState::queued},   {"DISPATCHED", JobState::dispatched}, {"RUNNING", JobState::running},
-      {"LOG", JobState::log},         {"COMPLETED", JobState::completed},   {"ERROR", JobState::error},
-      {"NNSIGHT_ERROR", JobState::nnsight_error}, {"APPROVED", JobState::unknown}, {"SOMETHING_NEW", JobState::unknown}};
+  const std::pair<const char*, JobState> cases[] = {{"QUEUED", JobState::queued},
+                                                    {"DISPATCHED", JobState::dispatched},
+                                                    {"RUNNING", JobState::running},
+                                                    {"LOG", JobState::log},
+                                                    {"COMPLETED", JobState::completed},
+                                                    {"ERROR", JobState::error},
+                                                    {"NNSIGHT_ERROR", JobState::nnsight_error},
+                                                    {"APPROVED", JobState::unknown},
+                                                    {"SOMETHING_NEW", JobState::unknown}};
   for (const auto& [name, state] : cases) {
     const auto s = parse_status(std::string(R"({"id": "j", "status": ")") + name + R"("})");
     EXPECT_EQ(s.state, state) << name;
@@ -55,13 +62,23 @@ TEST(StatusParse, NnsightErrorTakesItsMessageFromData) {
 }
 
 TEST(StatusParse, GarbageIsADecodeErrorQuotingTheReply) {
-  const char* bad[] = {
-      "", "<html>502 Bad Gateway</html>", "[]", "\"RUNNING\"", R"({"status": "RUNNING"})", R"({"id": 5, "status": "RUNNING"})",
-      R"({"id": "", "status": "RUNNING"})", R"({"id": "j"})", R"({"id": "j", "status": null})",
-      R"({"id": "j", "status": "RUNNING", "description": 7})", R"({"id": "j", "status": "COMPLETED", "data": 5})",
-      R"({"id": "j", "status": "COMPLETED", "data": ["u"]})", R"({"id": "j", "status": "COMPLETED", "data": ["u", -1]})",
-      R"({"id": "j", "status": "COMPLETED", "data": [1, 2]})", R"({"id": "j", "status": "COMPLETED", "data": ""})",
-      R"({"id": "j", "status": "COMPLETED", "data": {"url": "u"}})", "{\"id\": \"j\", \"status\": \"RUN"};
+  const char* bad[] = {"",
+                       "<html>502 Bad Gateway</html>",
+                       "[]",
+                       "\"RUNNING\"",
+                       R"({"status": "RUNNING"})",
+                       R"({"id": 5, "status": "RUNNING"})",
+                       R"({"id": "", "status": "RUNNING"})",
+                       R"({"id": "j"})",
+                       R"({"id": "j", "status": null})",
+                       R"({"id": "j", "status": "RUNNING", "description": 7})",
+                       R"({"id": "j", "status": "COMPLETED", "data": 5})",
+                       R"({"id": "j", "status": "COMPLETED", "data": ["u"]})",
+                       R"({"id": "j", "status": "COMPLETED", "data": ["u", -1]})",
+                       R"({"id": "j", "status": "COMPLETED", "data": [1, 2]})",
+                       R"({"id": "j", "status": "COMPLETED", "data": ""})",
+                       R"({"id": "j", "status": "COMPLETED", "data": {"url": "u"}})",
+                       "{\"id\": \"j\", \"status\": \"RUN"};
   for (const char* body : bad) {
     try {
       static_cast<void>(parse_status(body));

@@ -1,4 +1,8 @@
+#include "ndif_sweep/ndif/transport.hpp"
+
+#include <curl/curl.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <atomic>
 #include <map>
@@ -6,19 +10,15 @@
 #include <string>
 #include <thread>
 
-#include <curl/curl.h>
-#include <httplib.h>
-
 #include "../../../src/ndif/curl_handles.hpp"
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/transport.hpp"
 
 namespace ndif::remote {
 namespace {
 
 // libcurl's global state is set up once per process, as main() does in the binaries.
 class CurlGlobal : public ::testing::Environment {
-public:
+ public:
   void SetUp() override { ASSERT_EQ(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK); }
   void TearDown() override { curl_global_cleanup(); }
 };
@@ -28,7 +28,7 @@ constexpr const char* kKey = "s3cr3t-key";
 
 // An NDIF service on 127.0.0.1 whose replies each test scripts. It records what it was sent.
 class FakeService {
-public:
+ public:
   using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
 
   FakeService() {
@@ -57,7 +57,7 @@ public:
     return requests_;
   }
 
-private:
+ private:
   Handler record(Handler h) {
     return [this, h = std::move(h)](const httplib::Request& req, httplib::Response& res) {
       {
@@ -133,10 +133,11 @@ TEST(JobTransport, SubmitsPollsAndDownloadsWithEveryProtocolHeader) {
   FakeService service;
   std::atomic<int> polls{0};
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
-  service.get("/response/job-1", [&](const auto&, auto& res) {
-    reply_status(res, ++polls < 3 ? "RUNNING" : "COMPLETED");
+  service.get("/response/job-1",
+              [&](const auto&, auto& res) { reply_status(res, ++polls < 3 ? "RUNNING" : "COMPLETED"); });
+  service.get("/result/job-1", [](const auto&, auto& res) {
+    res.set_content("torch-save-bytes", "application/octet-stream");
   });
-  service.get("/result/job-1", [](const auto&, auto& res) { res.set_content("torch-save-bytes", "application/octet-stream"); });
 
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{7, 2}, small_request());
@@ -158,7 +159,8 @@ TEST(JobTransport, SubmitsPollsAndDownloadsWithEveryProtocolHeader) {
   EXPECT_EQ(post.body, "compressed graph bytes");
   EXPECT_EQ(post.get_header_value("Content-Type"), "application/octet-stream");
   EXPECT_EQ(post.get_header_value("ndif-api-key"), kKey);
-  EXPECT_EQ(post.get_header_value("model_key"), R"(nnsight.modeling.language.LanguageModel:{"repo_id": "gpt2"})");
+  EXPECT_EQ(post.get_header_value("model_key"),
+            R"(nnsight.modeling.language.LanguageModel:{"repo_id": "gpt2"})");
   EXPECT_EQ(post.get_header_value("format"), "json");
   EXPECT_EQ(post.get_header_value("zlib"), "True");
   EXPECT_EQ(post.get_header_value("nnsight-version"), "0.4.11");
@@ -180,7 +182,8 @@ TEST(JobTransport, ServerErrorOnSubmitIsRetryableAndTheNextAttemptSucceeds) {
     }
     reply_status(res, "COMPLETED");
   });
-  service.get("/result/job-1", [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
+  service.get("/result/job-1",
+              [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
 
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{1, 1}, small_request());
@@ -204,11 +207,15 @@ TEST(JobTransport, TransientPollFailuresAreRepolledNotFatal) {
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "QUEUED"); });
   service.get("/response/job-1", [&](const auto&, auto& res) {
     const int n = ++polls;
-    if (n == 1) res.status = 503;
-    else if (n == 2) res.set_content("<html>bad gateway</html>", "text/html");
-    else reply_status(res, "COMPLETED");
+    if (n == 1)
+      res.status = 503;
+    else if (n == 2)
+      res.set_content("<html>bad gateway</html>", "text/html");
+    else
+      reply_status(res, "COMPLETED");
   });
-  service.get("/result/job-1", [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
+  service.get("/result/job-1",
+              [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{1, 1}, small_request());
   const auto done = run_one(transport);
@@ -220,8 +227,9 @@ TEST(JobTransport, UnauthorizedIsRefusedAndTheKeyNeverAppearsInTheMessage) {
   FakeService service;
   service.post("/request", [](const auto&, auto& res) {
     res.status = 401;
-    res.set_content(R"({"detail": "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."})",
-                    "application/json");
+    res.set_content(
+        R"({"detail": "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."})",
+        "application/json");
   });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{0, 1}, small_request());
@@ -252,8 +260,10 @@ TEST(JobTransport, DownloadsFromThePresignedUrlWithoutTheApiKey) {
   FakeService service;
   const std::string url = service.base() + "/bucket/result.pt?sig=abc";
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
-  service.get("/response/job-1", [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "[\"" + url + "\", 9]"); });
-  service.get("/bucket/result.pt", [](const auto&, auto& res) { res.set_content("presigned", "application/octet-stream"); });
+  service.get("/response/job-1",
+              [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "[\"" + url + "\", 9]"); });
+  service.get("/bucket/result.pt",
+              [](const auto&, auto& res) { res.set_content("presigned", "application/octet-stream"); });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{0, 1}, small_request());
   const auto done = run_one(transport);
@@ -269,7 +279,8 @@ TEST(JobTransport, DownloadsFromThePresignedUrlWithoutTheApiKey) {
 TEST(JobTransport, ExpiredPresignedUrlIsRetryable) {
   FakeService service;
   const std::string url = service.base() + "/bucket/old.pt";
-  service.post("/request", [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "\"" + url + "\""); });
+  service.post("/request",
+               [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "\"" + url + "\""); });
   service.get("/bucket/old.pt", [](const auto&, auto& res) { res.status = 403; });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{0, 1}, small_request());
@@ -285,11 +296,12 @@ TEST(JobTransport, TruncatedDownloadIsRetryable) {
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "COMPLETED"); });
   service.get("/result/job-1", [](const auto&, auto& res) {
     // Announces 1000 bytes, sends 10 and drops the connection.
-    res.set_content_provider(1000, "application/octet-stream", [](std::size_t offset, std::size_t, httplib::DataSink& sink) {
-      if (offset > 0) return false;
-      sink.write("0123456789", 10);
-      return true;
-    });
+    res.set_content_provider(1000, "application/octet-stream",
+                             [](std::size_t offset, std::size_t, httplib::DataSink& sink) {
+                               if (offset > 0) return false;
+                               sink.write("0123456789", 10);
+                               return true;
+                             });
   });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{0, 1}, small_request());
@@ -302,8 +314,10 @@ TEST(JobTransport, TruncatedDownloadIsRetryable) {
 TEST(JobTransport, DownloadShorterThanTheAnnouncedSizeIsTruncated) {
   FakeService service;
   const std::string url = service.base() + "/bucket/r.pt";
-  service.post("/request", [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "[\"" + url + "\", 500]"); });
-  service.get("/bucket/r.pt", [](const auto&, auto& res) { res.set_content("short", "application/octet-stream"); });
+  service.post("/request",
+               [&](const auto&, auto& res) { reply_status(res, "COMPLETED", "[\"" + url + "\", 500]"); });
+  service.get("/bucket/r.pt",
+              [](const auto&, auto& res) { res.set_content("short", "application/octet-stream"); });
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{0, 1}, small_request());
   const auto done = run_one(transport);
@@ -349,8 +363,10 @@ TEST(JobTransport, PollsFollowTheBackoffAndNeverExceedThePollInterval) {
   FakeService service;
   std::atomic<int> polls{0};
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
-  service.get("/response/job-1", [&](const auto&, auto& res) { reply_status(res, ++polls <= 6 ? "RUNNING" : "COMPLETED"); });
-  service.get("/result/job-1", [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
+  service.get("/response/job-1",
+              [&](const auto&, auto& res) { reply_status(res, ++polls <= 6 ? "RUNNING" : "COMPLETED"); });
+  service.get("/result/job-1",
+              [](const auto&, auto& res) { res.set_content("ok", "application/octet-stream"); });
   auto options = options_for(service);
   options.timeouts.poll_interval_s = 0.1;
   JobTransport transport(options);

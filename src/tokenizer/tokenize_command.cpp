@@ -22,7 +22,8 @@ int run_tokenize_command(const std::filesystem::path& tokenizer_path, bool speci
     nlohmann::json parsed;
     try {
       parsed = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error&) {
+    } catch (const nlohmann::json::exception&) {
+      // parse_error for text that is not JSON, out_of_range for a number beyond double's range
       throw InputError(where + ": expected a JSON string, got text that is not JSON");
     }
     if (!parsed.is_string()) throw InputError(where + ": expected a JSON string, got " + std::string(parsed.type_name()));

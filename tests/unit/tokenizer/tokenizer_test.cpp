@@ -184,6 +184,7 @@ TEST(Tokenizer, StreamedVocabularyAndMergeErrorsNameTheEntry) {
               HasSubstr("model.vocab must be an object of token -> id"));
   EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0}})")), HasSubstr("model.merges is missing"));
   EXPECT_THAT(load_error(R"({"model": {"vocab": {"a": 0)"), HasSubstr("e.json: not valid JSON"));
+  EXPECT_THAT(load_error(R"({"model": {"vocab": {"a": 1e999}}})"), HasSubstr("e.json: not valid JSON"));
 }
 
 TEST(Tokenizer, VocabularyAndMergesKeysOutsideTheModelStayOrdinaryJson) {
@@ -286,6 +287,15 @@ TEST(TokenizeCommand, PrintsIdsOrOffsetsPerLineAndNamesABadLine) {
     FAIL() << "accepted a line that is not a JSON string";
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), HasSubstr("stdin:2"));
+  }
+  for (const char* not_a_string : {"\"ab\"\n{\"ab\"\n", "\"ab\"\n1e999\n"}) {
+    std::istringstream line(not_a_string);
+    try {
+      ndif::tokenizer::run_tokenize_command(path, false, false, line, ignored);
+      FAIL() << "accepted " << not_a_string;
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("stdin:2: expected a JSON string, got text that is not JSON"));
+    }
   }
   std::filesystem::remove(path);
 }

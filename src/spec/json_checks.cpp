@@ -71,6 +71,16 @@ TextLocation locate_byte(std::string_view text, std::size_t byte) noexcept {
   return location;
 }
 
+namespace {
+
+// nlohmann's messages start "[json.exception.<kind>.<id>] <where>: "; keep what follows.
+std::string parse_error_reason_text(const std::string& message) {
+  const auto colon = message.find(": ");
+  return colon == std::string::npos ? message : message.substr(colon + 2);
+}
+
+}  // namespace
+
 json parse_unique_keys(std::string_view text, const std::string& prefix) {
   std::vector<std::set<std::string>> open_objects;
   const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
@@ -83,14 +93,15 @@ json parse_unique_keys(std::string_view text, const std::string& prefix) {
     }
     return true;
   };
-  return json::parse(text, check);
+  try {
+    return json::parse(text, check);
+  } catch (const json::out_of_range& error) {
+    // A number literal beyond double's range (e.g. 1e999) is valid JSON text that nlohmann cannot hold.
+    fail(prefix, "a number is out of range (" + parse_error_reason_text(error.what()) + "); use a smaller value");
+  }
 }
 
-std::string parse_error_reason(const json::parse_error& error) {
-  std::string message = error.what();
-  const auto colon = message.find(": ");
-  return colon == std::string::npos ? message : message.substr(colon + 2);
-}
+std::string parse_error_reason(const json::parse_error& error) { return parse_error_reason_text(error.what()); }
 
 ObjectReader::ObjectReader(const json& value, std::string prefix, std::string path,
                            std::initializer_list<const char*> allowed)

@@ -348,6 +348,13 @@ INSTANTIATE_TEST_SUITE_P(
                               {"name": "a", "module": "n.{layer}", "layers": [1]}]})",
                R"("probes[1].name" "a" is used by another probe; names must be unique)"}));
 
+TEST(JobSpec, NumberBeyondDoubleRangeIsAnInputError) {
+  EXPECT_THAT(job_error(std::string(R"({"model": "a", "batch": {"target_mb": 1e999}})")),
+              HasSubstr("job.json: a number is out of range"));
+  EXPECT_THAT(prompts_error("\"a\"\n{\"prompt\": \"x\", \"meta\": {\"v\": -1e999}}\n"),
+              HasSubstr("prompts.jsonl:2: a number is out of range"));
+}
+
 TEST(JobSpec, RepeatedKeyIsAnError) {
   EXPECT_THAT(job_error(std::string(R"({"model": "a", "batch": {"target_mb": 1, "target_mb": 2}})")),
               HasSubstr("job.json: key \"target_mb\" appears twice in one object; keep one"));

@@ -14,6 +14,13 @@ if(NDIF_SANITIZE)
   target_link_options(ndif_sanitizers INTERFACE -fsanitize=address,undefined)
 endif()
 
+# ndif_mpi_sanitizer_options(TARGET): for a test program that initialises MPI (see the file).
+function(ndif_mpi_sanitizer_options target)
+  if(NDIF_SANITIZE)
+    target_sources(${target} PRIVATE ${PROJECT_SOURCE_DIR}/cmake/asan_options_mpi.cpp)
+  endif()
+endfunction()
+
 # ndif_module(NAME SOURCES... DEPS ...): one static library per module, public headers in include/.
 function(ndif_module name)
   cmake_parse_arguments(M "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})

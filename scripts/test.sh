@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
-# Builds (if needed) and runs every test: unit, MPI, integration against ndif-local, SLURM.
-# The SLURM tests start the project's own single-node cluster (scripts/slurm-local.sh) and stop it
-# at the end.
+# Builds and runs every test: the unit and MPI tests under ASan+UBSan, bounded fuzzing of every
+# parser of network data and user files, then the whole suite (unit, MPI, tokenizer differential,
+# integration against ndif-local, SLURM) on the normal build. The SLURM tests start the project's own
+# single-node cluster (scripts/slurm-local.sh) and stop it at the end.
 #   usage: scripts/test.sh [ctest args...]
+#   NDIF_TEST_SANITIZE=0 skips the sanitizer build; NDIF_FUZZ_SECONDS=N sets the time per fuzz
+#   target (default 20; 0 skips fuzzing).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo ${NDIF_CMAKE_ARGS:-} >/dev/null
-cmake --build build -j"$(nproc)"
+jobs=$(nproc)
 
 # mpirun refuses root without these; loopback-only transports keep tests off the network.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl_tcp_if_include=lo
 export OMPI_MCA_rmaps_base_oversubscribe=1
 
+if [ "${NDIF_TEST_SANITIZE:-1}" = 1 ]; then
+  echo "test: unit and MPI tests under AddressSanitizer and UndefinedBehaviorSanitizer"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 -DNDIF_SANITIZE=ON -DNDIF_BENCH=OFF \
+    -DNDIF_WERROR=ON >/dev/null
+  cmake --build build-asan -j"$jobs"
+  # OpenMPI's allocations kept until exit are suppressed in cmake/lsan_suppressions.cpp.
+  ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan -R '^(Serial|MPI)\.' -j2 --output-on-failure
+fi
+
+if [ "${NDIF_FUZZ_SECONDS:-20}" != 0 ]; then
+  bash scripts/fuzz.sh "${NDIF_FUZZ_SECONDS:-20}"
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNDIF_WERROR=ON ${NDIF_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j"$jobs"
+
 started_slurm=0
 if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null 2>&1 && ! sinfo >/dev/null 2>&1; then
   bash scripts/slurm-local.sh start
   started_slurm=1
 fi
-cleanup() { [ $started_slurm = 1 ] && bash scripts/slurm-local.sh stop || true; }
+cleanup() { if [ $started_slurm = 1 ]; then bash scripts/slurm-local.sh stop; fi; }
 trap cleanup EXIT
 
 ctest --test-dir build --output-on-failure -j2 "$@"

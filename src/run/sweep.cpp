@@ -443,10 +443,10 @@ int root_step(const Communicator& comm, Step&& step) {
       step();
     } catch (const Error& e) {
       code = static_cast<int>(e.exit_code());
-      comm.broadcast(std::to_string(code));
+      (void)comm.broadcast(std::to_string(code));
       throw;
     } catch (...) {
-      comm.broadcast("1");
+      (void)comm.broadcast("1");
       throw;
     }
   }

@@ -2,7 +2,7 @@
 add_library(ndif_warnings INTERFACE)
 target_compile_options(ndif_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align -Wunused
-  -Woverloaded-virtual -Wnull-dereference -Wformat=2 -Wimplicit-fallthrough)
+  -Woverloaded-virtual -Wformat=2 -Wimplicit-fallthrough)
 if(NDIF_WERROR)
   target_compile_options(ndif_warnings INTERFACE -Werror)
 endif()

@@ -3,19 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ndif_sweep/core/hash.hpp"
+
 namespace ndif::remote {
-namespace {
-
-std::uint64_t mix(std::uint64_t x) noexcept {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
 
 const char* cause_name(FailureCause cause) noexcept {
   switch (cause) {
@@ -84,7 +74,7 @@ std::chrono::milliseconds RetryPolicy::backoff(std::int64_t batch, int failures)
   const int doublings = std::clamp(failures - 1, 0, 62);
   const double full =
       std::min(options_.max_backoff_s, options_.initial_backoff_s * std::ldexp(1.0, doublings));
-  const std::uint64_t draw = mix(seed_ ^ mix(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL +
+  const std::uint64_t draw = mix64(seed_ ^ mix64(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL +
                                              static_cast<std::uint64_t>(failures)));
   const double unit = static_cast<double>(draw >> 11) * 0x1.0p-53;  // uniform in [0, 1)
   const double seconds = full / 2 + unit * full / 2;

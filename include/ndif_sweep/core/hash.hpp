@@ -18,6 +18,17 @@ namespace ndif {
 /// SHA-256 of a whole file as 64 lowercase hex digits. Throws InputError if it cannot be read.
 [[nodiscard]] std::string sha256_file_hex(const std::filesystem::path& path);
 
+/// SplitMix64's finaliser: a cheap bijective 64-bit mixer (arithmetic modulo 2^64). The synthetic
+/// model's `mix` (architecture.md section 6) and the retry policy's seeded jitter are built on it.
+[[nodiscard]] constexpr std::uint64_t mix64(std::uint64_t x) noexcept {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return x;
+}
+
 /// XXH3-64 of `bytes`, the checksum stored in /batches/checksum.
 [[nodiscard]] std::uint64_t xxh3_64(std::span<const std::byte> bytes) noexcept;
 

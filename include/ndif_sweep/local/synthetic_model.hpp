@@ -12,19 +12,13 @@
 #include <string_view>
 #include <vector>
 
+#include "ndif_sweep/core/hash.hpp"
 #include "ndif_sweep/torchsave/value.hpp"
 
 namespace ndif::local {
 
 /// SplitMix64's finaliser, the mixing step of the model (all arithmetic modulo 2^64).
-[[nodiscard]] constexpr std::uint64_t mix(std::uint64_t x) noexcept {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 31;
-  return x;
-}
+[[nodiscard]] constexpr std::uint64_t mix(std::uint64_t x) noexcept { return mix64(x); }
 
 /// FNV-1a 64 of the UTF-8 bytes of a module path without leading dot, e.g. "model.layers.3".
 [[nodiscard]] constexpr std::uint64_t module_code(std::string_view path) noexcept {

@@ -15,11 +15,10 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/version.hpp"
@@ -58,8 +57,11 @@ struct RunContext {
 };
 
 json probe_to_json(const spec::Probe& p) {
-  return json{{"name", p.name}, {"module", p.module}, {"output_index", p.output_index ? json(*p.output_index) : json()},
-              {"layers", p.layers}, {"layers_text", p.layers_text}};
+  return json{{"name", p.name},
+              {"module", p.module},
+              {"output_index", p.output_index ? json(*p.output_index) : json()},
+              {"layers", p.layers},
+              {"layers_text", p.layers_text}};
 }
 
 spec::Probe probe_from_json(const json& j) {
@@ -83,7 +85,8 @@ std::string encode_context(const RunContext& c) {
               {"dtype", static_cast<int>(c.dtype)},
               {"hidden", c.hidden},
               {"retry", {c.retry.max_attempts, c.retry.initial_backoff_s, c.retry.max_backoff_s}},
-              {"timeouts", {c.timeouts.connect_s, c.timeouts.request_s, c.timeouts.job_s, c.timeouts.poll_interval_s}},
+              {"timeouts",
+               {c.timeouts.connect_s, c.timeouts.request_s, c.timeouts.job_s, c.timeouts.poll_interval_s}},
               {"max_inflight", c.max_inflight},
               {"output", c.output},
               {"batches", c.batches}}
@@ -146,7 +149,7 @@ struct BatchReport {
 // Coordinator: rank 0's view of the whole job.
 
 class Coordinator {
-public:
+ public:
   Coordinator(const PreparedJob& job, std::deque<std::int32_t> pending, int ranks, ProgressReporter& progress)
       : job_(job), pending_(std::move(pending)), progress_(progress) {
     for (int r = 0; r < ranks; ++r) active_.insert(r);
@@ -186,7 +189,7 @@ public:
   [[nodiscard]] const std::optional<std::string>& refusal() const noexcept { return refusal_; }
   [[nodiscard]] std::size_t pending() const noexcept { return pending_.size(); }
 
-private:
+ private:
   const PreparedJob& job_;
   std::deque<std::int32_t> pending_;
   ProgressReporter& progress_;
@@ -199,7 +202,7 @@ private:
 // Worker: runs batches on one rank.
 
 class Worker {
-public:
+ public:
   Worker(const RunContext& ctx, store::ParallelOutput& output, std::uint64_t seed)
       : ctx_(ctx),
         output_(output),
@@ -252,7 +255,7 @@ public:
     return ev;
   }
 
-private:
+ private:
   struct Work {
     Assignment assignment;
     int attempts = 0;
@@ -262,7 +265,8 @@ private:
   };
 
   void submit(Work& w) {
-    remote::BatchRequest req{ctx_.model, w.assignment.prompts, w.assignment.padded_len, ctx_.probes, ctx_.dtype, ctx_.hidden};
+    remote::BatchRequest req{ctx_.model,  w.assignment.prompts, w.assignment.padded_len,
+                             ctx_.probes, ctx_.dtype,           ctx_.hidden};
     auto encoded = encoder_.encode(req);
     w.expected = encoded.expected;
     w.retry_at.reset();
@@ -284,8 +288,8 @@ private:
         const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();
         output_.write_batch(w.assignment.batch, w.assignment.rows, parts,
                             store::BatchStats{w.attempts, seconds, f.bytes_received, decoded.nonfinite});
-        ev.done.push_back({w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()), f.bytes_received,
-                           w.attempts, seconds});
+        ev.done.push_back({w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()),
+                           f.bytes_received, w.attempts, seconds});
         work_.erase(it);
         return;
       } catch (const DecodeError& e) {
@@ -304,7 +308,8 @@ private:
     if (*verdict == remote::Verdict::retry && policy_.may_retry(w.attempts) && drain_ == DrainRequest::none) {
       const auto delay = policy_.backoff(w.assignment.batch, w.attempts);
       std::cerr << fmt::format("ndif-sweep: batch {} attempt {} failed ({}); retrying in {:.1f} s\n",
-                               w.assignment.batch, w.attempts, why, static_cast<double>(delay.count()) / 1000.0);
+                               w.assignment.batch, w.attempts, why,
+                               static_cast<double>(delay.count()) / 1000.0);
       w.retry_at = Clock::now() + delay;
       return;
     }
@@ -323,7 +328,11 @@ private:
 };
 
 json report_to_json(const BatchReport& r) {
-  return json{{"batch", r.batch}, {"rows", r.rows}, {"bytes", r.bytes}, {"attempts", r.attempts}, {"seconds", r.seconds}};
+  return json{{"batch", r.batch},
+              {"rows", r.rows},
+              {"bytes", r.bytes},
+              {"attempts", r.attempts},
+              {"seconds", r.seconds}};
 }
 BatchReport report_from_json(const json& j) {
   return BatchReport{j.at("batch"), j.at("rows"), j.at("bytes"), j.at("attempts"), j.at("seconds")};
@@ -355,15 +364,17 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   auto setup = std::make_unique<RootSetup>();
   auto& job = setup->job;
   job = prepare_job(options.job_file, options.overrides, [](const spec::JobSpec& spec) {
-    return remote::fetch_model_config(spec.endpoint, env_or_empty(spec.api_key_env.c_str()), spec.timeouts, spec.model);
+    return remote::fetch_model_config(spec.endpoint, env_or_empty(spec.api_key_env.c_str()), spec.timeouts,
+                                      spec.model);
   });
   const auto& spec = job.spec;
   auto& c = setup->ctx;
   c.api_key = env_or_empty(spec.api_key_env.c_str());
   if (spec.endpoint != "local" && c.api_key.empty())
-    throw InputError(fmt::format("{}: the environment variable {} (api_key_env) is not set; export your NDIF API key "
-                                 "in it (the key never goes into the job file)",
-                                 spec.job_file.string(), spec.api_key_env));
+    throw InputError(
+        fmt::format("{}: the environment variable {} (api_key_env) is not set; export your NDIF API key "
+                    "in it (the key never goes into the job file)",
+                    spec.job_file.string(), spec.api_key_env));
   // The bundled server accepts any non-empty key.
   if (c.api_key.empty()) c.api_key = "ndif-local";
   setup->resumed = store::check_existing(spec.output, job.job_hash) == store::Existing::same_job;
@@ -395,14 +406,16 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
     layout.id.push_back(job.prompts[i].id);
     layout.meta.push_back(job.prompts[i].meta_json);
     layout.n_tokens.push_back(job.n_tokens[i]);
-    layout.positions.insert(layout.positions.end(), job.encoded[i].positions.begin(), job.encoded[i].positions.end());
+    layout.positions.insert(layout.positions.end(), job.encoded[i].positions.begin(),
+                            job.encoded[i].positions.end());
   }
   layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
   layout.batch_of_row = job.plan.batch_of_row;
   layout.order = job.plan.order;
   layout.batch_start = job.plan.start;
   layout.batch_count = job.plan.count;
-  for (const auto& p : spec.probes) layout.probes.push_back({p.name, p.module, p.output_index, p.layers, p.layers_text});
+  for (const auto& p : spec.probes)
+    layout.probes.push_back({p.name, p.module, p.output_index, p.layers, p.layers_text});
   layout.hidden = static_cast<std::size_t>(job.model_config.hidden_size);
   layout.dtype = spec::dtype_name(spec.dtype);
   return layout;
@@ -453,6 +466,16 @@ int root_step(const Communicator& comm, Step&& step) {
   return std::stoi(comm.broadcast(std::to_string(code)));
 }
 
+/// Ends every rank after an error on this one, so no rank waits forever in the collective close.
+[[noreturn]] void abort_all(const Communicator& comm, const char* what, int code) {
+  std::cerr << fmt::format(
+                   "ndif-sweep: error on rank {}: {}; stopping every rank (finished batches are kept, "
+                   "run the same command again to resume)\n",
+                   comm.rank(), what)
+            << std::flush;
+  comm.abort(code == 0 ? 1 : code);
+}
+
 }  // namespace
 
 int run_sweep(const RunOptions& options) {
@@ -465,132 +488,162 @@ int run_sweep(const RunOptions& options) {
   const std::string output_path = comm.broadcast(root ? setup->ctx.output : std::string());
   auto lock = store::OutputLock::acquire(output_path, comm.handle());
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
-  const RunContext ctx = decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  const RunContext ctx =
+      decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
 
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
 
   std::optional<ProgressReporter> progress;
   std::optional<Coordinator> coordinator;
-  if (root) {
-    const auto flags = output.read_done_flags();
-    std::deque<std::int32_t> pending;
-    std::int64_t done_batches = 0, done_rows = 0;
-    for (std::size_t b = 0; b < flags.size(); ++b) {
-      if (flags[b]) {
-        ++done_batches;
-        done_rows += static_cast<std::int64_t>(setup->job.plan.batches[b].rows.size());
-      } else {
-        pending.push_back(static_cast<std::int32_t>(b));
-      }
-    }
-    progress.emplace(options.progress, std::cerr, ctx.batches, static_cast<std::int64_t>(setup->job.prompts.size()),
-                     done_batches, done_rows, Clock::now());
-    if (setup->resumed)
-      std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
-                               ctx.output, done_batches, ctx.batches, pending.size(), comm.size());
-    else
-      std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
-                               setup->job.prompts.size(), ctx.batches, ctx.output, comm.size(),
-                               setup->job.spec.endpoint);
-    coordinator.emplace(setup->job, std::move(pending), comm.size(), *progress);
-  }
-
-  Worker worker(ctx, output, static_cast<std::uint64_t>(comm.rank()));
-  bool awaiting_assignment = false, said_bye = false;
   DrainRequest local_drain = DrainRequest::none;
-
-  while (true) {
-    // Signals: rank 0 decides for everyone; other ranks pass theirs on.
-    const auto sig = drain_requested();
-    if (sig > local_drain) {
-      local_drain = sig;
-      if (root) {
-        std::cerr << fmt::format("ndif-sweep: {} received: draining ({})\n", last_signal_name(),
-                                 sig == DrainRequest::abandon_in_flight ? "abandoning batches in flight"
-                                                                        : "finishing batches in flight");
-        coordinator->request_drain(sig);
-      } else {
-        comm.send(0, Tag::drain, json{{"abandon", sig == DrainRequest::abandon_in_flight}}.dump());
-      }
-      worker.drain(sig);
-    }
-
-    // Messages.
-    while (auto m = comm.try_receive()) {
-      const auto body = m->payload.empty() ? json() : json::parse(m->payload);
-      switch (m->tag) {
-        case Tag::request_work: {
-          json list = json::array();
-          for (const auto& a : coordinator->take(body.at("slots").get<int>())) list.push_back(assignment_to_json(a));
-          comm.send(m->source, Tag::assign, json{{"batches", list}}.dump());
-          break;
+  // From here on every rank runs independently until the collective close. An error on one rank
+  // (a failed write, a broken message) must not leave the others waiting in that close: report it
+  // and end the whole job. Flagged batches stay valid; the run resumes from them.
+  try {
+    if (root) {
+      const auto flags = output.read_done_flags();
+      std::deque<std::int32_t> pending;
+      std::int64_t done_batches = 0, done_rows = 0;
+      for (std::size_t b = 0; b < flags.size(); ++b) {
+        if (flags[b]) {
+          ++done_batches;
+          done_rows += static_cast<std::int64_t>(setup->job.plan.batches[b].rows.size());
+        } else {
+          pending.push_back(static_cast<std::int32_t>(b));
         }
-        case Tag::assign: {
-          std::vector<Assignment> batches;
-          for (const auto& a : body.at("batches")) batches.push_back(assignment_from_json(a));
-          worker.accept(std::move(batches));
-          awaiting_assignment = false;
-          break;
+      }
+      progress.emplace(options.progress, std::cerr, ctx.batches,
+                       static_cast<std::int64_t>(setup->job.prompts.size()), done_batches, done_rows,
+                       Clock::now());
+      if (setup->resumed)
+        std::cerr << fmt::format(
+            "ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n", ctx.output,
+            done_batches, ctx.batches, pending.size(), comm.size());
+      else
+        std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
+                                 setup->job.prompts.size(), ctx.batches, ctx.output, comm.size(),
+                                 setup->job.spec.endpoint);
+      coordinator.emplace(setup->job, std::move(pending), comm.size(), *progress);
+    }
+
+    Worker worker(ctx, output, static_cast<std::uint64_t>(comm.rank()));
+    bool awaiting_assignment = false, said_bye = false;
+
+    while (true) {
+      // Signals: rank 0 decides for everyone; other ranks pass theirs on.
+      const auto sig = drain_requested();
+      if (sig > local_drain) {
+        local_drain = sig;
+        if (root) {
+          std::cerr << fmt::format("ndif-sweep: {} received: draining ({})\n", last_signal_name(),
+                                   sig == DrainRequest::abandon_in_flight ? "abandoning batches in flight"
+                                                                          : "finishing batches in flight");
+          coordinator->request_drain(sig);
+        } else {
+          comm.send(0, Tag::drain, json{{"abandon", sig == DrainRequest::abandon_in_flight}}.dump());
         }
-        case Tag::batch_done: coordinator->done(report_from_json(body)); break;
-        case Tag::batch_failed: coordinator->failed(body.at("batch"), body.at("error")); break;
-        case Tag::refused: coordinator->refused(body.at("error")); break;
-        case Tag::drain:
-          if (root)
-            coordinator->request_drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
-                                                                       : DrainRequest::finish_in_flight);
-          else
-            worker.drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight : DrainRequest::finish_in_flight);
-          break;
-        case Tag::bye: coordinator->bye(m->source); break;
+        worker.drain(sig);
       }
-    }
 
-    // Rank 0 tells every rank about a drain decided here (signal, refusal).
-    if (root && coordinator->drain() > local_drain) {
-      local_drain = coordinator->drain();
-      const auto payload = json{{"abandon", local_drain == DrainRequest::abandon_in_flight}}.dump();
-      for (int r : coordinator->active())
-        if (r != 0) comm.send(r, Tag::drain, payload);
-      worker.drain(local_drain);
-    }
-
-    // Ask for work.
-    if (const int slots = worker.free_slots(); slots > 0 && !awaiting_assignment) {
-      if (root) {
-        worker.accept(coordinator->take(slots));
-      } else {
-        comm.send(0, Tag::request_work, json{{"slots", slots}}.dump());
-        awaiting_assignment = true;
+      // Messages.
+      while (auto m = comm.try_receive()) {
+        const auto body = m->payload.empty() ? json() : json::parse(m->payload);
+        switch (m->tag) {
+          case Tag::request_work: {
+            json list = json::array();
+            for (const auto& a : coordinator->take(body.at("slots").get<int>()))
+              list.push_back(assignment_to_json(a));
+            comm.send(m->source, Tag::assign, json{{"batches", list}}.dump());
+            break;
+          }
+          case Tag::assign: {
+            std::vector<Assignment> batches;
+            for (const auto& a : body.at("batches")) batches.push_back(assignment_from_json(a));
+            worker.accept(std::move(batches));
+            awaiting_assignment = false;
+            break;
+          }
+          case Tag::batch_done:
+            coordinator->done(report_from_json(body));
+            break;
+          case Tag::batch_failed:
+            coordinator->failed(body.at("batch"), body.at("error"));
+            break;
+          case Tag::refused:
+            coordinator->refused(body.at("error"));
+            break;
+          case Tag::drain:
+            if (root)
+              coordinator->request_drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
+                                                                        : DrainRequest::finish_in_flight);
+            else
+              worker.drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
+                                                          : DrainRequest::finish_in_flight);
+            break;
+          case Tag::bye:
+            coordinator->bye(m->source);
+            break;
+        }
       }
+
+      // Rank 0 tells every rank about a drain decided here (signal, refusal).
+      if (root && coordinator->drain() > local_drain) {
+        local_drain = coordinator->drain();
+        const auto payload = json{{"abandon", local_drain == DrainRequest::abandon_in_flight}}.dump();
+        for (int r : coordinator->active())
+          if (r != 0) comm.send(r, Tag::drain, payload);
+        worker.drain(local_drain);
+      }
+
+      // Ask for work.
+      if (const int slots = worker.free_slots(); slots > 0 && !awaiting_assignment) {
+        if (root) {
+          worker.accept(coordinator->take(slots));
+        } else {
+          comm.send(0, Tag::request_work, json{{"slots", slots}}.dump());
+          awaiting_assignment = true;
+        }
+      }
+
+      // Run batches.
+      auto ev = worker.step(std::chrono::milliseconds(20));
+      for (const auto& d : ev.done) {
+        if (root)
+          coordinator->done(d);
+        else
+          comm.send(0, Tag::batch_done, report_to_json(d).dump());
+      }
+      for (const auto& [b, why] : ev.failed) {
+        if (root)
+          coordinator->failed(b, why);
+        else
+          comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}}.dump());
+      }
+      if (ev.refused) {
+        if (root)
+          coordinator->refused(*ev.refused);
+        else
+          comm.send(0, Tag::refused, json{{"error", *ev.refused}}.dump());
+      }
+
+      if (root) progress->tick(Clock::now());
+
+      if (worker.finished() && !awaiting_assignment && !said_bye) {
+        said_bye = true;
+        if (root)
+          coordinator->bye(0);
+        else
+          comm.send(0, Tag::bye, "");
+      }
+      if (said_bye && (!root || coordinator->all_gone())) break;
     }
 
-    // Run batches.
-    auto ev = worker.step(std::chrono::milliseconds(20));
-    for (const auto& d : ev.done) {
-      if (root) coordinator->done(d);
-      else comm.send(0, Tag::batch_done, report_to_json(d).dump());
-    }
-    for (const auto& [b, why] : ev.failed) {
-      if (root) coordinator->failed(b, why);
-      else comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}}.dump());
-    }
-    if (ev.refused) {
-      if (root) coordinator->refused(*ev.refused);
-      else comm.send(0, Tag::refused, json{{"error", *ev.refused}}.dump());
-    }
-
-    if (root) progress->tick(Clock::now());
-
-    if (worker.finished() && !awaiting_assignment && !said_bye) {
-      said_bye = true;
-      if (root) coordinator->bye(0);
-      else comm.send(0, Tag::bye, "");
-    }
-    if (said_bye && (!root || coordinator->all_gone())) break;
+    output.close();
+  } catch (const Error& e) {
+    abort_all(comm, e.what(), static_cast<int>(e.exit_code()));
+  } catch (const std::exception& e) {
+    abort_all(comm, e.what(), 1);
   }
-
-  output.close();
 
   int code = 0;
   if (root) {
@@ -615,8 +668,9 @@ int run_sweep(const RunOptions& options) {
     if (code == 0)
       std::cout << "output: " << ctx.output << '\n';
     else
-      std::cout << fmt::format("output: {} (incomplete: {} of {} batches done; run the same command again to resume)\n",
-                               ctx.output, flags_done, ctx.batches);
+      std::cout << fmt::format(
+          "output: {} (incomplete: {} of {} batches done; run the same command again to resume)\n",
+          ctx.output, flags_done, ctx.batches);
   }
   code = comm.max_all(code);
   return code;

@@ -72,6 +72,11 @@ nlohmann::json job_identity(const PreparedJob& job) {
   // Paths only locate the files; their contents are what identifies the job.
   canon.erase("tokenizer");
   canon.erase("prompts");
+  // The bundled server's synthetic values must never mix with a service's, but the service's address
+  // may change between runs (another port, a proxy) without changing what it computes.
+  const bool local = job.spec.endpoint == "local";
+  canon["endpoint"] = local ? "local" : "remote";
+  if (!local) canon.erase("local");
   return nlohmann::json{{"spec", canon},
                         {"prompts_sha256", job.prompts_sha256},
                         {"tokenizer_sha256", job.tokenizer_sha256},

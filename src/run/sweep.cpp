@@ -187,7 +187,6 @@ class Coordinator {
   [[nodiscard]] bool all_gone() const noexcept { return active_.empty(); }
   [[nodiscard]] const std::set<int>& active() const noexcept { return active_; }
   [[nodiscard]] const std::optional<std::string>& refusal() const noexcept { return refusal_; }
-  [[nodiscard]] std::size_t pending() const noexcept { return pending_.size(); }
 
  private:
   const PreparedJob& job_;
@@ -222,6 +221,9 @@ class Worker {
     if (batches.empty()) no_more_work_ = true;
     for (auto& a : batches) {
       auto& w = work_[a.batch];
+      // Encoded once: a retry sends the same request again.
+      w.request = encoder_.encode(remote::BatchRequest{ctx_.model, a.prompts, a.padded_len, ctx_.probes,
+                                                       ctx_.dtype, ctx_.hidden});
       w.assignment = std::move(a);
       w.first_start = Clock::now();
       submit(w);
@@ -258,20 +260,16 @@ class Worker {
  private:
   struct Work {
     Assignment assignment;
+    remote::EncodedRequest request;
     int attempts = 0;
     Clock::time_point first_start;
     std::optional<Clock::time_point> retry_at;
-    remote::ExpectedResult expected;
   };
 
   void submit(Work& w) {
-    remote::BatchRequest req{ctx_.model,  w.assignment.prompts, w.assignment.padded_len,
-                             ctx_.probes, ctx_.dtype,           ctx_.hidden};
-    auto encoded = encoder_.encode(req);
-    w.expected = encoded.expected;
     w.retry_at.reset();
     ++w.attempts;
-    transport_.submit(remote::JobTicket{w.assignment.batch, w.attempts}, std::move(encoded));
+    transport_.submit(remote::JobTicket{w.assignment.batch, w.attempts}, w.request);
   }
 
   void handle(remote::FinishedJob& f, Events& ev) {
@@ -282,7 +280,7 @@ class Worker {
     std::string why;
     if (!f.failure) {
       try {
-        auto decoded = remote::decode_result(f.result, w.expected);
+        auto decoded = remote::decode_result(f.result, w.request.expected);
         std::vector<std::span<const std::byte>> parts;
         for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
         const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();

@@ -50,9 +50,11 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
                                       const ModelConfigSource& config_source);
 
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer
-/// a run (output, timeouts, retry, max_inflight, api_key_env), plus the SHA-256 of the prompts and
-/// tokenizer files and the model shape. Moving the output file or retuning retries keeps the hash;
-/// anything that changes stored values changes it.
+/// a run (output, timeouts, retry, max_inflight, api_key_env), with the endpoint reduced to "local"
+/// (the bundled server and its `local` options) or "remote" (any URL), plus the SHA-256 of the
+/// prompts and tokenizer files and the model shape. Moving the output file, retuning retries or
+/// reaching the service at another address keeps the hash; anything that changes stored values
+/// changes it.
 [[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
 
 /// The `plan --json` object (architecture.md section 2).

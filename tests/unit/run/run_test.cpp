@@ -66,6 +66,14 @@ TEST_F(JobFiles, JobHashIgnoresRunSteeringKeysButNotData) {
   moved.output = dir_ / "elsewhere.h5";
   EXPECT_EQ(prepare_job(job(), moved, no_network).job_hash, base);
   EXPECT_NE(prepare_job(job(R"(, "dtype": "bfloat16")"), {}, no_network).job_hash, base);
+  // Synthetic values never mix with a service's; a service's address may change.
+  auto service = [](const spec::JobSpec&) { return spec::ModelConfig{8, 4}; };
+  JobOverrides here, there;
+  here.endpoint = "http://127.0.0.1:8000";
+  there.endpoint = "https://ndif.example.org";
+  const auto remote = prepare_job(job(), here, service).job_hash;
+  EXPECT_NE(remote, base);
+  EXPECT_EQ(prepare_job(job(), there, service).job_hash, remote);
   write("prompts.jsonl", "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"b\", \"positions\": [0, -1]}\n");
   EXPECT_NE(prepare_job(job(), {}, no_network).job_hash, base);
 }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/files.hpp"
 #include "ndif_sweep/core/hash.hpp"
 #include "ndif_sweep/tokenizer/tokenizer.hpp"
 
@@ -48,8 +49,11 @@ PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverride
     spec::check_layers(job.spec, job.model_config);
   }
 
-  job.prompts = spec::read_prompts(job.spec.prompts, job.spec.positions);
-  const auto tok = tokenizer::Tokenizer::from_file(job.spec.tokenizer);
+  // Each file is read once: parsed and hashed from the same bytes, so the hash is of what was used.
+  const auto prompts_text = read_file(job.spec.prompts, "prompts file");
+  const auto tokenizer_text = read_file(job.spec.tokenizer, "tokenizer file");
+  job.prompts = spec::parse_prompts(prompts_text, job.spec.prompts, job.spec.positions);
+  const auto tok = tokenizer::Tokenizer::from_json(tokenizer_text, job.spec.tokenizer.string());
   job.encoded = plan::encode_prompts(job.prompts, tok, job.spec.add_special_tokens, job.spec.prompts);
   job.n_tokens.reserve(job.encoded.size());
   for (const auto& e : job.encoded) job.n_tokens.push_back(static_cast<std::int32_t>(e.ids.size()));
@@ -60,8 +64,8 @@ PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverride
   for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
   job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
 
-  job.tokenizer_sha256 = sha256_file_hex(job.spec.tokenizer);
-  job.prompts_sha256 = sha256_file_hex(job.spec.prompts);
+  job.tokenizer_sha256 = sha256_hex(tokenizer_text);
+  job.prompts_sha256 = sha256_hex(prompts_text);
   job.job_hash = sha256_hex(job_identity(job).dump());
   return job;
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Differential test: the C++ tokenizer against Hugging Face's reference encoder.
 
-usage: differential_test.py TOKENIZE_CLI REPO_ROOT [--count N] [--names a,b]
+usage: differential_test.py NDIF_SWEEP REPO_ROOT [--count N] [--names a,b]
+
+Ours is `NDIF_SWEEP tokenize`, the command users run.
 
 For every fetched tokenizer (scripts/fetch-tokenizers.sh puts them in data/tokenizers/), encodes a
 generated corpus with and without special tokens and requires identical ids and offsets on every
@@ -27,7 +29,7 @@ def run(command, stdin_bytes):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("cli")
+    parser.add_argument("ndif_sweep")
     parser.add_argument("root")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--names", default=",".join(NAMES))
@@ -47,7 +49,7 @@ def main():
         for special in (True, False):
             flags = ["--offsets"] + (["--special"] if special else [])
             expected = run(["node", reference, path] + flags, corpus)
-            actual = run([args.cli, path] + flags, corpus)
+            actual = run([args.ndif_sweep, "tokenize", path] + flags, corpus)
             if len(expected) != len(texts) or len(actual) != len(texts):
                 print(f"{name}: line counts differ: corpus {len(texts)}, reference {len(expected)}, ours {len(actual)}")
                 failures += 1

@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   app.add_option("--delivery", delivery, "result: GET /result/{id}; url: COMPLETED carries [url, size]")
       ->check(CLI::IsMember({"result", "url"}))
       ->capture_default_str();
-  app.add_flag("--zstd", options.zstd, "zstd-compress result files");
+  app.add_flag("--zstd", options.zstd, "zstd-compress result files (G4 requests ask for it in their envelope)");
+  app.add_option("--url-ttl-s", options.url_ttl_s, "G4: seconds a result URL stays valid")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -18,7 +18,7 @@ namespace {
 using json = nlohmann::json;
 using torchsave::DType;
 
-[[noreturn]] void invalid(const std::string& why) { throw InputError(kInvalidRequest + why); }
+[[noreturn]] void invalid(const std::string& why) { throw InputError(std::string(kInvalidRequestPrefix) + why); }
 
 constexpr std::string_view kGetitem = "_operator.getitem";
 constexpr std::string_view kStack = "torch.stack";

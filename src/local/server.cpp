@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/version.hpp"
 #include "ndif_sweep/local/graph.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
 
@@ -98,9 +99,46 @@ std::string inflate_body(const std::string& body) {
   return out;
 }
 
-std::vector<std::byte> zstd_compress(const std::vector<std::byte>& bytes) {
+/// zstd-decompresses a G4 blob, bounded by kMaxRequestBytes. Throws InputError on bad data.
+std::string zstd_decompress(const std::string& blob) {
+  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> context(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+  if (!context) throw InternalError("ZSTD_createDCtx failed");
+  ZSTD_inBuffer in{blob.data(), blob.size(), 0};
+  std::string out;
+  std::size_t rc = 1;
+  while (rc != 0) {
+    if (out.size() > kMaxRequestBytes)
+      throw InputError("the decompressed blob exceeds " + std::to_string(kMaxRequestBytes) + " bytes");
+    const std::size_t used = out.size();
+    out.resize(used + 256 * 1024);
+    ZSTD_outBuffer buffer{out.data() + used, 256 * 1024, 0};
+    rc = ZSTD_decompressStream(context.get(), &buffer, &in);
+    out.resize(used + buffer.pos);
+    if (ZSTD_isError(rc) != 0U)
+      throw InputError(std::string("the blob is not valid zstd data (envelope \"compress\": true): ") +
+                       ZSTD_getErrorName(rc));
+    if (rc != 0 && in.pos == in.size && buffer.pos < buffer.size)
+      throw InputError("the blob's zstd frame is truncated (envelope \"compress\": true)");
+  }
+  return out;
+}
+
+/// An HMAC-like tag of a result URL: the URL is only good for its job and until it expires.
+std::string url_signature(const std::string& id, long long expires, std::uint64_t secret) {
+  std::uint64_t h = secret;
+  for (char c : id + ":" + std::to_string(expires)) h = mix(h ^ static_cast<unsigned char>(c));
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
+
+long long unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::vector<std::byte> zstd_compress(const std::vector<std::byte>& bytes, int level) {
   std::vector<std::byte> out(ZSTD_compressBound(bytes.size()));
-  const std::size_t size = ZSTD_compress(out.data(), out.size(), bytes.data(), bytes.size(), 1);
+  const std::size_t size = ZSTD_compress(out.data(), out.size(), bytes.data(), bytes.size(), level);
   if (ZSTD_isError(size) != 0U) {
     throw InternalError(std::string("ZSTD_compress of a result failed: ") + ZSTD_getErrorName(size));
   }
@@ -152,6 +190,12 @@ struct Job {
   std::string id;
   std::optional<FaultKind> fault;
   RequestGraph graph;
+  /// G4 (a multipart request): its status is stored for polling only after the first poll found
+  /// none, COMPLETED carries an expiring URL, and the result is keyed by the saved names.
+  bool g4 = false;
+  bool compress = false;                 ///< G4 envelope "compress": zstd blob and result
+  std::map<std::string, std::string> saved_names;  ///< G4: node index -> variable name
+  bool stored = false;
   Stage stage = Stage::received;
   std::string description;
   std::shared_ptr<const std::vector<std::byte>> result;  ///< the file to download
@@ -208,6 +252,7 @@ struct LocalServer::Impl {
   ServerOptions options;
   SyntheticModel model;
   TokenBucket bucket;
+  const std::uint64_t secret = std::random_device{}() * 0x9E3779B97F4A7C15ULL ^ std::random_device{}();
   httplib::Server http;
   int port = 0;
   std::thread http_thread;
@@ -218,6 +263,11 @@ struct LocalServer::Impl {
   std::condition_variable changed;
   bool stopping = false;
   std::uint64_t sequence = 0;
+  // Counts for GET /stats: what a client made this server do (jobs accepted, finished, fetched).
+  std::uint64_t submitted = 0;
+  std::uint64_t completed_jobs = 0;
+  std::uint64_t failed_jobs = 0;
+  std::uint64_t downloads = 0;
   std::map<std::string, std::shared_ptr<Job>> jobs;
   std::multimap<Clock::time_point, std::shared_ptr<Job>> delayed;
   std::deque<std::shared_ptr<Job>> queue;
@@ -228,15 +278,21 @@ struct LocalServer::Impl {
 
   json status_json(const Job& job) const {
     static constexpr const char* names[] = {"RECEIVED", "RECEIVED", "QUEUED", "RUNNING", "COMPLETED", "ERROR"};
+    // ndif 0.1 stores no RECEIVED status: a queued job is QUEUED from its first stored status.
+    static constexpr const char* g4_names[] = {"QUEUED", "QUEUED", "QUEUED", "RUNNING", "COMPLETED", "ERROR"};
     json data = nullptr;
-    if (job.stage == Stage::completed &&
-        (options.delivery == Delivery::url || job.fault == FaultKind::expired_url)) {
+    if (job.stage == Stage::completed && job.g4) {
+      const long long expires = job.fault == FaultKind::expired_url ? unix_now() - 1 : unix_now() + options.url_ttl_s;
+      data = base_url() + "/download/" + job.id + "?expires=" + std::to_string(expires) +
+             "&signature=" + url_signature(job.id, expires, secret);
+    } else if (job.stage == Stage::completed &&
+               (options.delivery == Delivery::url || job.fault == FaultKind::expired_url)) {
       std::string url = base_url() + "/download/" + job.id + "?X-Amz-Expires=7200&X-Amz-Signature=" +
                         (job.fault == FaultKind::expired_url ? "expired" : "local");
       data = json::array({url, job.result ? job.result->size() : 0});
     }
     return json{{"id", job.id},
-                {"status", names[static_cast<int>(job.stage)]},
+                {"status", (job.g4 ? g4_names : names)[static_cast<int>(job.stage)]},
                 {"description", job.description},
                 {"data", data},
                 {"session_id", nullptr}};
@@ -304,11 +360,22 @@ struct LocalServer::Impl {
     } else {
       try {
         torchsave::Dict top;
-        top.items.emplace_back(torchsave::Value{std::string("id")}, torchsave::Value{job.id});
-        top.items.emplace_back(torchsave::Value{std::string("result")}, run_request(job.graph, model));
+        if (job.g4) {
+          // nnsight 0.8: the saved locals of the trace, by variable name.
+          auto saved = run_request(job.graph, model);
+          for (auto& [key, value] : std::get<torchsave::Dict>(saved.v).items) {
+            const std::string node = std::to_string(std::get<std::int64_t>(key.v));
+            const auto name = job.saved_names.find(node);
+            top.items.emplace_back(torchsave::Value{name != job.saved_names.end() ? name->second : node},
+                                   std::move(value));
+          }
+        } else {
+          top.items.emplace_back(torchsave::Value{std::string("id")}, torchsave::Value{job.id});
+          top.items.emplace_back(torchsave::Value{std::string("result")}, run_request(job.graph, model));
+        }
         auto bytes = torchsave::save(torchsave::Value{std::move(top)});
-        if (options.zstd || job.fault == FaultKind::bad_zstd) {
-          bytes = zstd_compress(bytes);
+        if (options.zstd || job.compress || job.fault == FaultKind::bad_zstd) {
+          bytes = zstd_compress(bytes, job.g4 ? 3 : 1);
         }
         if (job.fault == FaultKind::bad_zstd) {
           // Keep the magic number and frame header, lose the rest of the frame.
@@ -325,6 +392,7 @@ struct LocalServer::Impl {
       }
     }
     std::lock_guard lock(mutex);
+    ++(stage == Stage::error ? failed_jobs : completed_jobs);
     job.stage = stage;
     job.description = std::move(description);
     job.result = std::move(file);
@@ -353,8 +421,53 @@ struct LocalServer::Impl {
     return it == jobs.end() ? nullptr : it->second;
   }
 
-  void post_request(const httplib::Request& req, httplib::Response& res) {
+  /// The G4 envelope and blob of a multipart request, in the order ndif 0.1 checks them: the
+  /// envelope (422), the key (401), the blob (422). Returns false with the reply filled in.
+  bool read_multipart(const httplib::Request& req, httplib::Response& res, Job& job, std::string& text) {
+    if (!req.has_file("data")) {
+      res.status = 422;
+      res.set_content(json{{"detail", json::array({{{"type", "missing"}, {"loc", {"body", "data"}}, {"msg", "Field required"}}})}}.dump(),
+                      "application/json");
+      return false;
+    }
+    const auto envelope = json::parse(req.get_file_value("data").content, nullptr, false);
+    if (!envelope.is_object() || !envelope.contains("model_key") || !envelope["model_key"].is_string()) {
+      res.status = 422;
+      res.set_content(detail("Invalid envelope: \"data\" must be a JSON object with a string \"model_key\""),
+                      "application/json");
+      return false;
+    }
     if (!authorised(req, res)) {
+      return false;
+    }
+    if (!req.has_file("blob")) {
+      res.status = 422;
+      res.set_content(json{{"detail", json::array({{{"type", "missing"}, {"loc", {"body", "blob"}}, {"msg", "Field required"}}})}}.dump(),
+                      "application/json");
+      return false;
+    }
+    job.g4 = true;
+    job.compress = envelope.value("compress", false);
+    const std::string& blob = req.get_file_value("blob").content;
+    text = job.compress ? zstd_decompress(blob) : blob;
+    return true;
+  }
+
+  void post_request(const httplib::Request& req, httplib::Response& res) {
+    auto job = std::make_shared<Job>();
+    std::string text;
+    const bool multipart = req.is_multipart_form_data();
+    try {
+      if (multipart) {
+        if (!read_multipart(req, res, *job, text)) {
+          return;
+        }
+      } else if (!authorised(req, res)) {
+        return;
+      }
+    } catch (const InputError& e) {
+      res.status = 422;
+      res.set_content(detail(e.what()), "application/json");
       return;
     }
     const std::string version = req.get_header_value("nnsight-version");
@@ -369,6 +482,7 @@ struct LocalServer::Impl {
     {
       std::lock_guard lock(mutex);
       number = sequence++;
+      ++submitted;
     }
     const auto fault = draw_fault(options, number);
     if (fault == FaultKind::http500 || fault == FaultKind::http503) {
@@ -377,26 +491,34 @@ struct LocalServer::Impl {
                       "application/json");
       return;
     }
-    auto job = std::make_shared<Job>();
     try {
-      const std::string format = req.get_header_value("format");
-      if (!format.empty() && format != "json") {
-        throw InputError("header \"format: " + format + "\" is not supported; send \"format: json\"");
+      if (!multipart) {
+        const std::string format = req.get_header_value("format");
+        if (!format.empty() && format != "json") {
+          throw InputError("header \"format: " + format + "\" is not supported; send \"format: json\"");
+        }
+        const std::string zlib = req.get_header_value("zlib");
+        if (!zlib.empty() && zlib != "True" && zlib != "False") {
+          throw InputError("header \"zlib\" must be True or False, got \"" + zlib + "\"");
+        }
+        text = zlib == "True" ? inflate_body(req.body) : req.body;
       }
-      const std::string zlib = req.get_header_value("zlib");
-      if (!zlib.empty() && zlib != "True" && zlib != "False") {
-        throw InputError("header \"zlib\" must be True or False, got \"" + zlib + "\"");
-      }
-      const std::string text = zlib == "True" ? inflate_body(req.body) : req.body;
       json parsed;
       try {
         parsed = json::parse(text);
       } catch (const json::exception& e) {
-        throw InputError(std::string("the body is not JSON") +
-                         (zlib == "True" ? "" : " (compressed bodies need the header \"zlib: True\")") + ": " +
-                         e.what());
+        throw InputError(std::string(multipart ? "the blob is not JSON" : "the body is not JSON") +
+                         (multipart || req.get_header_value("zlib") == "True"
+                              ? ""
+                              : " (compressed bodies need the header \"zlib: True\")") +
+                         ": " + e.what());
       }
       job->graph = parse_request(parsed);
+      if (multipart && parsed.contains("saved") && parsed["saved"].is_object()) {
+        for (const auto& [node, name] : parsed["saved"].items()) {
+          if (name.is_string()) job->saved_names[node] = name.get<std::string>();
+        }
+      }
     } catch (const InputError& e) {
       res.status = 422;
       res.set_content(detail(e.what()), "application/json");
@@ -404,11 +526,15 @@ struct LocalServer::Impl {
     }
     job->id = new_job_id();
     job->fault = fault;
-    job->description = "Your job has been received and is waiting approval.";
+    job->description = multipart ? "Your job has been received and is waiting to be queued."
+                                 : "Your job has been received and is waiting approval.";
     json status;
     {
       std::lock_guard lock(mutex);
       status = status_json(*job);
+      if (multipart) {
+        status["status"] = "RECEIVED";
+      }
       jobs.emplace(job->id, job);
       if (options.latency_ms > 0) {
         job->stage = Stage::delayed;
@@ -438,6 +564,13 @@ struct LocalServer::Impl {
     bool drop = false;
     {
       std::lock_guard lock(mutex);
+      if (job->g4 && !job->stored) {
+        // ndif 0.1 answers 404 until the dispatcher has stored a first status; here, once per job.
+        job->stored = true;
+        res.status = 404;
+        res.set_content(detail("No response for request " + job->id + "."), "application/json");
+        return;
+      }
       body = status_json(*job).dump();
       drop = job->fault == FaultKind::reset && !job->first_poll_done;
       job->first_poll_done = true;
@@ -460,9 +593,20 @@ struct LocalServer::Impl {
     std::shared_ptr<const std::vector<std::byte>> file;
     bool truncated = false;
     bool slow = false;
+    if (presigned && req.has_header("ndif-api-key")) {
+      // A client must not hand its key to the storage a presigned URL points at.
+      res.status = 400;
+      res.set_content(detail("presigned result URLs take no ndif-api-key header"), "application/json");
+      return;
+    }
     {
       std::lock_guard lock(mutex);
-      if (job && presigned && job->fault == FaultKind::expired_url) {
+      bool expired = job && presigned && job->fault == FaultKind::expired_url;
+      if (job && presigned && job->g4) {
+        const long long expires = std::atoll(req.get_param_value("expires").c_str());
+        expired = expires < unix_now() || req.get_param_value("signature") != url_signature(job->id, expires, secret);
+      }
+      if (expired) {
         res.status = 403;
         res.set_content("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
                         "<Message>Request has expired</Message></Error>",
@@ -500,10 +644,28 @@ struct LocalServer::Impl {
           std::lock_guard lock(mutex);
           job->downloading = false;
           if (success) {
+            ++downloads;
             job->result.reset();
             job->forget_at = Clock::now() + kKeepDownloaded;
           }
         });
+  }
+
+  void get_stats(httplib::Response& res) {
+    std::lock_guard lock(mutex);
+    const json stats{{"submitted", submitted},
+                     {"completed", completed_jobs},
+                     {"errored", failed_jobs},
+                     {"downloaded", downloads},
+                     {"queued", queue.size() + delayed.size()}};
+    res.set_content(stats.dump(), "application/json");
+  }
+
+  void get_env(httplib::Response& res) const {
+    // What runs the requests here: ndif-local's graph interpreter, not a Python nnsight.
+    const json env{{"python_version", std::string("ndif-local ") + kToolVersion},
+                   {"packages", {{"ndif-local", kToolVersion}}}};
+    res.set_content(env.dump(), "application/json");
   }
 
   void get_status(httplib::Response& res) const {
@@ -511,6 +673,7 @@ struct LocalServer::Impl {
         {"deployments",
          {{"ndif-local",
            {{"application_state", "RUNNING"},
+            {"deployment_level", "HOT"},
             {"repo_id", "*"},
             {"model_key", "nnsight.modeling.language.LanguageModel:{\"repo_id\": \"*\"}"},
             {"config", {{"hidden_size", options.model.hidden}, {"num_hidden_layers", options.model.layers}}}}}}}};
@@ -530,6 +693,8 @@ struct LocalServer::Impl {
       res.set_content("\"pong\"", "application/json");
     });
     http.Get("/status", [this](const httplib::Request&, httplib::Response& res) { get_status(res); });
+    http.Get("/env", [this](const httplib::Request&, httplib::Response& res) { get_env(res); });
+    http.Get("/stats", [this](const httplib::Request&, httplib::Response& res) { get_stats(res); });
   }
 };
 

@@ -21,9 +21,13 @@ struct MultiDeleter {
 struct SlistDeleter {
   void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
 };
+struct MimeDeleter {
+  void operator()(curl_mime* mime) const noexcept { curl_mime_free(mime); }
+};
 using Easy = std::unique_ptr<CURL, EasyDeleter>;
 using Multi = std::unique_ptr<CURLM, MultiDeleter>;
 using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
+using Mime = std::unique_ptr<curl_mime, MimeDeleter>;
 
 inline Easy make_easy() {
   Easy easy(curl_easy_init());
@@ -45,6 +49,39 @@ void set(CURL* easy, CURLoption option, T value, const char* what) {
   const CURLcode rc = curl_easy_setopt(easy, option, value);
   if (rc != CURLE_OK)
     throw InternalError(fmt::format("curl_easy_setopt({}) failed: {}", what, curl_easy_strerror(rc)));
+}
+
+inline void check(CURLcode rc, const char* what) {
+  if (rc != CURLE_OK) throw InternalError(fmt::format("{} failed: {}", what, curl_easy_strerror(rc)));
+}
+
+/// A multipart/form-data body of `easy`: add parts with add_field / add_file, then set it with
+/// CURLOPT_MIMEPOST. Part data is copied into the mime structure.
+inline Mime make_mime(CURL* easy) {
+  Mime mime(curl_mime_init(easy));
+  if (!mime) throw InternalError("curl_mime_init failed (out of memory)");
+  return mime;
+}
+
+inline curl_mimepart* add_part(curl_mime* mime, const char* name) {
+  curl_mimepart* part = curl_mime_addpart(mime);
+  if (part == nullptr) throw InternalError("curl_mime_addpart failed (out of memory)");
+  check(curl_mime_name(part, name), "curl_mime_name");
+  return part;
+}
+
+/// A plain form field `name` = `value`.
+inline void add_field(curl_mime* mime, const char* name, const std::string& value) {
+  check(curl_mime_data(add_part(mime, name), value.data(), value.size()), "curl_mime_data");
+}
+
+/// A file field `name` with `filename` and content type `type`.
+inline void add_file(curl_mime* mime, const char* name, const char* filename, const char* type, const void* data,
+                     std::size_t size) {
+  curl_mimepart* part = add_part(mime, name);
+  check(curl_mime_data(part, static_cast<const char*>(data), size), "curl_mime_data");
+  check(curl_mime_filename(part, filename), "curl_mime_filename");
+  check(curl_mime_type(part, type), "curl_mime_type");
 }
 
 inline void check_multi(CURLMcode rc, const char* what) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include <chrono>
 #include <cstring>
@@ -124,6 +125,7 @@ void check_request(const BatchRequest& request) {
 ExpectedResult expected_result(const BatchRequest& request, std::int64_t saved_node) {
   ExpectedResult expected;
   expected.saved_node = saved_node;
+  expected.saved_name.clear();
   expected.batch = static_cast<std::int64_t>(request.prompts.size());
   for (const auto& probe : request.probes)
     expected.probe_layers.push_back(static_cast<std::int64_t>(probe.layers.size()));
@@ -138,7 +140,7 @@ struct BuiltGraph {
   std::int64_t saved_node = 0;
 };
 
-BuiltGraph build_graph(const BatchRequest& request) {
+BuiltGraph build_graph(const BatchRequest& request, bool named) {
   check_request(request);
   GraphBuilder graph;
   const auto slice_all =
@@ -188,7 +190,21 @@ BuiltGraph build_graph(const BatchRequest& request) {
         tuple(Json::array({tuple(Json::array({std::move(inputs)})), dict(Json{{"labels", nullptr}})})));
   }
   graph.add(kInterleavingTracer, std::move(tracer_args));
-  return BuiltGraph{std::move(graph).finish(), converted.index};
+  auto json = std::move(graph).finish();
+  // G4 results are keyed by the saved variable's name; the graph has no variables, so it names them.
+  if (named) json["saved"] = Json{{std::to_string(converted.index), kSaveName}};
+  return BuiltGraph{std::move(json), converted.index};
+}
+
+// zstd level 6, as nnsight's RequestModel.serialize compresses a G4 blob.
+std::vector<std::byte> zstd_compress(const std::string& text) {
+  std::vector<std::byte> out(ZSTD_compressBound(text.size()));
+  const std::size_t size = ZSTD_compress(out.data(), out.size(), text.data(), text.size(), 6);
+  if (ZSTD_isError(size) != 0U)
+    throw InternalError(fmt::format("zstd compression of a {}-byte request failed: {}", text.size(),
+                                    ZSTD_getErrorName(size)));
+  out.resize(size);
+  return out;
 }
 
 std::vector<std::byte> zlib_compress(const std::string& text) {
@@ -296,13 +312,25 @@ std::string model_key(std::string_view model) {
   return "nnsight.modeling.language.LanguageModel:{\"repo_id\": " + python_json_string(model) + "}";
 }
 
-std::string G2RequestEncoder::graph_json(const BatchRequest& request) const {
-  return build_graph(request).json.dump();
+std::string GraphRequestEncoder::graph_json(const BatchRequest& request) const {
+  return build_graph(request, framing_ == spec::Protocol::g4).json.dump();
 }
 
-EncodedRequest G2RequestEncoder::encode(const BatchRequest& request) const {
-  auto built = build_graph(request);
+EncodedRequest GraphRequestEncoder::encode(const BatchRequest& request) {
+  auto built = build_graph(request, framing_ == spec::Protocol::g4);
   EncodedRequest encoded;
+  if (framing_ == spec::Protocol::g4) {
+    encoded.envelope = Json{{"model_key", request.model_key.empty() ? model_key(request.model) : request.model_key},
+                            {"session_id", ""},
+                            {"compress", true},
+                            {"env", Json::object()}}
+                           .dump();
+    encoded.body = zstd_compress(built.json.dump());
+    encoded.headers = {{"nnsight-version", kNnsightVersion}};
+    encoded.expected = expected_result(request, built.saved_node);
+    encoded.expected.saved_name = kSaveName;
+    return encoded;
+  }
   encoded.body = zlib_compress(built.json.dump());
   const double now =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -317,6 +345,35 @@ EncodedRequest G2RequestEncoder::encode(const BatchRequest& request) const {
   };
   encoded.expected = expected_result(request, built.saved_node);
   return encoded;
+}
+
+PaddedBatch pad_batch(const BatchRequest& request, std::int32_t pad_token_id) {
+  check_request(request);
+  PaddedBatch out;
+  out.batch = static_cast<std::int64_t>(request.prompts.size());
+  out.seq = request.padded_len;
+  out.positions = static_cast<std::int64_t>(request.prompts.front().positions.size());
+  const auto seq = static_cast<std::size_t>(out.seq);
+  out.input_ids.assign(static_cast<std::size_t>(out.batch) * seq, pad_token_id);
+  out.attention_mask.assign(static_cast<std::size_t>(out.batch) * seq, 0);
+  out.positions_padded.reserve(static_cast<std::size_t>(out.batch * out.positions));
+  for (std::size_t b = 0; b < request.prompts.size(); ++b) {
+    const auto& prompt = request.prompts[b];
+    const auto offset =
+        plan::PaddingOffset::for_prompt(request.padded_len, static_cast<std::int32_t>(prompt.ids.size()));
+    const std::size_t start = b * seq + (seq - prompt.ids.size());
+    std::copy(prompt.ids.begin(), prompt.ids.end(), out.input_ids.begin() + static_cast<std::ptrdiff_t>(start));
+    std::fill_n(out.attention_mask.begin() + static_cast<std::ptrdiff_t>(start), prompt.ids.size(), std::uint8_t{1});
+    for (auto p : prompt.positions) out.positions_padded.push_back(offset.apply(p));
+  }
+  return out;
+}
+
+ExpectedResult expected_g4_result(const BatchRequest& request) {
+  check_request(request);
+  auto expected = expected_result(request, 0);
+  expected.saved_name = kSaveName;
+  return expected;
 }
 
 }  // namespace ndif::remote

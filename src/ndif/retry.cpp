@@ -57,12 +57,24 @@ Verdict classify_http(Stage stage, long status, bool presigned) noexcept {
 }
 
 Verdict classify_job_error(std::string_view status, std::string_view description) noexcept {
+  const auto has = [&](std::string_view text) { return description.find(text) != std::string_view::npos; };
   // NNSIGHT_ERROR (0.4) is the graph failing on the server: the same request fails the same way.
   if (status == "NNSIGHT_ERROR") return Verdict::job_invalid;
-  if (description.substr(0, 16) == "InvalidRequest: ") return Verdict::job_invalid;
+  if (description.starts_with(kInvalidRequestPrefix)) return Verdict::job_invalid;
   // G2 servers refused a bad key, and refuse models outside a key's tier, with an ERROR status
   // instead of an HTTP status; the next attempt would be refused the same way.
-  if (description.find("API key") != std::string_view::npos) return Verdict::refused;
+  if (has("API key") || has("hotswapping is not supported")) return Verdict::refused;
+  // ndif 0.1 (common/errors.py): the caller's module tree differs from the server's. Package drift,
+  // not a passing fault: every attempt fails at the same module.
+  if (has("The model architecture on this server doesn't match")) return Verdict::job_invalid;
+  // ndif 0.1 reports an exception raised while running the request's own code as its traceback
+  // (modeling/base.py format_error): a bad index, a module path, a dtype. Running out of device
+  // memory is the exception: it depends on what else the server runs.
+  if (has("Traceback (most recent call last)")) {
+    return has("OutOfMemoryError") || has("out of memory") ? Verdict::retry : Verdict::job_invalid;
+  }
+  // Everything else -- cancelled or preempted, the execution timeout, an evicted replica, an
+  // unreadable payload ("Re-sending it usually resolves this"), "Please try again later" -- may pass.
   return Verdict::retry;
 }
 

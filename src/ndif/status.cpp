@@ -22,19 +22,27 @@ std::string excerpt(std::string_view body) {
   throw DecodeError(fmt::format("job status reply is malformed: {} (reply: \"{}\")", problem, excerpt(body)));
 }
 
+constexpr std::pair<JobState, const char*> kStates[] = {
+    {JobState::received, "RECEIVED"},   {JobState::queued, "QUEUED"},
+    {JobState::provisioning, "PROVISIONING"}, {JobState::deploying, "DEPLOYING"},
+    {JobState::dispatched, "DISPATCHED"}, {JobState::running, "RUNNING"},
+    {JobState::log, "LOG"},             {JobState::completed, "COMPLETED"},
+    {JobState::error, "ERROR"},         {JobState::nnsight_error, "NNSIGHT_ERROR"},
+};
+
 JobState state_of(const std::string& status) {
-  if (status == "RECEIVED") return JobState::received;
-  if (status == "QUEUED") return JobState::queued;
-  if (status == "DISPATCHED") return JobState::dispatched;
-  if (status == "RUNNING") return JobState::running;
-  if (status == "LOG") return JobState::log;
-  if (status == "COMPLETED") return JobState::completed;
-  if (status == "ERROR") return JobState::error;
-  if (status == "NNSIGHT_ERROR") return JobState::nnsight_error;
+  for (const auto& [state, name] : kStates)
+    if (status == name) return state;
   return JobState::unknown;
 }
 
 }  // namespace
+
+const char* state_name(JobState state) noexcept {
+  for (const auto& [s, name] : kStates)
+    if (s == state) return name;
+  return "UNKNOWN";
+}
 
 JobStatus parse_status(std::string_view body) {
   const auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);

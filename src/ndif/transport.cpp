@@ -35,8 +35,8 @@ std::string unix_timestamp() {
 }
 
 // The server's own words from a FastAPI error body ({"detail": ...}) or the start of the body.
-std::string server_words(const std::vector<std::byte>& body) {
-  const std::string text(reinterpret_cast<const char*>(body.data()), std::min<std::size_t>(body.size(), 300));
+std::string server_words(std::string_view body) {
+  const std::string text(body.substr(0, 300));
   const auto json = nlohmann::json::parse(text, nullptr, false);
   if (json.is_object() && json.contains("detail")) {
     const auto& detail = json["detail"];
@@ -45,6 +45,15 @@ std::string server_words(const std::vector<std::byte>& body) {
   std::string out;
   for (char c : text) out += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
   return out;
+}
+
+// A server may quote what it was sent (ndif 0.1 answers a malformed key with "Invalid API key
+// format: '<key>'"); the key must never reach a message, so every copy of it is masked.
+std::string redact(std::string text, const std::string& secret) {
+  if (secret.empty()) return text;
+  for (auto at = text.find(secret); at != std::string::npos; at = text.find(secret, at))
+    text.replace(at, secret.size(), "<the API key>");
+  return text;
 }
 
 FailureCause cause_of(CURLcode rc, bool oversized) {
@@ -62,8 +71,28 @@ FailureCause cause_of(CURLcode rc, bool oversized) {
   }
 }
 
+// What an HTTP error at POST /request means for the user (ndif 0.1 services/api: auth.py,
+// versioning.py, app.py), added to the server's own words.
+const char* ingress_hint(long status) {
+  switch (status) {
+    case 400:
+      return " (the service rejected the client or the key's format; see its words)";
+    case 401:
+      return " (the service needs an API key: export yours in the variable the job's \"api_key_env\" names)";
+    case 403:
+      return " (the service does not know this API key: check it, or create one at https://login.ndif.us)";
+    case 422:
+      return " (the service could not read the request; an nnsight version it does not speak?)";
+    case 503:
+      return " (the service is temporarily unavailable; retrying)";
+    default:
+      return "";
+  }
+}
+
 // One HTTP transfer with its own handle, headers and received bytes.
 struct Transfer {
+  curl::Mime mime;  // before `easy`: destroyed after the handle that uses it
   curl::Easy easy;
   curl::Slist headers;
   std::vector<std::byte> received;
@@ -131,6 +160,8 @@ struct JobTransport::Impl {
     int polls = 0;
     int poll_failures = 0;
     bool presigned = false;
+    bool stored = false;  // a poll has read a stored status (G4: before that, 404 means "not yet")
+    JobState state = JobState::received;
     std::optional<std::int64_t> announced_size;
     std::optional<Transfer> transfer;
   };
@@ -170,10 +201,21 @@ struct JobTransport::Impl {
     add_key(t);
     curl::append_header(t.headers, "Expect", "");  // no 100-continue round trip for large bodies
     CURL* e = t.easy.get();
-    curl::set(e, CURLOPT_POST, 1L, "POST");
-    curl::set(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(a.request.body.size()),
-              "POSTFIELDSIZE_LARGE");
-    curl::set(e, CURLOPT_POSTFIELDS, static_cast<const void*>(a.request.body.data()), "POSTFIELDS");
+    if (a.request.multipart()) {
+      // G4 (nnsight 0.8 RemoteBackend._post): the envelope as form field "data", the serialized
+      // request as file "blob", and the send time, stamped now, as nnsight stamps it.
+      curl::append_header(t.headers, "ndif-timestamp", unix_timestamp());
+      t.mime = curl::make_mime(e);
+      curl::add_field(t.mime.get(), "data", a.request.envelope);
+      curl::add_file(t.mime.get(), "blob", "request", "application/octet-stream", a.request.body.data(),
+                     a.request.body.size());
+      curl::set(e, CURLOPT_MIMEPOST, static_cast<const curl_mime*>(t.mime.get()), "MIMEPOST");
+    } else {
+      curl::set(e, CURLOPT_POST, 1L, "POST");
+      curl::set(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(a.request.body.size()),
+                "POSTFIELDSIZE_LARGE");
+      curl::set(e, CURLOPT_POSTFIELDS, static_cast<const void*>(a.request.body.data()), "POSTFIELDS");
+    }
     launch(a, std::move(t), Phase::submitting);
   }
 
@@ -219,14 +261,22 @@ struct JobTransport::Impl {
     f.job_id = a.job_id;
     f.seconds = std::chrono::duration<double>(Clock::now() - a.started).count();
     f.failure = TransportFailure{verdict, cause, stage, status,
-                                 fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch, a.ticket.attempt,
-                                             path_of(a, stage), message)};
+                                 redact(fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch, a.ticket.attempt,
+                                                    path_of(a, stage), message),
+                                        options.api_key)};
     return f;
+  }
+
+  void schedule_poll(Attempt& a) {
+    a.phase = Phase::waiting_to_poll;
+    a.next_poll = Clock::now() + poll_delay(a.polls, options.timeouts.poll_interval_s);
+    ++a.polls;
   }
 
   // Acts on a status reply (from the submit or a poll); returns a finished job or nothing.
   std::optional<FinishedJob> on_status(Attempt& a, const JobStatus& status, Stage stage) {
     if (a.job_id.empty()) a.job_id = status.id;
+    if (status.state != JobState::log) a.state = status.state;
     if (status.state == JobState::completed) {
       start_download(a, status);
       return std::nullopt;
@@ -235,9 +285,7 @@ struct JobTransport::Impl {
       return failed(a, classify_job_error(status.status, status.description), FailureCause::job_error, stage,
                     0, fmt::format("job {} ended with {}: {}", a.job_id, status.status, status.description));
     }
-    a.phase = Phase::waiting_to_poll;
-    a.next_poll = Clock::now() + poll_delay(a.polls, options.timeouts.poll_interval_s);
-    ++a.polls;
+    schedule_poll(a);
     return std::nullopt;
   }
 
@@ -271,9 +319,16 @@ struct JobTransport::Impl {
       return failed(a, verdict, cause, stage, 0, std::move(message));
     }
     const long status = http_status(t.easy.get());
+    // G4 stores a job's status only once the server has queued it: a 404 before the first stored
+    // status means "not yet"; after one, the record is gone and the attempt fails (below).
+    if (stage == Stage::poll && status == 404 && a.request.multipart() && !a.stored) {
+      schedule_poll(a);
+      return std::nullopt;
+    }
     if (status != 200) {
       const auto verdict = classify_http(stage, status, a.presigned);
-      auto message = fmt::format("HTTP {}: {}", status, server_words(t.received));
+      auto message = fmt::format("HTTP {}: {}{}", status, server_words(t.text()),
+                                 stage == Stage::submit ? ingress_hint(status) : "");
       if (stage == Stage::poll)
         return on_poll_failure(a, verdict, FailureCause::http_status, status, std::move(message));
       return failed(a, verdict, FailureCause::http_status, stage, status, std::move(message));
@@ -300,7 +355,10 @@ struct JobTransport::Impl {
         return on_poll_failure(a, classify_decode(true), FailureCause::bad_reply, status, e.what());
       return failed(a, classify_decode(true), FailureCause::bad_reply, stage, status, e.what());
     }
-    if (stage == Stage::poll) a.poll_failures = 0;
+    if (stage == Stage::poll) {
+      a.poll_failures = 0;
+      a.stored = true;
+    }
     return on_status(a, parsed, stage);
   }
 
@@ -380,6 +438,13 @@ std::vector<FinishedJob> JobTransport::run(std::chrono::milliseconds max_wait) {
 
 std::size_t JobTransport::in_flight() const noexcept { return impl_->attempts.size(); }
 
+std::vector<JobState> JobTransport::in_flight_states() const {
+  std::vector<JobState> states;
+  states.reserve(impl_->attempts.size());
+  for (const auto& a : impl_->attempts) states.push_back(a.phase == Phase::downloading ? JobState::completed : a.state);
+  return states;
+}
+
 void JobTransport::cancel_all() noexcept { impl_->cancel_all(); }
 
 namespace {
@@ -403,68 +468,60 @@ Reply blocking_get(const std::string& url, const std::string* api_key, const spe
   return reply;
 }
 
-int config_int(const nlohmann::json& config, const char* key, const std::string& where) {
-  const auto it = config.find(key);
-  if (it == config.end() || !it->is_number_integer() || it->get<std::int64_t>() <= 0 ||
-      it->get<std::int64_t>() > 1'000'000'000) {
-    throw DecodeError(fmt::format("{}: deployment config \"{}\" must be a positive integer", where, key));
-  }
-  return it->get<int>();
+[[noreturn]] void unreachable(const std::string& url, const Reply& reply) {
+  throw Error(ExitCode::failure, fmt::format("GET {} failed: {} ({}); check the endpoint and that the service is up",
+                                             url, curl_easy_strerror(reply.rc), reply.error));
 }
 
 }  // namespace
 
-spec::ModelConfig fetch_model_config(const std::string& base_url, const std::string& api_key,
-                                     const spec::Timeouts& timeouts, const std::string& model) {
+ServerEnv fetch_env(const std::string& base_url, const spec::Timeouts& timeouts) {
+  const std::string url = trim_slash(base_url) + "/env";
+  const Reply reply = blocking_get(url, nullptr, timeouts);
+  if (reply.rc != CURLE_OK) unreachable(url, reply);
+  if (reply.status != 200)
+    throw Error(ExitCode::failure,
+                fmt::format("GET {} answered HTTP {}: {}", url, reply.status, server_words(reply.body)));
+  return parse_env(reply.body);
+}
+
+std::vector<Deployment> fetch_deployments(const std::string& base_url, const std::string& api_key,
+                                          const spec::Timeouts& timeouts) {
   const std::string url = trim_slash(base_url) + "/status";
   const Reply reply = blocking_get(url, &api_key, timeouts);
-  if (reply.rc != CURLE_OK) {
-    throw Error(ExitCode::failure,
-                fmt::format("GET {} failed: {} ({}); check the endpoint and that the service is up", url,
-                            curl_easy_strerror(reply.rc), reply.error));
-  }
+  if (reply.rc != CURLE_OK) unreachable(url, reply);
   if (reply.status == 401 || reply.status == 403) {
     throw ServiceRefused(
         fmt::format("GET {} was refused with HTTP {}: check the API key in the job's api_key_env variable",
                     url, reply.status));
   }
-  if (reply.status != 200)
-    throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
-  const auto json = nlohmann::json::parse(reply.body, nullptr, false);
-  if (!json.is_object() || !json.contains("deployments") || !json["deployments"].is_object()) {
-    throw DecodeError(fmt::format("GET {}: the reply has no \"deployments\" object", url));
+  if (reply.status != 200) throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
+  return parse_deployments(reply.body);
+}
+
+KeyCheck check_api_key(const std::string& base_url, const std::string& api_key, const std::string& envelope,
+                       const spec::Timeouts& timeouts) {
+  Transfer t = make_transfer(trim_slash(base_url) + "/request", timeouts, kMaxStatusBytes);
+  curl::append_header(t.headers, "ndif-api-key", api_key);
+  curl::append_header(t.headers, "Expect", "");
+  t.mime = curl::make_mime(t.easy.get());
+  curl::add_field(t.mime.get(), "data", envelope);
+  curl::set(t.easy.get(), CURLOPT_MIMEPOST, static_cast<const curl_mime*>(t.mime.get()), "MIMEPOST");
+  bind(t);
+  KeyCheck check;
+  const CURLcode rc = curl_easy_perform(t.easy.get());
+  if (rc != CURLE_OK) {
+    check.words = fmt::format("{} ({})", curl_easy_strerror(rc), t.error.data());
+    return check;
   }
-  const nlohmann::json* chosen = nullptr;
-  std::string chosen_name;
-  std::vector<std::string> names;
-  for (const auto& [name, deployment] : json["deployments"].items()) {
-    names.push_back(name);
-    if (!deployment.is_object()) continue;
-    const auto repo = deployment.find("repo_id");
-    const bool exact = repo != deployment.end() && repo->is_string() && repo->get<std::string>() == model;
-    const bool wildcard =
-        name == "*" || (repo != deployment.end() && repo->is_string() && repo->get<std::string>() == "*");
-    if (exact || (wildcard && chosen == nullptr)) {
-      chosen = &deployment;
-      chosen_name = name;
-      if (exact) break;
-    }
-  }
-  if (chosen == nullptr) {
-    throw InputError(
-        fmt::format("model \"{}\" is not deployed at {} (deployments: {}); check \"model\" in the job", model,
-                    base_url, fmt::join(names, ", ")));
-  }
-  const auto config = chosen->find("config");
-  if (config == chosen->end() || !config->is_object()) {
-    throw InputError(
-        fmt::format("deployment \"{}\" at {} does not report its config; set \"model_config\" "
-                    "({{\"hidden_size\": H, \"num_hidden_layers\": L}}) in the job",
-                    chosen_name, base_url));
-  }
-  const std::string where = "GET " + url;
-  return spec::ModelConfig{config_int(*config, "hidden_size", where),
-                           config_int(*config, "num_hidden_layers", where)};
+  check.http_status = http_status(t.easy.get());
+  check.words = redact(server_words(t.text()), api_key);
+  // The key is checked before the missing blob is noticed (ndif 0.1 services/api: validate_request
+  // runs as a dependency of the endpoint), so 422 says the key passed and no job was made.
+  if (check.http_status == 422) check.outcome = KeyCheck::Outcome::accepted;
+  if (check.http_status == 400 || check.http_status == 401 || check.http_status == 403)
+    check.outcome = KeyCheck::Outcome::refused;
+  return check;
 }
 
 bool ping(const std::string& base_url, const spec::Timeouts& timeouts) {

@@ -56,6 +56,12 @@ int Communicator::max_all(int value) const {
   return out;
 }
 
+int Communicator::min_all(int value) const {
+  int out = 0;
+  check(MPI_Allreduce(&value, &out, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce");
+  return out;
+}
+
 void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 void Communicator::send(int dest, Tag tag, const std::string& payload) const {

@@ -16,6 +16,12 @@ void apply_overrides(spec::JobSpec& spec, const JobOverrides& overrides) {
     if (e != "local" && e.rfind("http://", 0) != 0 && e.rfind("https://", 0) != 0)
       throw InputError(fmt::format("--endpoint: expected \"local\" or a base URL http(s)://host[:port], got \"{}\"", e));
     spec.endpoint = e;
+    if (!spec.encoder_given) spec.encoder = e == "local" ? spec::EncoderKind::graph : spec::EncoderKind::nnsight;
+    if (spec.encoder == spec::EncoderKind::nnsight && spec.protocol == spec::Protocol::g2)
+      throw InputError(fmt::format(
+          "--endpoint {}: the job's \"protocol\": \"g2\" cannot carry the nnsight encoder that a remote "
+          "endpoint uses by default; set \"encoder\": \"graph\" in {} for an nnsight-0.4 server",
+          e, spec.job_file.string()));
   }
   if (overrides.output) spec.output = std::filesystem::absolute(*overrides.output);
   if (overrides.max_inflight) {
@@ -36,11 +42,20 @@ std::string human_bytes(std::int64_t bytes) {
 
 }  // namespace
 
+spec::JobSpec load_job_spec(const std::filesystem::path& job_file, const JobOverrides& overrides) {
+  auto spec = spec::parse_job_spec(job_file);
+  apply_overrides(spec, overrides);
+  return spec;
+}
+
 PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverrides& overrides,
                         const ModelConfigSource& config_source) {
+  return prepare_job(load_job_spec(job_file, overrides), config_source);
+}
+
+PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source) {
   PreparedJob job;
-  job.spec = spec::parse_job_spec(job_file);
-  apply_overrides(job.spec, overrides);
+  job.spec = std::move(spec);
 
   if (auto known = job.spec.effective_model_config()) {
     job.model_config = *known;
@@ -72,7 +87,11 @@ PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverride
 
 nlohmann::json job_identity(const PreparedJob& job) {
   auto canon = job.spec.canonical_json();
-  for (const char* key : {"output", "timeouts", "retry", "max_inflight", "api_key_env"}) canon.erase(key);
+  // How requests are built and travel, and which interpreter builds them, change nothing that a
+  // batch computes: a run may resume with another of them.
+  for (const char* key : {"output", "timeouts", "retry", "max_inflight", "api_key_env", "encoder", "protocol",
+                          "python", "model_key"})
+    canon.erase(key);
   // Paths only locate the files; their contents are what identifies the job.
   canon.erase("tokenizer");
   canon.erase("prompts");

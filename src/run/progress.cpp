@@ -59,9 +59,12 @@ std::string ProgressReporter::line(Clock::time_point now) const {
                          : NAN;
   const double pct = total_batches_ > 0 ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_) : 100.0;
   std::string failed = failed_batches_ ? fmt::format("  failed {}", failed_batches_) : "";
-  return fmt::format("batches {}/{} ({:.1f}%)  rows {}/{}  {:.1f} MB received  {:.2f} MB/s  elapsed {}  ETA {}{}",
+  std::string flight;
+  for (const auto& [state, n] : in_flight_)
+    if (n > 0) flight += fmt::format("{}{} {}", flight.empty() ? "  in flight: " : ", ", state, n);
+  return fmt::format("batches {}/{} ({:.1f}%)  rows {}/{}  {:.1f} MB received  {:.2f} MB/s  elapsed {}  ETA {}{}{}",
                      done_batches_, total_batches_, pct, done_rows_, total_rows_, mb, rate, format_duration(elapsed),
-                     format_duration(eta), failed);
+                     format_duration(eta), failed, flight);
 }
 
 std::string ProgressReporter::json(Clock::time_point now, const std::string& event) const {
@@ -73,6 +76,7 @@ std::string ProgressReporter::json(Clock::time_point now, const std::string& eve
                    {"rows_done", done_rows_},
                    {"rows_total", total_rows_},
                    {"bytes_received", bytes_},
+                   {"in_flight", in_flight_},
                    {"elapsed_s", elapsed}};
   return j.dump();
 }
@@ -96,6 +100,7 @@ void ProgressReporter::tick(Clock::time_point now, bool force) {
 }
 
 void ProgressReporter::finish(Clock::time_point now, const std::string& outcome) {
+  in_flight_.clear();
   if (mode_ == ProgressMode::none) return;
   if (mode_ == ProgressMode::jsonl) {
     auto j = nlohmann::json::parse(json(now, "finished"));

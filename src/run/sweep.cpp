@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <deque>
 #include <iostream>
@@ -22,6 +23,7 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/version.hpp"
+#include "ndif_sweep/ndif/nnsight_encoder.hpp"
 #include "ndif_sweep/ndif/request.hpp"
 #include "ndif_sweep/ndif/result.hpp"
 #include "ndif_sweep/ndif/retry.hpp"
@@ -29,6 +31,7 @@
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/local_server.hpp"
+#include "ndif_sweep/run/service.hpp"
 #include "ndif_sweep/run/signals.hpp"
 #include "ndif_sweep/store/output_file.hpp"
 #include "ndif_sweep/store/output_lock.hpp"
@@ -54,6 +57,16 @@ struct RunContext {
   int max_inflight = 2;
   std::string output;
   std::int64_t batches = 0;
+  spec::EncoderKind encoder = spec::EncoderKind::graph;
+  spec::Protocol protocol = spec::Protocol::g4;
+  // The nnsight encoder of every node: what it runs, what it is opened for, and what to match.
+  std::string python;
+  std::string run_token;
+  std::string api_key_env;
+  std::optional<std::string> revision;
+  std::optional<std::string> model_dir;
+  std::optional<std::string> server_nnsight;
+  int num_hidden_layers = 0;
 };
 
 json probe_to_json(const spec::Probe& p) {
@@ -89,8 +102,21 @@ std::string encode_context(const RunContext& c) {
                {c.timeouts.connect_s, c.timeouts.request_s, c.timeouts.job_s, c.timeouts.poll_interval_s}},
               {"max_inflight", c.max_inflight},
               {"output", c.output},
-              {"batches", c.batches}}
+              {"batches", c.batches},
+              {"encoder", static_cast<int>(c.encoder)},
+              {"protocol", static_cast<int>(c.protocol)},
+              {"python", c.python},
+              {"run_token", c.run_token},
+              {"api_key_env", c.api_key_env},
+              {"revision", c.revision ? json(*c.revision) : json()},
+              {"model_dir", c.model_dir ? json(*c.model_dir) : json()},
+              {"server_nnsight", c.server_nnsight ? json(*c.server_nnsight) : json()},
+              {"num_hidden_layers", c.num_hidden_layers}}
       .dump();
+}
+
+std::optional<std::string> optional_string(const json& j) {
+  return j.is_null() ? std::nullopt : std::optional<std::string>(j.get<std::string>());
 }
 
 RunContext decode_context(const json& j) {
@@ -109,7 +135,38 @@ RunContext decode_context(const json& j) {
   c.max_inflight = j.at("max_inflight");
   c.output = j.at("output");
   c.batches = j.at("batches");
+  c.encoder = static_cast<spec::EncoderKind>(j.at("encoder").get<int>());
+  c.protocol = static_cast<spec::Protocol>(j.at("protocol").get<int>());
+  c.python = j.at("python");
+  c.run_token = j.at("run_token");
+  c.api_key_env = j.at("api_key_env");
+  c.revision = optional_string(j.at("revision"));
+  c.model_dir = optional_string(j.at("model_dir"));
+  c.server_nnsight = optional_string(j.at("server_nnsight"));
+  c.num_hidden_layers = j.at("num_hidden_layers");
   return c;
+}
+
+remote::EncoderOptions encoder_options_of(const RunContext& c) {
+  remote::EncoderOptions options;
+  options.python = c.python;
+  options.node_dir = encoder_node_dir(c.run_token);
+  options.package_dir = remote::bundled_package_dir();
+  options.scrub_env = c.api_key_env;
+  options.request_timeout = std::chrono::milliseconds(static_cast<long long>(c.timeouts.request_s * 1000));
+  options.start_timeout = std::max(options.request_timeout, std::chrono::milliseconds(std::chrono::minutes(5)));
+  return options;
+}
+
+remote::EncoderJob encoder_job_of(const RunContext& c) {
+  return remote::EncoderJob{c.model, c.revision, c.model_dir, c.model_key, c.probes, c.dtype};
+}
+
+/// This rank's request encoder: the node's nnsight encoder process, or ndif-sweep's own graph.
+std::unique_ptr<remote::RequestEncoder> make_encoder(const RunContext& c) {
+  if (c.encoder == spec::EncoderKind::nnsight)
+    return std::make_unique<remote::NnsightEncoder>(encoder_options_of(c), encoder_job_of(c));
+  return std::make_unique<remote::GraphRequestEncoder>(c.protocol);
 }
 
 /// One batch as handed to a worker.
@@ -174,6 +231,21 @@ class Coordinator {
     progress_.batch_failed();
     std::cerr << fmt::format("ndif-sweep: batch {} failed after all attempts: {}\n", batch, why);
   }
+  /// A batch the service says is wrong in itself: it stops, not retried, and the run ends with 5.
+  void invalid(std::int32_t batch, const std::string& why) {
+    progress_.batch_failed();
+    ++invalid_;
+    std::cerr << fmt::format("ndif-sweep: batch {} was rejected by the service and is not retried: {}\n", batch,
+                             why);
+  }
+  /// The states of `rank`'s jobs in flight, for the progress line.
+  void states(int rank, std::map<std::string, int> counts) {
+    in_flight_[rank] = std::move(counts);
+    std::map<std::string, int> all;
+    for (const auto& [r, per_rank] : in_flight_)
+      for (const auto& [state, n] : per_rank) all[state] += n;
+    progress_.set_in_flight(std::move(all));
+  }
   void refused(const std::string& why) {
     if (!refusal_) refusal_ = why;
     request_drain(DrainRequest::abandon_in_flight);
@@ -187,9 +259,12 @@ class Coordinator {
   [[nodiscard]] bool all_gone() const noexcept { return active_.empty(); }
   [[nodiscard]] const std::set<int>& active() const noexcept { return active_; }
   [[nodiscard]] const std::optional<std::string>& refusal() const noexcept { return refusal_; }
+  [[nodiscard]] int invalid_batches() const noexcept { return invalid_; }
 
  private:
   const PreparedJob& job_;
+  std::map<int, std::map<std::string, int>> in_flight_;
+  int invalid_ = 0;
   std::deque<std::int32_t> pending_;
   ProgressReporter& progress_;
   std::set<int> active_;
@@ -202,10 +277,11 @@ class Coordinator {
 
 class Worker {
  public:
-  Worker(const RunContext& ctx, store::ParallelOutput& output, std::uint64_t seed)
+  Worker(const RunContext& ctx, store::ParallelOutput& output, remote::RequestEncoder& encoder, std::uint64_t seed)
       : ctx_(ctx),
         output_(output),
         transport_(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts}),
+        encoder_(encoder),
         policy_(ctx.retry, seed) {}
 
   /// Slots this worker could fill now.
@@ -220,14 +296,33 @@ class Worker {
   void accept(std::vector<Assignment> batches) {
     if (batches.empty()) no_more_work_ = true;
     for (auto& a : batches) {
+      remote::EncodedRequest request;
+      try {
+        // Encoded once: a retry sends the same request again.
+        request = encoder_.encode(remote::BatchRequest{ctx_.model, ctx_.model_key, a.prompts, a.padded_len,
+                                                       ctx_.probes, ctx_.dtype, ctx_.hidden});
+      } catch (const Error& e) {
+        // The encoder could not build this batch (after restarting it): the batch fails, the run
+        // goes on, and a later run can do it.
+        encode_failures_.emplace_back(a.batch, fmt::format("encoding the request failed: {}", e.what()));
+        continue;
+      }
       auto& w = work_[a.batch];
-      // Encoded once: a retry sends the same request again.
-      w.request = encoder_.encode(remote::BatchRequest{ctx_.model, a.prompts, a.padded_len, ctx_.probes,
-                                                       ctx_.dtype, ctx_.hidden});
+      w.request = std::move(request);
       w.assignment = std::move(a);
       w.first_start = Clock::now();
       submit(w);
     }
+  }
+
+  /// How many of this rank's jobs in flight are in each state ("QUEUED", "RUNNING", ...; "RETRY"
+  /// for those waiting out a backoff).
+  [[nodiscard]] std::map<std::string, int> states() const {
+    std::map<std::string, int> counts;
+    for (const auto state : transport_.in_flight_states()) ++counts[remote::state_name(state)];
+    for (const auto& [b, w] : work_)
+      if (w.retry_at) ++counts["RETRY"];
+    return counts;
   }
 
   void drain(DrainRequest d) {
@@ -246,10 +341,12 @@ class Worker {
   struct Events {
     std::vector<BatchReport> done;
     std::vector<std::pair<std::int32_t, std::string>> failed;
+    std::vector<std::pair<std::int32_t, std::string>> invalid;
     std::optional<std::string> refused;
   };
   Events step(std::chrono::milliseconds wait) {
     Events ev;
+    ev.failed = std::exchange(encode_failures_, {});
     const auto now = Clock::now();
     for (auto& [b, w] : work_)
       if (w.retry_at && *w.retry_at <= now) submit(w);
@@ -298,8 +395,13 @@ class Worker {
       verdict = f.failure->verdict;
       why = f.failure->message;
     }
-    if (*verdict == remote::Verdict::refused || *verdict == remote::Verdict::job_invalid) {
+    if (*verdict == remote::Verdict::refused) {
       ev.refused = fmt::format("batch {}: {}", w.assignment.batch, why);
+      work_.erase(it);
+      return;
+    }
+    if (*verdict == remote::Verdict::job_invalid) {
+      ev.invalid.emplace_back(w.assignment.batch, why);
       work_.erase(it);
       return;
     }
@@ -318,9 +420,10 @@ class Worker {
   const RunContext& ctx_;
   store::ParallelOutput& output_;
   remote::JobTransport transport_;
-  remote::G2RequestEncoder encoder_;
+  remote::RequestEncoder& encoder_;
   remote::RetryPolicy policy_;
   std::map<std::int32_t, Work> work_;
+  std::vector<std::pair<std::int32_t, std::string>> encode_failures_;
   bool no_more_work_ = false;
   DrainRequest drain_ = DrainRequest::none;
 };
@@ -352,42 +455,115 @@ struct RootSetup {
   PreparedJob job;
   RunContext ctx;
   std::unique_ptr<LocalServerProcess> local;
+  /// Rank 0's nnsight encoder, started and checked during validation; the run keeps it.
+  std::unique_ptr<remote::NnsightEncoder> encoder;
   std::size_t run_index = 0;
   bool resumed = false;
 };
 
-/// Phase 1 on rank 0, before any lock or file exists: validate everything and check an existing
-/// output file read-only, so that bad input or another job's file leaves the disk exactly as it was.
+/// Phase 1 on rank 0, before any lock or file exists: validate everything, ask the service about
+/// the model and the key, start and check the nnsight encoder (versions, probes, the tokenizer
+/// canary), and check an existing output file read-only, so that bad input, a refusal or another
+/// job's file leaves the disk exactly as it was and no job is sent.
 std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   auto setup = std::make_unique<RootSetup>();
-  auto& job = setup->job;
-  job = prepare_job(options.job_file, options.overrides, [](const spec::JobSpec& spec) {
-    return remote::fetch_model_config(spec.endpoint, env_or_empty(spec.api_key_env.c_str()), spec.timeouts,
-                                      spec.model);
-  });
-  const auto& spec = job.spec;
   auto& c = setup->ctx;
+  auto spec = load_job_spec(options.job_file, options.overrides);
   c.api_key = env_or_empty(spec.api_key_env.c_str());
   if (spec.endpoint != "local" && c.api_key.empty())
     throw InputError(
         fmt::format("{}: the environment variable {} (api_key_env) is not set; export your NDIF API key "
                     "in it (the key never goes into the job file)",
                     spec.job_file.string(), spec.api_key_env));
+  std::optional<ServiceFacts> facts;
+  if (spec.endpoint != "local") facts = query_service(spec, c.api_key);
+
+  auto& job = setup->job;
+  job = prepare_job(std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); });
+  const auto& final_spec = job.spec;
   // The bundled server accepts any non-empty key.
   if (c.api_key.empty()) c.api_key = "ndif-local";
-  setup->resumed = store::check_existing(spec.output, job.job_hash) == store::Existing::same_job;
+  c.model = final_spec.model;
+  c.model_key = facts ? facts->model_key : remote::model_key(final_spec.model);
+  if (c.model_key.empty()) c.model_key = remote::model_key(final_spec.model);
+  c.encoder = final_spec.encoder;
+  c.protocol = final_spec.protocol;
+  c.api_key_env = final_spec.api_key_env;
+  c.revision = final_spec.revision;
 
-  c.model = spec.model;
-  c.model_key = remote::model_key(spec.model);
-  c.probes = spec.probes;
-  c.dtype = spec.dtype;
+  if (facts && final_spec.protocol == spec::Protocol::g4)
+    static_cast<void>(require_api_key(final_spec, final_spec.endpoint, c.api_key, c.model_key));
+  if (final_spec.encoder == spec::EncoderKind::nnsight) {
+    c.run_token = make_run_token(job.job_hash);
+    const auto job_for_encoder = encoder_job(final_spec, c.model_key);
+    c.python = encoder_python(final_spec);
+    c.model_dir = job_for_encoder.model_dir;
+    setup->encoder = std::make_unique<remote::NnsightEncoder>(encoder_options(final_spec, c.run_token), job_for_encoder);
+    const auto hello = setup->encoder->hello();
+    if (facts && facts->env) {
+      check_nnsight_versions(hello, *facts->env, final_spec.endpoint);
+      c.server_nnsight = facts->env->nnsight_version;
+    }
+    check_encoder_model(setup->encoder->open(), job);
+    const auto checked = run_tokenizer_canary(job, *setup->encoder);
+    std::cerr << fmt::format(
+        "ndif-sweep: encoder: nnsight {} with {} ({}the server's); tokenizer canary: {} prompts tokenize "
+        "identically\n",
+        hello.nnsight_version, hello.executable, c.server_nnsight ? "matches " : "no version from ", checked);
+  }
+  setup->resumed = store::check_existing(final_spec.output, job.job_hash) == store::Existing::same_job;
+
+  c.probes = final_spec.probes;
+  c.dtype = final_spec.dtype;
   c.hidden = job.model_config.hidden_size;
-  c.retry = spec.retry;
-  c.timeouts = spec.timeouts;
-  c.max_inflight = spec.max_inflight;
-  c.output = spec.output.string();
+  c.num_hidden_layers = job.model_config.num_hidden_layers;
+  c.retry = final_spec.retry;
+  c.timeouts = final_spec.timeouts;
+  c.max_inflight = final_spec.max_inflight;
+  c.output = final_spec.output.string();
   c.batches = static_cast<std::int64_t>(job.plan.batches.size());
+  c.base_url = final_spec.endpoint;
   return setup;
+}
+
+/// Every rank's encoder made ready before anything is written: on each node the first rank to
+/// need it starts that node's encoder, and every rank checks its nnsight against the server's and
+/// opens the job. Rank 0's was checked in validate_on_root.
+void prepare_encoder(remote::RequestEncoder& encoder, const RunContext& c) {
+  auto* nnsight = dynamic_cast<remote::NnsightEncoder*>(&encoder);
+  if (nnsight == nullptr) return;
+  const auto hello = nnsight->hello();
+  if (c.server_nnsight) check_nnsight_versions(remote::EncoderHello{hello}, remote::ServerEnv{"", c.server_nnsight}, c.base_url);
+  const auto& model = nnsight->model();
+  if (model.hidden_size != c.hidden || (model.num_hidden_layers != 0 && model.num_hidden_layers != c.num_hidden_layers))
+    throw InputError(fmt::format("this node's encoder reads {} as hidden {} with {} layers, rank 0's as hidden {} with {}; "
+                                 "every node must see the same model files",
+                                 c.model, model.hidden_size, model.num_hidden_layers, c.hidden, c.num_hidden_layers));
+}
+
+/// Runs `step` on every rank; when it fails anywhere, the lowest failing rank prints why and every
+/// rank returns the largest exit code (0 when it worked everywhere). Collective.
+template <typename Step>
+int all_ranks_step(const Communicator& comm, Step&& step) {
+  int code = 0;
+  std::string message;
+  try {
+    step();
+  } catch (const Error& e) {
+    code = static_cast<int>(e.exit_code());
+    message = e.what();
+  } catch (const std::exception& e) {
+    code = 1;
+    message = std::string("internal error: ") + e.what();
+  }
+  const int worst = comm.max_all(code);
+  if (worst == 0) return 0;
+  const int first = comm.min_all(code != 0 ? comm.rank() : INT_MAX);
+  if (comm.rank() == first) {
+    std::cerr << "ndif-sweep: error" << (comm.size() > 1 ? fmt::format(" on rank {}", first) : std::string())
+              << ": " << message << '\n';
+  }
+  return worst;
 }
 
 store::FileLayout file_layout(const PreparedJob& job, const std::string& model_key) {
@@ -429,8 +605,6 @@ void start_on_root(RootSetup& setup, int ranks) {
   if (spec.endpoint == "local") {
     setup.local = std::make_unique<LocalServerProcess>(LocalServerProcess::default_binary(), spec.local);
     setup.ctx.base_url = setup.local->base_url();
-  } else {
-    setup.ctx.base_url = spec.endpoint;
   }
 
   store::RunRecord record;
@@ -483,11 +657,20 @@ int run_sweep(const RunOptions& options) {
 
   std::unique_ptr<RootSetup> setup;
   if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
-  const std::string output_path = comm.broadcast(root ? setup->ctx.output : std::string());
-  auto lock = store::OutputLock::acquire(output_path, comm.handle());
+  RunContext ctx = decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  std::unique_ptr<remote::RequestEncoder> encoder;
+  if (int code = all_ranks_step(comm, [&] {
+        if (root && setup->encoder) {
+          encoder = std::move(setup->encoder);
+        } else {
+          encoder = make_encoder(ctx);
+        }
+        prepare_encoder(*encoder, ctx);
+      }))
+    return code;
+  auto lock = store::OutputLock::acquire(ctx.output, comm.handle());
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
-  const RunContext ctx =
-      decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
 
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
 
@@ -524,8 +707,10 @@ int run_sweep(const RunOptions& options) {
       coordinator.emplace(setup->job, std::move(pending), comm.size(), *progress);
     }
 
-    Worker worker(ctx, output, static_cast<std::uint64_t>(comm.rank()));
+    Worker worker(ctx, output, *encoder, static_cast<std::uint64_t>(comm.rank()));
     bool awaiting_assignment = false, said_bye = false;
+    std::map<std::string, int> reported_states;
+    Clock::time_point states_sent{};
 
     while (true) {
       // Signals: rank 0 decides for everyone; other ranks pass theirs on.
@@ -565,7 +750,10 @@ int run_sweep(const RunOptions& options) {
             coordinator->done(report_from_json(body));
             break;
           case Tag::batch_failed:
-            coordinator->failed(body.at("batch"), body.at("error"));
+            if (body.value("invalid", false))
+              coordinator->invalid(body.at("batch"), body.at("error"));
+            else
+              coordinator->failed(body.at("batch"), body.at("error"));
             break;
           case Tag::refused:
             coordinator->refused(body.at("error"));
@@ -580,6 +768,9 @@ int run_sweep(const RunOptions& options) {
             break;
           case Tag::bye:
             coordinator->bye(m->source);
+            break;
+          case Tag::states:
+            coordinator->states(m->source, body.get<std::map<std::string, int>>());
             break;
         }
       }
@@ -617,11 +808,27 @@ int run_sweep(const RunOptions& options) {
         else
           comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}}.dump());
       }
+      for (const auto& [b, why] : ev.invalid) {
+        if (root)
+          coordinator->invalid(b, why);
+        else
+          comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}, {"invalid", true}}.dump());
+      }
       if (ev.refused) {
         if (root)
           coordinator->refused(*ev.refused);
         else
           comm.send(0, Tag::refused, json{{"error", *ev.refused}}.dump());
+      }
+      // Queue states of the jobs in flight, for rank 0's progress line: sent when they change, at
+      // most once a second.
+      if (auto states = worker.states(); states != reported_states && Clock::now() - states_sent > std::chrono::seconds(1)) {
+        reported_states = states;
+        states_sent = Clock::now();
+        if (root)
+          coordinator->states(0, std::move(states));
+        else
+          comm.send(0, Tag::states, json(states).dump());
       }
 
       if (root) progress->tick(Clock::now());
@@ -647,9 +854,9 @@ int run_sweep(const RunOptions& options) {
   if (root) {
     const auto flags_done = progress->done_batches();
     std::string outcome;
-    if (coordinator->refusal()) {
-      outcome = "failed";
-      code = static_cast<int>(ExitCode::refused);
+    if (coordinator->refusal() || coordinator->invalid_batches() > 0) {
+      outcome = flags_done == ctx.batches ? "complete" : "failed";
+      code = flags_done == ctx.batches ? 0 : static_cast<int>(ExitCode::refused);
     } else if (flags_done == ctx.batches) {
       outcome = "complete";
     } else if (local_drain != DrainRequest::none) {

@@ -26,6 +26,10 @@ const char* dtype_name(DType dtype) noexcept {
 
 int dtype_bytes(DType dtype) noexcept { return dtype == DType::float32 ? 4 : 2; }
 
+const char* encoder_name(EncoderKind kind) noexcept { return kind == EncoderKind::nnsight ? "nnsight" : "graph"; }
+
+const char* protocol_name(Protocol protocol) noexcept { return protocol == Protocol::g2 ? "g2" : "g4"; }
+
 std::string Probe::module_for(int layer) const {
   static constexpr std::string_view kPlaceholder = "{layer}";
   const std::string number = std::to_string(layer);
@@ -224,7 +228,8 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
   const ObjectReader reader(root, prefix, "",
                             {"model", "revision", "endpoint", "local", "api_key_env", "tokenizer",
                              "add_special_tokens", "prompts", "positions", "probes", "model_config", "dtype", "batch",
-                             "retry", "timeouts", "max_inflight", "output"});
+                             "retry", "timeouts", "max_inflight", "output", "encoder", "protocol", "python",
+                             "model_key"});
   JobSpec spec;
   spec.job_file = job_file;
   spec.model = reader.required_string("model", "the model's repo id, e.g. \"meta-llama/Llama-3.1-8B\"");
@@ -332,6 +337,52 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
   spec.max_inflight = reader.positive_int("max_inflight", spec.max_inflight);
   spec.output = resolve_path(job_file, reader.required_string("output", "the HDF5 file to write, e.g. \"out/run.h5\""));
 
+  spec.encoder = spec.endpoint == "local" ? EncoderKind::graph : EncoderKind::nnsight;
+  if (reader.find("encoder") != nullptr) {
+    spec.encoder_given = true;
+    const std::string encoder = reader.string("encoder", "");
+    if (encoder == "graph") {
+      spec.encoder = EncoderKind::graph;
+    } else if (encoder == "nnsight") {
+      spec.encoder = EncoderKind::nnsight;
+    } else {
+      reader.wrong("encoder", "\"nnsight\" (your nnsight builds each request: production NDIF) or \"graph\" "
+                              "(ndif-sweep's JSON graph: ndif-local and nnsight-0.4 servers)");
+    }
+  }
+  if (reader.find("protocol") != nullptr) {
+    const std::string protocol = reader.string("protocol", "");
+    if (protocol == "g4") {
+      spec.protocol = Protocol::g4;
+    } else if (protocol == "g2") {
+      spec.protocol = Protocol::g2;
+    } else {
+      reader.wrong("protocol", "\"g4\" (nnsight >= 0.8 servers and ndif-local) or \"g2\" (nnsight 0.4 servers)");
+    }
+  }
+  if (spec.encoder == EncoderKind::nnsight && spec.endpoint == "local") {
+    fail(prefix,
+         "\"encoder\": \"nnsight\" cannot run against \"endpoint\": \"local\": the bundled ndif-local executes "
+         "ndif-sweep's graph, so drop \"encoder\" (or set it to \"graph\") for a local rehearsal");
+  }
+  if (spec.encoder == EncoderKind::nnsight && spec.protocol == Protocol::g2) {
+    fail(prefix,
+         "\"encoder\": \"nnsight\" needs \"protocol\": \"g4\"; nnsight-0.4 servers (g2) take only "
+         "ndif-sweep's graph, so use \"encoder\": \"graph\" with them");
+  }
+  if (const json* python = reader.find("python"); python != nullptr && !python->is_null()) {
+    spec.python = reader.string("python", "");
+    if (spec.python.empty() || spec.python.find('\0') != std::string::npos) {
+      reader.wrong("python", "the path or name of a Python interpreter that has nnsight, e.g. \"python3\"");
+    }
+  }
+  if (const json* key = reader.find("model_key"); key != nullptr && !key->is_null()) {
+    spec.model_key = reader.string("model_key", "");
+    if (spec.model_key->empty()) {
+      reader.wrong("model_key", "the model key exactly as the server's GET /status lists it, or null");
+    }
+  }
+
   if (const auto config = spec.effective_model_config()) check_layers(spec, *config);
   return spec;
 }
@@ -382,6 +433,10 @@ json JobSpec::canonical_json() const {
         {"poll_interval_s", timeouts.poll_interval_s}}},
       {"max_inflight", max_inflight},
       {"output", as_written(job_file, output)},
+      {"encoder", encoder_name(encoder)},
+      {"protocol", protocol_name(protocol)},
+      {"python", python.empty() ? json(nullptr) : json(python)},
+      {"model_key", model_key ? json(*model_key) : json(nullptr)},
   };
 }
 

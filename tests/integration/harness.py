@@ -283,6 +283,9 @@ def make_job(directory, prompt_lines, **fields):
     job = {
         "model": "synthetic/llama-like",
         "endpoint": "local",
+        # ndif-local runs ndif-sweep's graph, also when a test reaches it by URL (--endpoint), where
+        # the encoder would otherwise default to nnsight.
+        "encoder": "graph",
         "local": {"layers": 4, "hidden": 32, "seed": 0, "model_dtype": "bfloat16"},
         "tokenizer": str(tokenizer_file("llama3_1")),
         "prompts": "prompts.jsonl",

@@ -1,6 +1,6 @@
 """Exact sweeps: every stored activation equals the synthetic model's value bit for bit, for
 prompts of very different lengths, positive and negative positions, several probes, every dtype,
-1 to 3 ranks, the bundled server and an ndif-local started here, one batch and many."""
+1 to 3 ranks, the bundled server and an ndif-local started here (G4 and G2), one batch and many."""
 
 import json
 
@@ -117,8 +117,12 @@ class ExactSweep(TempDirTestCase):
         model = {"layers": 5, "hidden": 24, "seed": 7, "model_dtype": "float16"}
         probes = [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": "1:5:2"},
                   {"name": "mlp", "module": "model.layers.{layer}.mlp", "output_index": None, "layers": [4, 0]}]
-        self.sweep_and_check(lines, ranks=2, extra_args=("--endpoint", server.url), tokenizer="gpt2", model=model,
-                             probes=probes, dtype="bfloat16", local=model)
+        # G4 (multipart, /response 404 until stored, expiring URL, zstd) and the older G2 alike.
+        for protocol in ("g4", "g2"):
+            with self.subTest(protocol=protocol):
+                (self.dir / "out.h5").unlink(missing_ok=True)
+                self.sweep_and_check(lines, ranks=2, extra_args=("--endpoint", server.url), tokenizer="gpt2",
+                                     model=model, probes=probes, dtype="bfloat16", local=model, protocol=protocol)
 
 
 if __name__ == "__main__":

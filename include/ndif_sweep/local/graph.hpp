@@ -12,14 +12,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ndif_sweep/core/wire.hpp"
 #include "ndif_sweep/local/synthetic_model.hpp"
 #include "ndif_sweep/torchsave/value.hpp"
 
 namespace ndif::local {
-
-/// Prefix of every job error description that says the request itself is wrong (as opposed to a
-/// transient failure), so that clients do not retry it.
-inline constexpr const char* kInvalidRequest = "InvalidRequest: ";
 
 /// A request whose JSON has the G2 shape: the graph's nodes in execution order and the memo.
 struct RequestGraph {

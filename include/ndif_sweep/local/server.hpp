@@ -1,7 +1,11 @@
 #pragma once
 /// \file
-/// ndif-local: an NDIF-compatible HTTP server (ndif-protocol.md sections 2-6) that runs G2 requests
-/// against the synthetic model, with a job queue, bandwidth cap and reproducible fault injection.
+/// ndif-local: an NDIF-compatible HTTP server that runs ndif-sweep's graph requests against the
+/// synthetic model, with a job queue, bandwidth cap and reproducible fault injection. It speaks G2
+/// (a raw body, GET /result/{id} or [url, size]; docs/protocol.md) and G4 (a multipart POST with
+/// the envelope `data` and the graph as `blob`, a 404 from /response/{id} until a first status is
+/// stored, an expiring result URL, results keyed by variable name, zstd when `compress`), and
+/// answers GET /env, GET /status and GET /stats (its counts of jobs submitted, finished, fetched).
 
 #include <cstdint>
 #include <filesystem>
@@ -22,7 +26,7 @@ enum class FaultKind {
   reset,         ///< the connection drops mid-reply on the job's first status poll
   truncate,      ///< the first result download is cut short under a full Content-Length
   error_status,  ///< the job ends ERROR "Your job was cancelled or preempted by the server."
-  expired_url,   ///< COMPLETED carries [url, size] whose URL answers 403 "Request has expired"
+  expired_url,   ///< COMPLETED carries a URL that answers 403 "Request has expired"
   slow,          ///< the result download crawls, but completes
   bad_zstd,      ///< the result has the zstd magic number but a damaged frame
 };
@@ -52,6 +56,7 @@ struct ServerOptions {
   std::uint64_t fail_seed = 0;
   Delivery delivery = Delivery::result;
   bool zstd = false;                     ///< zstd-compress result files
+  int url_ttl_s = 3600;                  ///< G4: how long a COMPLETED job's result URL is valid
 };
 
 /// The fault that the job with POST sequence number `sequence` (0, 1, ...) meets, if any: a pure

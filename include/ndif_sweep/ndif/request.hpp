@@ -19,6 +19,7 @@ namespace ndif::remote {
 /// the batch, the probes and the dtype the server converts to.
 struct BatchRequest {
   std::string model;                         ///< repo id, e.g. "meta-llama/Llama-3.1-70B"
+  std::string model_key;                     ///< G4 envelope: the key as the server lists it
   std::vector<plan::EncodedPrompt> prompts;  ///< in send order; every prompt has P positions
   std::int32_t padded_len = 0;               ///< S: the longest prompt of the batch, in tokens
   std::vector<spec::Probe> probes;
@@ -29,7 +30,8 @@ struct BatchRequest {
 /// The one tensor a batch's result holds: (B, Ltot, P, H) in `dtype`, Ltot the sum of the probes'
 /// layer counts, probes stacked in order along dim 1.
 struct ExpectedResult {
-  std::int64_t saved_node = 0;             ///< node index whose value the result holds
+  std::int64_t saved_node = 0;             ///< G2: node index whose value the result holds
+  std::string saved_name;                  ///< G4: the variable the result is keyed by ("" for G2)
   std::int64_t batch = 0;                  ///< B
   std::vector<std::int64_t> probe_layers;  ///< L_p per probe, in probe order
   std::int64_t positions = 0;              ///< P
@@ -42,36 +44,71 @@ struct ExpectedResult {
   [[nodiscard]] std::int64_t data_bytes() const noexcept;
 };
 
-/// An encoded request: the body to POST to `/request`, the headers of ndif-protocol.md section 3
-/// except `ndif-api-key` (the transport adds it, so a request never holds a secret), and what the
-/// result must look like.
+/// The variable a batch's request saves its one tensor as; G4 results are keyed by it.
+inline constexpr const char* kSaveName = "ndif_sweep_acts";
+
+/// An encoded request and what its result must look like. `headers` never hold `ndif-api-key`
+/// (the transport adds it, so a request never holds a secret).
+/// - G2: `body` is POSTed as it is, settings in `headers` (ndif-protocol.md section 3);
+///   `envelope` is empty.
+/// - G4: a multipart POST (ndif-g4.md section 2) with the form field `data` = `envelope` (the
+///   request's JSON) and the file `blob` = `body`.
 struct EncodedRequest {
+  std::string envelope;
   std::vector<std::byte> body;
   std::vector<std::pair<std::string, std::string>> headers;
   ExpectedResult expected;
+
+  /// True for a G4 request (a multipart POST).
+  [[nodiscard]] bool multipart() const noexcept { return !envelope.empty(); }
 };
 
-/// Builds request bodies of one protocol generation. The transport and the run loop see only this
-/// interface, so an encoder for another generation can be added beside the G2 one.
+/// Builds request bodies. The transport and the run loop see only this interface: it is the one
+/// place where the graph and the nnsight bodies differ.
 class RequestEncoder {
  public:
   virtual ~RequestEncoder() = default;
   /// Encodes one batch. Throws InputError if the batch cannot be expressed (no prompts, no
-  /// probes, a position outside its prompt, a prompt longer than `padded_len`).
-  [[nodiscard]] virtual EncodedRequest encode(const BatchRequest& request) const = 0;
+  /// probes, a position outside its prompt, a prompt longer than `padded_len`); other errors are
+  /// the encoder's own (see the implementations).
+  [[nodiscard]] virtual EncodedRequest encode(const BatchRequest& request) = 0;
 };
 
-/// The G2 encoder (nnsight 0.4.11): a zlib-compressed JSON intervention graph `{"graph", "memo"}`
-/// with one invoke per prompt, the padding-adjusted positions sliced on the server, every probe
-/// and layer stacked into one (B, Ltot, P, H) tensor, converted with a Tensor method and saved once.
-class G2RequestEncoder final : public RequestEncoder {
+/// ndif-sweep's own encoder: a JSON intervention graph `{"graph", "memo"}` in nnsight 0.4.11's
+/// format with one invoke per prompt, the padding-adjusted positions sliced on the server, every
+/// probe and layer stacked into one (B, Ltot, P, H) tensor, converted with a Tensor method and
+/// saved once. `framing` g2 sends it zlib-compressed as a G2 body; g4 sends it as the blob of a
+/// multipart request (zstd-compressed, envelope `compress: true`), with the saved node named
+/// `kSaveName` so that the result is keyed by name as G4 results are (ndif-local serves both).
+class GraphRequestEncoder final : public RequestEncoder {
  public:
-  [[nodiscard]] EncodedRequest encode(const BatchRequest& request) const override;
+  explicit GraphRequestEncoder(spec::Protocol framing = spec::Protocol::g2) noexcept : framing_(framing) {}
 
-  /// The uncompressed JSON text of the body (the same graph `encode` compresses); for tests and
-  /// for debugging a request by eye.
+  [[nodiscard]] EncodedRequest encode(const BatchRequest& request) override;
+
+  /// The uncompressed JSON text of the graph (the same graph `encode` sends); for tests and for
+  /// debugging a request by eye.
   [[nodiscard]] std::string graph_json(const BatchRequest& request) const;
+
+ private:
+  spec::Protocol framing_;
 };
+
+/// A batch as the tensors nnsight's forward takes: left-padded to S with the tokenizer's pad id.
+struct PaddedBatch {
+  std::int64_t batch = 0;                  ///< B
+  std::int64_t seq = 0;                    ///< S
+  std::int64_t positions = 0;              ///< P
+  std::vector<std::int32_t> input_ids;     ///< B x S, row-major
+  std::vector<std::uint8_t> attention_mask;  ///< B x S: 0 over the left padding, else 1
+  std::vector<std::int32_t> positions_padded;  ///< B x P: each position shifted by its padding
+};
+
+/// Lays out a batch for the nnsight encoder. Throws InputError like `RequestEncoder::encode`.
+[[nodiscard]] PaddedBatch pad_batch(const BatchRequest& request, std::int32_t pad_token_id);
+
+/// What a G4 result must look like for `request`: `kSaveName`, (B, Ltot, P, H) in its dtype.
+[[nodiscard]] ExpectedResult expected_g4_result(const BatchRequest& request);
 
 /// The nnsight model key of a language model:
 /// `nnsight.modeling.language.LanguageModel:{"repo_id": "<model>"}` with Python `json.dumps`

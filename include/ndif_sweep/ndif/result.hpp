@@ -29,6 +29,7 @@ struct DecodedResult {
 [[nodiscard]] std::size_t max_result_bytes(const ExpectedResult& expected) noexcept;
 
 /// Decodes a downloaded result: zstd (if it carries the magic number), then torch.save, then
+/// the saved tensor: G4 `{saved_name: tensor}` when `expected.saved_name` is set, else
 /// `result[saved_node]` (G2: `{"id", "result": {node: tensor}}`; G3: keyed by name, accepted when it
 /// holds exactly one tensor). Checks dtype and shape (B, Ltot, P, H) exactly, splits per probe and
 /// counts non-finite values. Throws DecodeError stating what was expected and what came.

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "ndif_sweep/core/wire.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 
 namespace ndif::remote {
@@ -16,8 +17,8 @@ namespace ndif::remote {
 enum class Verdict {
   retry,        ///< transient: resubmit the batch after a backoff, while attempts remain
   refused,      ///< the service refused us (credentials, client version, body): stop the run, exit 5
-  job_invalid,  ///< the service says the request itself is invalid: stop the run, exit 5
-  fatal,        ///< a complete reply we cannot use (oversized, undecodable): stop the run
+  job_invalid,  ///< the service says this batch's request is wrong: the batch stops, not retried
+  fatal,        ///< a complete reply we cannot use (oversized, undecodable): the batch stops
 };
 
 /// Which request of an attempt failed.
@@ -43,10 +44,12 @@ enum class FailureCause {
 /// COMPLETED data, whose 403 means the URL expired (resubmitting gets a fresh one).
 [[nodiscard]] Verdict classify_http(Stage stage, long status, bool presigned = false) noexcept;
 
-/// A job that ended with ERROR or NNSIGHT_ERROR and this description: "InvalidRequest: ..." and
-/// graph errors are the request's fault (job_invalid); a description that mentions the "API key"
-/// is a refusal of the key (G2 answers a bad key this way); everything else (cancelled, preempted,
-/// took longer than the timeout, out of memory) may pass.
+/// A job that ended with ERROR or NNSIGHT_ERROR and this description. The request's own fault
+/// (job_invalid): ndif-local's "InvalidRequest: ...", NNSIGHT_ERROR, ndif's architecture mismatch,
+/// and a Python traceback of the request's code (except running out of memory). A refusal of the
+/// key: a description that mentions the "API key" (G2 answers a bad key this way) or hotswapping.
+/// Everything else (cancelled, preempted, the execution timeout, an evicted replica, an unreadable
+/// payload, out of memory) may pass.
 [[nodiscard]] Verdict classify_job_error(std::string_view status, std::string_view description) noexcept;
 
 /// A result or status body that did not decode: a truncated body is retried, a complete one is not.

@@ -11,7 +11,22 @@
 namespace ndif::remote {
 
 /// Where a job stands. Statuses this client does not know count as still running.
-enum class JobState { received, queued, dispatched, running, log, completed, error, nnsight_error, unknown };
+enum class JobState {
+  received,
+  queued,
+  provisioning,  ///< G4: the server is placing the model (no replica yet)
+  deploying,     ///< G4: the model's weights are loading
+  dispatched,
+  running,
+  log,
+  completed,
+  error,
+  nnsight_error,
+  unknown,
+};
+
+/// "RECEIVED", "QUEUED", ... as the server spells it; "UNKNOWN" for unknown.
+[[nodiscard]] const char* state_name(JobState state) noexcept;
 
 /// One status reply.
 struct JobStatus {
@@ -19,7 +34,7 @@ struct JobStatus {
   JobState state = JobState::unknown;
   std::string status;       ///< the status string as sent, e.g. "QUEUED"
   std::string description;  ///< "" when absent or null
-  /// For COMPLETED: the presigned URL of the result (G3), or nullopt to fetch `/result/{id}` (G2).
+  /// For COMPLETED: the presigned URL of the result (G3, G4), or nullopt to fetch `/result/{id}` (G2).
   std::optional<std::string> result_url;
   /// For COMPLETED with `[url, size]`: the size the server announced.
   std::optional<std::int64_t> result_size;

@@ -17,6 +17,8 @@
 
 #include "ndif_sweep/ndif/request.hpp"
 #include "ndif_sweep/ndif/retry.hpp"
+#include "ndif_sweep/ndif/service.hpp"
+#include "ndif_sweep/ndif/status.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 
 namespace ndif::remote {
@@ -60,7 +62,11 @@ struct FinishedJob {
 
 /// Runs attempts through their lifecycle: POST /request, then GET /response/{id} with backoff
 /// (poll_delay) until COMPLETED or ERROR, then the download from /result/{id} or from the URL in
-/// the COMPLETED status. Single-threaded: nothing happens between calls to `run`. Not copyable.
+/// the COMPLETED status. A request with an envelope is sent as G4 (ndif-g4.md section 2): a
+/// multipart POST with `data` and `blob` and an `ndif-timestamp` header, and a 404 from
+/// /response/{id} before its first stored status means "not stored yet". A presigned URL is
+/// fetched with no NDIF header and no key. Single-threaded: nothing happens between calls to
+/// `run`. Not copyable.
 class JobTransport {
  public:
   /// Throws InternalError if libcurl cannot create its multi handle.
@@ -83,6 +89,10 @@ class JobTransport {
   /// Attempts submitted and not yet returned by `run`.
   [[nodiscard]] std::size_t in_flight() const noexcept;
 
+  /// The last status each attempt in flight reported (RECEIVED until its first; COMPLETED while
+  /// its result downloads), for progress output.
+  [[nodiscard]] std::vector<JobState> in_flight_states() const;
+
   /// Abandons every attempt in flight; they are not returned by `run`.
   void cancel_all() noexcept;
 
@@ -91,13 +101,21 @@ class JobTransport {
   std::unique_ptr<Impl> impl_;
 };
 
-/// The model's shape from `GET {base_url}/status`: the `config` of the deployment whose `repo_id`
-/// equals `model`, or else of a deployment named or with repo_id "*". Blocking. Throws
-/// ServiceRefused on 401/403, InputError if the model is not deployed there (naming the
-/// deployments and the `model_config` key as the fix), DecodeError on a malformed reply, and
-/// Error (exit 1) when the service cannot be reached.
-[[nodiscard]] spec::ModelConfig fetch_model_config(const std::string& base_url, const std::string& api_key,
-                                                   const spec::Timeouts& timeouts, const std::string& model);
+/// GET {base_url}/env (no key). Blocking. Throws Error (exit 1) when the service cannot be
+/// reached or answers an HTTP error, DecodeError on a reply of another shape.
+[[nodiscard]] ServerEnv fetch_env(const std::string& base_url, const spec::Timeouts& timeouts);
+
+/// GET {base_url}/status with the key. Blocking. Throws ServiceRefused on 401/403, Error (exit 1)
+/// when the service cannot be reached, DecodeError on a malformed reply.
+[[nodiscard]] std::vector<Deployment> fetch_deployments(const std::string& base_url, const std::string& api_key,
+                                                        const spec::Timeouts& timeouts);
+
+/// Asks the service whether it takes `api_key`, without creating a job: a G4 POST /request with
+/// the envelope and no blob, which the service refuses with 401/403 (400 for a malformed key)
+/// when the key is bad and with 422 (the missing blob) once the key has passed. Blocking; never
+/// throws for a network failure (outcome unknown).
+[[nodiscard]] KeyCheck check_api_key(const std::string& base_url, const std::string& api_key,
+                                     const std::string& envelope, const spec::Timeouts& timeouts);
 
 /// True if `GET {base_url}/ping` answers 200 within the timeouts. Blocking; never throws for a
 /// network failure.

@@ -32,6 +32,7 @@ enum class Tag : int {
   refused = 105,       ///< worker -> 0: the service refused the request itself
   drain = 106,         ///< 0 -> worker: {"abandon": bool}
   bye = 107,           ///< worker -> 0: nothing in flight, leaving the loop
+  states = 108,        ///< worker -> 0: {"STATUS": count} of its jobs in flight, when they change
 };
 
 /// A received message.
@@ -54,6 +55,8 @@ public:
   [[nodiscard]] std::string broadcast(const std::string& value, int root = 0) const;
   /// Collective: the largest of every rank's value.
   [[nodiscard]] int max_all(int value) const;
+  /// Collective: the smallest of every rank's value.
+  [[nodiscard]] int min_all(int value) const;
   /// Collective.
   void barrier() const;
 

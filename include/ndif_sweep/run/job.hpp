@@ -49,6 +49,10 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 [[nodiscard]] PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverrides& overrides,
                                       const ModelConfigSource& config_source);
 
+/// The same, in two steps: the spec with the flags applied (throws InputError), then the rest.
+[[nodiscard]] spec::JobSpec load_job_spec(const std::filesystem::path& job_file, const JobOverrides& overrides);
+[[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source);
+
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer
 /// a run (output, timeouts, retry, max_inflight, api_key_env), with the endpoint reduced to "local"
 /// (the bundled server and its `local` options) or "remote" (any URL), plus the SHA-256 of the

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <ostream>
 #include <string>
 
@@ -28,6 +29,8 @@ public:
   void batch_done(std::int64_t rows, std::int64_t bytes_received);
   /// Records a batch that failed after all its attempts.
   void batch_failed();
+  /// The states of the jobs in flight on every rank ("QUEUED": 3, ...), shown until replaced.
+  void set_in_flight(std::map<std::string, int> counts) { in_flight_ = std::move(counts); }
   /// Prints a line when `interval` has passed since the last one (or always for `jsonl` events).
   void tick(Clock::time_point now, bool force = false);
   /// The final line.
@@ -50,6 +53,7 @@ private:
   std::int64_t start_batches_, done_batches_, done_rows_;
   std::int64_t failed_batches_ = 0;
   std::int64_t bytes_ = 0;
+  std::map<std::string, int> in_flight_;
   Clock::time_point start_, last_print_;
   std::chrono::milliseconds interval_;
 };

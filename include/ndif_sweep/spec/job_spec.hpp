@@ -21,6 +21,23 @@ enum class DType { float16, bfloat16, float32 };
 /// 2 or 4.
 [[nodiscard]] int dtype_bytes(DType dtype) noexcept;
 
+/// What builds each batch's request body (architecture.md section 3, `encoder`).
+enum class EncoderKind {
+  graph,    ///< ndif-sweep's own JSON intervention graph (ndif-local, nnsight-0.4 servers)
+  nnsight,  ///< the user's nnsight in an encoder process (production NDIF)
+};
+
+/// How requests travel (architecture.md section 3, `protocol`).
+enum class Protocol {
+  g4,  ///< multipart POST, GET /response/{id} polling, result by presigned URL (nnsight >= 0.8)
+  g2,  ///< raw body with settings in headers, GET /result/{id} (nnsight 0.4)
+};
+
+/// "graph" | "nnsight".
+[[nodiscard]] const char* encoder_name(EncoderKind kind) noexcept;
+/// "g4" | "g2".
+[[nodiscard]] const char* protocol_name(Protocol protocol) noexcept;
+
 /// One thing to collect: the output of `module` (with `{layer}` filled in) at each layer.
 struct Probe {
   std::string name;                 ///< dataset name under /acts, [A-Za-z0-9_]+
@@ -94,6 +111,13 @@ struct JobSpec {
   Timeouts timeouts;
   int max_inflight = 2;
   std::filesystem::path output;
+  EncoderKind encoder = EncoderKind::graph;  ///< default: graph for endpoint local, else nnsight
+  bool encoder_given = false;                ///< the job file names it (else it follows the endpoint)
+  Protocol protocol = Protocol::g4;
+  /// The interpreter of the nnsight encoder as written ("" = $NDIF_SWEEP_PYTHON, else python3).
+  std::string python;
+  /// The model key exactly as the server lists it; nullopt = taken from GET /status by repo_id.
+  std::optional<std::string> model_key;
 
   /// The model shape known without network: `model_config`, else the `local` section when the
   /// endpoint is local, else nullopt (it then comes from the server's GET /status).

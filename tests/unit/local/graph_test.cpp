@@ -165,7 +165,7 @@ TEST(Graph, RequestsThatCannotRunSayWhyWithTheInvalidRequestPrefix) {
   EXPECT_NE(run_error(".model.norm.output", 0, "torch.frobnicate").find("unknown function \"torch.frobnicate\""),
             std::string::npos);
   for (const auto& message : {run_error(".model.layers.4.output"), run_error(".model.norm.output", 0, "x.y")}) {
-    EXPECT_EQ(message.rfind(kInvalidRequest, 0), 0U) << message;
+    EXPECT_EQ(message.rfind(kInvalidRequestPrefix, 0), 0U) << message;
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include <chrono>
 #include <cstring>
@@ -97,18 +98,8 @@ protected:
   std::unique_ptr<httplib::Client> client_;
 };
 
-/// Checks every element of a downloaded sweep result against the model's formula.
-void expect_sweep_values(const std::string& body, const std::string& id, const SyntheticModel& model) {
-  const std::vector<std::byte> bytes(reinterpret_cast<const std::byte*>(body.data()),
-                                     reinterpret_cast<const std::byte*>(body.data()) + body.size());
-  const auto file = torchsave::load(bytes);
-  const auto& top = std::get<torchsave::Dict>(file.v);
-  ASSERT_EQ(top.items.size(), 2U);
-  EXPECT_EQ(std::get<std::string>(top.items[0].first.v), "id");
-  EXPECT_EQ(std::get<std::string>(top.items[0].second.v), id);
-  const auto& result = std::get<torchsave::Dict>(top.items[1].second.v);
-  ASSERT_EQ(result.items.size(), 1U);
-  const auto& tensor = std::get<torchsave::Tensor>(result.items[0].second.v);
+/// Checks every element of a sweep result tensor against the model's formula.
+void expect_sweep_tensor(const torchsave::Tensor& tensor, const SyntheticModel& model) {
   ASSERT_EQ(tensor.dtype(), DType::float16);
   ASSERT_EQ(tensor.shape, (std::vector<std::int64_t>{3, 2, 2, 8}));
   const auto raw = tensor.contiguous_bytes();
@@ -129,6 +120,20 @@ void expect_sweep_values(const std::string& body, const std::string& id, const S
   }
 }
 
+/// Checks every element of a downloaded G2 sweep result against the model's formula.
+void expect_sweep_values(const std::string& body, const std::string& id, const SyntheticModel& model) {
+  const std::vector<std::byte> bytes(reinterpret_cast<const std::byte*>(body.data()),
+                                     reinterpret_cast<const std::byte*>(body.data()) + body.size());
+  const auto file = torchsave::load(bytes);
+  const auto& top = std::get<torchsave::Dict>(file.v);
+  ASSERT_EQ(top.items.size(), 2U);
+  EXPECT_EQ(std::get<std::string>(top.items[0].first.v), "id");
+  EXPECT_EQ(std::get<std::string>(top.items[0].second.v), id);
+  const auto& result = std::get<torchsave::Dict>(top.items[1].second.v);
+  ASSERT_EQ(result.items.size(), 1U);
+  expect_sweep_tensor(std::get<torchsave::Tensor>(result.items[0].second.v), model);
+}
+
 TEST_F(Server, SweepJobCompletesAndItsResultMatchesTheFormulaOnce) {
   start(options_with());
   const auto id = submit_sweep();
@@ -143,6 +148,101 @@ TEST_F(Server, SweepJobCompletesAndItsResultMatchesTheFormulaOnce) {
   const auto again = client_->Get(("/result/" + id).c_str(), headers());
   ASSERT_TRUE(again);
   EXPECT_EQ(again->status, 404);
+}
+
+std::string zstd_bytes(const std::string& text) {
+  std::string out(ZSTD_compressBound(text.size()), '\0');
+  out.resize(ZSTD_compress(out.data(), out.size(), text.data(), text.size(), 6));
+  return out;
+}
+
+/// A G4 request: the envelope and the graph (named, zstd) as multipart fields.
+httplib::MultipartFormDataItems g4_items(bool with_blob = true, bool compress = true) {
+  auto [graph, saved] = testing::sweep_request(kPrompts, kLayers, kPositions, "half");
+  graph["saved"] = {{std::to_string(saved), "ndif_sweep_acts"}};
+  httplib::MultipartFormDataItems items{
+      {"data", json{{"model_key", "k"}, {"session_id", ""}, {"compress", compress}, {"env", json::object()}}.dump(), "", ""}};
+  if (with_blob) items.push_back({"blob", compress ? zstd_bytes(graph.dump()) : graph.dump(), "request", "application/octet-stream"});
+  return items;
+}
+
+httplib::Headers g4_headers(const std::string& key = "secret") {
+  return {{"ndif-api-key", key}, {"nnsight-version", "0.4.11"}, {"ndif-timestamp", "1.0"}};
+}
+
+TEST_F(Server, G4JobIsStoredAfterA404AndCompletesWithAnExpiringUrlToAResultKeyedByName) {
+  start(options_with());
+  const auto posted = client_->Post("/request", g4_headers(), g4_items());
+  ASSERT_TRUE(posted);
+  ASSERT_EQ(posted->status, 200) << posted->body;
+  const auto received = json::parse(posted->body);
+  EXPECT_EQ(received["status"], "RECEIVED");
+  const std::string id = received["id"];
+  const auto first = client_->Get(("/response/" + id).c_str(), g4_headers());
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 404);
+  EXPECT_EQ(json::parse(first->body)["detail"], "No response for request " + id + ".");
+  const auto done = wait(id);
+  ASSERT_EQ(done["status"], "COMPLETED");
+  ASSERT_TRUE(done["data"].is_string());
+  const std::string url = done["data"];
+  const std::string path = url.substr(url.find("/download/"));
+  EXPECT_NE(path.find("expires="), std::string::npos);
+  const auto with_key = client_->Get(path.c_str(), g4_headers());
+  ASSERT_TRUE(with_key);
+  EXPECT_EQ(with_key->status, 400);
+  const auto tampered = client_->Get((path.substr(0, path.find("&signature=")) + "&signature=0").c_str());
+  ASSERT_TRUE(tampered);
+  EXPECT_EQ(tampered->status, 403);
+  const auto result = client_->Get(path.c_str());
+  ASSERT_TRUE(result);
+  ASSERT_EQ(result->status, 200);
+  ASSERT_EQ(std::memcmp(result->body.data(), "\x28\xb5\x2f\xfd", 4), 0);  // zstd, as the envelope asked
+  std::string file(ZSTD_getFrameContentSize(result->body.data(), result->body.size()), '\0');
+  file.resize(ZSTD_decompress(file.data(), file.size(), result->body.data(), result->body.size()));
+  const auto loaded = torchsave::load(std::vector<std::byte>(reinterpret_cast<const std::byte*>(file.data()),
+                                                             reinterpret_cast<const std::byte*>(file.data()) + file.size()));
+  const auto& top = std::get<torchsave::Dict>(loaded.v);
+  ASSERT_EQ(top.items.size(), 1U);
+  EXPECT_EQ(std::get<std::string>(top.items[0].first.v), "ndif_sweep_acts");
+  expect_sweep_tensor(std::get<torchsave::Tensor>(top.items[0].second.v), SyntheticModel(options_with().model));
+
+  const auto stats = json::parse(client_->Get("/stats")->body);
+  EXPECT_EQ(stats["submitted"], 1);
+  EXPECT_EQ(stats["completed"], 1);
+  EXPECT_EQ(stats["downloaded"], 1);
+}
+
+TEST_F(Server, G4IngressChecksTheEnvelopeThenTheKeyThenTheBlob) {
+  start(options_with());
+  const auto no_data = client_->Post("/request", g4_headers(), httplib::MultipartFormDataItems{{"blob", "x", "request", ""}});
+  ASSERT_TRUE(no_data);
+  EXPECT_EQ(no_data->status, 422);
+  const auto bad_key = client_->Post("/request", g4_headers("wrong"), g4_items(false));
+  ASSERT_TRUE(bad_key);
+  EXPECT_EQ(bad_key->status, 401);
+  const auto no_blob = client_->Post("/request", g4_headers(), g4_items(false));
+  ASSERT_TRUE(no_blob);
+  EXPECT_EQ(no_blob->status, 422);
+  EXPECT_EQ(json::parse(client_->Get("/stats")->body)["submitted"], 0);  // none of these made a job
+  const auto plain = client_->Post("/request", g4_headers(), g4_items(true, false));
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200);
+  const auto env = json::parse(client_->Get("/env")->body);
+  EXPECT_TRUE(env["python_version"].is_string());
+  EXPECT_TRUE(env["packages"].is_object());
+}
+
+TEST_F(Server, G4ExpiredUrlFaultAnswers403) {
+  start(options_with(FaultKind::expired_url));
+  const auto posted = client_->Post("/request", g4_headers(), g4_items());
+  ASSERT_TRUE(posted);
+  const auto done = wait(json::parse(posted->body)["id"].get<std::string>());
+  const std::string url = done["data"];
+  const auto result = client_->Get(url.substr(url.find("/download/")).c_str());
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 403);
+  EXPECT_NE(result->body.find("Request has expired"), std::string::npos);
 }
 
 TEST_F(Server, PingAndStatusDescribeTheDeployment) {

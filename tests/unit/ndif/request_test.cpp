@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 #include <zlib.h>
+#include <zstd.h>
+
+#include <map>
 
 #include <nlohmann/json.hpp>
 #include <string>
@@ -71,7 +74,7 @@ struct Graph {
 };
 
 TEST(RequestEncoder, TwoPromptBatchHasOneNodePerOperationInInvokeProbeLayerOrder) {
-  const Graph g(G2RequestEncoder{}.graph_json(two_prompt_batch()));
+  const Graph g(GraphRequestEncoder{}.graph_json(two_prompt_batch()));
   // Per invoke: 2 resid layers x (module, getitem 0, positions) + 1 mlp layer x (module, positions) + stack.
   ASSERT_EQ(g.nodes.size(), 2 * 9 + 5);
   const std::vector<std::string> invoke_targets = {
@@ -105,7 +108,7 @@ TEST(RequestEncoder, TwoPromptBatchHasOneNodePerOperationInInvokeProbeLayerOrder
 }
 
 TEST(RequestEncoder, PositionsAreShiftedByEachPromptsLeftPadding) {
-  const Graph g(G2RequestEncoder{}.graph_json(two_prompt_batch()));
+  const Graph g(GraphRequestEncoder{}.graph_json(two_prompt_batch()));
   const auto key = [&](int node) { return g.args(node)[1]; };
   // Prompt 0 fills the batch (no padding); prompt 1 has 2 of 5 tokens, so 3 pad tokens precede it.
   for (int node : {2, 5, 7}) {
@@ -119,7 +122,7 @@ TEST(RequestEncoder, PositionsAreShiftedByEachPromptsLeftPadding) {
 }
 
 TEST(RequestEncoder, StacksLayersThenInvokesConvertsAndSavesExactlyOnce) {
-  const Graph g(G2RequestEncoder{}.graph_json(two_prompt_batch()));
+  const Graph g(GraphRequestEncoder{}.graph_json(two_prompt_batch()));
   const auto refs = [&](int node) {
     std::vector<int> out;
     for (const auto& r : g.args(node)[0]["values"]) out.push_back(g.node_index(r));
@@ -141,7 +144,7 @@ TEST(RequestEncoder, StacksLayersThenInvokesConvertsAndSavesExactlyOnce) {
 }
 
 TEST(RequestEncoder, TracerIsLastAndCarriesEveryOtherNodeAndTheTokenIds) {
-  const Graph g(G2RequestEncoder{}.graph_json(two_prompt_batch()));
+  const Graph g(GraphRequestEncoder{}.graph_json(two_prompt_batch()));
   const auto& args = g.args(22);
   ASSERT_EQ(args.size(), 4);
   EXPECT_EQ(args[0]["type_name"], "INTERVENTIONGRAPH");
@@ -164,8 +167,8 @@ TEST(RequestEncoder, TracerIsLastAndCarriesEveryOtherNodeAndTheTokenIds) {
 
 TEST(RequestEncoder, BodyIsTheZlibCompressedGraphAndHeadersFollowNnsight0411) {
   const auto request = two_prompt_batch();
-  const auto encoded = G2RequestEncoder{}.encode(request);
-  EXPECT_EQ(inflate(encoded.body), G2RequestEncoder{}.graph_json(request));
+  const auto encoded = GraphRequestEncoder{}.encode(request);
+  EXPECT_EQ(inflate(encoded.body), GraphRequestEncoder{}.graph_json(request));
   std::map<std::string, std::string> headers(encoded.headers.begin(), encoded.headers.end());
   EXPECT_EQ(headers.size(), 7);
   EXPECT_EQ(headers["Content-Type"], "application/octet-stream");
@@ -180,7 +183,7 @@ TEST(RequestEncoder, BodyIsTheZlibCompressedGraphAndHeadersFollowNnsight0411) {
 }
 
 TEST(RequestEncoder, ExpectedResultDescribesTheSavedNodeAndShape) {
-  const auto expected = G2RequestEncoder{}.encode(two_prompt_batch()).expected;
+  const auto expected = GraphRequestEncoder{}.encode(two_prompt_batch()).expected;
   EXPECT_EQ(expected.saved_node, 20);
   EXPECT_EQ(expected.batch, 2);
   EXPECT_EQ(expected.probe_layers, (std::vector<std::int64_t>{2, 1}));
@@ -193,23 +196,69 @@ TEST(RequestEncoder, ExpectedResultDescribesTheSavedNodeAndShape) {
 TEST(RequestEncoder, ConversionMethodFollowsTheDtype) {
   auto request = two_prompt_batch();
   request.dtype = spec::DType::float16;
-  EXPECT_EQ(Graph(G2RequestEncoder{}.graph_json(request)).args(19)[1], "half");
+  EXPECT_EQ(Graph(GraphRequestEncoder{}.graph_json(request)).args(19)[1], "half");
   request.dtype = spec::DType::float32;
-  EXPECT_EQ(Graph(G2RequestEncoder{}.graph_json(request)).args(19)[1], "float");
+  EXPECT_EQ(Graph(GraphRequestEncoder{}.graph_json(request)).args(19)[1], "float");
 }
 
 TEST(RequestEncoder, RejectsABatchItCannotExpress) {
   auto request = two_prompt_batch();
   request.prompts[1].positions = {2, 0};  // token 2 of a 2-token prompt
-  EXPECT_THROW(static_cast<void>(G2RequestEncoder{}.encode(request)), InputError);
+  EXPECT_THROW(static_cast<void>(GraphRequestEncoder{}.encode(request)), InputError);
   request = two_prompt_batch();
   request.padded_len = 4;  // shorter than prompt 0
-  EXPECT_THROW(static_cast<void>(G2RequestEncoder{}.encode(request)), InputError);
+  EXPECT_THROW(static_cast<void>(GraphRequestEncoder{}.encode(request)), InputError);
   request = two_prompt_batch();
   request.prompts[1].positions = {1};
-  EXPECT_THROW(static_cast<void>(G2RequestEncoder{}.encode(request)), InputError);
+  EXPECT_THROW(static_cast<void>(GraphRequestEncoder{}.encode(request)), InputError);
   request.prompts.clear();
-  EXPECT_THROW(static_cast<void>(G2RequestEncoder{}.encode(request)), InputError);
+  EXPECT_THROW(static_cast<void>(GraphRequestEncoder{}.encode(request)), InputError);
+}
+
+std::string unzstd(const std::vector<std::byte>& body) {
+  std::string out(1 << 20, '\0');
+  const std::size_t size = ZSTD_decompress(out.data(), out.size(), body.data(), body.size());
+  EXPECT_EQ(ZSTD_isError(size), 0U);
+  out.resize(ZSTD_isError(size) ? 0 : size);
+  return out;
+}
+
+TEST(RequestEncoder, G4FramingSendsTheNamedGraphAsAZstdBlobWithAnEnvelope) {
+  auto request = two_prompt_batch();
+  request.model_key = R"(nnsight.modeling.language.LanguageModel:{"repo_id": "*"})";
+  GraphRequestEncoder encoder(spec::Protocol::g4);
+  const auto encoded = encoder.encode(request);
+  ASSERT_TRUE(encoded.multipart());
+  EXPECT_EQ(json::parse(encoded.envelope),
+            (json{{"model_key", request.model_key}, {"session_id", ""}, {"compress", true}, {"env", json::object()}}));
+  const auto graph = json::parse(unzstd(encoded.body));
+  EXPECT_EQ(graph, json::parse(encoder.graph_json(request)));
+  // The converted batch (node 20) is the one the LockProtocol saves; G4 keys it by name.
+  EXPECT_EQ(graph["saved"], (json{{"20", kSaveName}}));
+  EXPECT_EQ(graph["graph"], json::parse(GraphRequestEncoder{}.graph_json(request))["graph"]);
+  EXPECT_EQ(encoded.expected.saved_name, kSaveName);
+  EXPECT_EQ(encoded.expected.saved_node, 20);
+  std::map<std::string, std::string> headers(encoded.headers.begin(), encoded.headers.end());
+  EXPECT_EQ(headers, (std::map<std::string, std::string>{{"nnsight-version", "0.4.11"}}));
+  EXPECT_FALSE(GraphRequestEncoder{}.encode(request).multipart());
+}
+
+TEST(PaddedBatch, LeftPadsWithThePadIdAndShiftsEveryPositionByItsPadding) {
+  const auto padded = pad_batch(two_prompt_batch(), 99);
+  EXPECT_EQ(padded.batch, 2);
+  EXPECT_EQ(padded.seq, 5);
+  EXPECT_EQ(padded.positions, 2);
+  EXPECT_EQ(padded.input_ids, (std::vector<std::int32_t>{10, 11, 12, 13, 14, 99, 99, 99, 20, 21}));
+  EXPECT_EQ(padded.attention_mask, (std::vector<std::uint8_t>{1, 1, 1, 1, 1, 0, 0, 0, 1, 1}));
+  // prompt 0 is unpadded: {4, 1}; prompt 1 has 3 tokens of padding: {1, 0} -> {4, 3}.
+  EXPECT_EQ(padded.positions_padded, (std::vector<std::int32_t>{4, 1, 4, 3}));
+  auto bad = two_prompt_batch();
+  bad.prompts[0].positions = {5, 0};
+  EXPECT_THROW(static_cast<void>(pad_batch(bad, 0)), InputError);
+  const auto expected = expected_g4_result(two_prompt_batch());
+  EXPECT_EQ(expected.saved_name, kSaveName);
+  EXPECT_EQ(expected.probe_layers, (std::vector<std::int64_t>{2, 1}));
+  EXPECT_EQ(expected.data_bytes(), 2 * 3 * 2 * 8 * 2);
 }
 
 TEST(ModelKey, EscapesLikePythonJsonDumpsWithEnsureAscii) {

@@ -148,6 +148,40 @@ TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
   EXPECT_EQ(decode_result(file_of(ts::Value{std::move(root)}), expected_f16()).probes.size(), 2);
 }
 
+ts::Value g4_result(std::vector<std::pair<std::string, ts::Value>> saved) {
+  ts::Dict root;
+  for (auto& [name, value] : saved) root.items.emplace_back(ts::Value{name}, std::move(value));
+  return ts::Value{std::move(root)};
+}
+
+TEST(ResultDecoder, AG4ResultIsTheSavedVariableOfTheExpectedName) {
+  auto expected = expected_f16();
+  expected.saved_name = kSaveName;
+  std::vector<std::pair<std::string, ts::Value>> saved;
+  saved.emplace_back("other", ts::Value{std::int64_t{3}});
+  saved.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  const auto decoded = decode_result(file_of(g4_result(std::move(saved))), expected);
+  ASSERT_EQ(decoded.probes.size(), 2U);
+  EXPECT_EQ(at16(decoded.probes[1].bytes, 0), 16);  // row 0, layer 2: element 2 * P * H
+}
+
+TEST(ResultDecoder, AG4ResultWithoutTheVariableNamesWhatItHolds) {
+  auto expected = expected_f16();
+  expected.saved_name = kSaveName;
+  std::vector<std::pair<std::string, ts::Value>> saved;
+  saved.emplace_back("acts", tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  EXPECT_EQ(decode_message(file_of(g4_result(std::move(saved))), expected),
+            "result file has no saved variable \"ndif_sweep_acts\" (it holds \"acts\")");
+  std::vector<std::pair<std::string, ts::Value>> wrong_type;
+  wrong_type.emplace_back(kSaveName, ts::Value{std::string("text")});
+  EXPECT_EQ(decode_message(file_of(g4_result(std::move(wrong_type))), expected),
+            "result variable \"ndif_sweep_acts\" is a str, expected a tensor");
+  std::vector<std::pair<std::string, ts::Value>> wrong_shape;
+  wrong_shape.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 2}, pattern16(24)));
+  EXPECT_NE(decode_message(file_of(g4_result(std::move(wrong_shape))), expected).find("expected (2, 3, 2, 4)"),
+            std::string::npos);
+}
+
 TEST(ResultDecoder, ShapeMismatchNamesExpectedAndGot) {
   const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 4, 2}, pattern16(48))));
   EXPECT_EQ(

@@ -19,6 +19,8 @@ TEST(StatusParse, ReceivedHoldsTheJobId) {
 
 TEST(StatusParse, EveryDocumentedStatusMapsToItsState) {
   const std::pair<const char*, JobState> cases[] = {{"QUEUED", JobState::queued},
+                                                    {"PROVISIONING", JobState::provisioning},
+                                                    {"DEPLOYING", JobState::deploying},
                                                     {"DISPATCHED", JobState::dispatched},
                                                     {"RUNNING", JobState::running},
                                                     {"LOG", JobState::log},
@@ -31,6 +33,7 @@ TEST(StatusParse, EveryDocumentedStatusMapsToItsState) {
     const auto s = parse_status(std::string(R"({"id": "j", "status": ")") + name + R"("})");
     EXPECT_EQ(s.state, state) << name;
     EXPECT_EQ(s.status, name);
+    if (state != JobState::unknown) EXPECT_STREQ(state_name(state), name);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "../../../src/ndif/curl_handles.hpp"
 #include "ndif_sweep/core/error.hpp"
@@ -412,6 +413,178 @@ TEST(JobTransport, SeveralAttemptsRunAtOnceAndCancelAllDropsThem) {
   EXPECT_TRUE(transport.run(std::chrono::milliseconds(10)).empty());
 }
 
+EncodedRequest g4_request() {
+  EncodedRequest r = small_request();
+  r.envelope = R"({"model_key":"nnsight.modeling.transformers.TransformersModel:{}","session_id":"","compress":true,"env":{}})";
+  r.headers = {{"nnsight-version", "0.8.1"}, {"python-version", "3.11.7 (main)"}};
+  r.expected.saved_name = kSaveName;
+  return r;
+}
+
+TEST(G4Transport, PostsTheEnvelopeAndBlobAsMultipartWithNnsightsHeaders) {
+  FakeService service;
+  service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
+  service.get("/response/job-1", [&](const auto&, auto& res) {
+    reply_status(res, "COMPLETED", "\"" + service.base() + "/blob/job-1?expires=9&signature=x\"");
+  });
+  service.get("/blob/job-1", [](const auto&, auto& res) { res.set_content("result-bytes", "application/octet-stream"); });
+
+  JobTransport transport(options_for(service));
+  const double before =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  transport.submit(JobTicket{1, 1}, g4_request());
+  const auto done = run_one(transport);
+  ASSERT_FALSE(done.failure) << done.failure->message;
+  EXPECT_EQ(text(done.result), "result-bytes");
+
+  const auto requests = service.requests();
+  const auto& post = requests.front();
+  ASSERT_TRUE(post.is_multipart_form_data()) << post.get_header_value("Content-Type");
+  ASSERT_TRUE(post.has_file("data"));
+  ASSERT_TRUE(post.has_file("blob"));
+  EXPECT_EQ(post.get_file_value("data").content, g4_request().envelope);
+  EXPECT_EQ(post.get_file_value("data").filename, "");
+  EXPECT_EQ(post.get_file_value("blob").content, "compressed graph bytes");
+  EXPECT_EQ(post.get_file_value("blob").filename, "request");
+  EXPECT_EQ(post.get_file_value("blob").content_type, "application/octet-stream");
+  EXPECT_EQ(post.get_header_value("ndif-api-key"), kKey);
+  EXPECT_EQ(post.get_header_value("nnsight-version"), "0.8.1");
+  EXPECT_EQ(post.get_header_value("python-version"), "3.11.7 (main)");
+  const double stamped = std::stod(post.get_header_value("ndif-timestamp"));
+  EXPECT_GE(stamped, before - 1);
+  EXPECT_LE(stamped, before + 60);
+  EXPECT_FALSE(post.has_header("model_key"));
+  // The presigned download carries no NDIF header at all.
+  const auto& download = requests.back();
+  EXPECT_EQ(download.path, "/blob/job-1");
+  EXPECT_FALSE(download.has_header("ndif-api-key"));
+  EXPECT_FALSE(download.has_header("nnsight-version"));
+  EXPECT_FALSE(download.has_header("ndif-timestamp"));
+}
+
+TEST(G4Transport, A404BeforeTheFirstStoredStatusMeansNotYetAndTheStatesAreReported) {
+  FakeService service;
+  std::atomic<int> polls{0};
+  service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
+  service.get("/response/job-1", [&](const auto&, auto& res) {
+    const int n = ++polls;
+    if (n <= 3) {
+      res.status = 404;
+      res.set_content(R"({"detail": "No response for request job-1."})", "application/json");
+    } else if (n == 4) {
+      reply_status(res, "QUEUED", "null", "Added to Queue at position 1.");
+    } else if (n == 5) {
+      reply_status(res, "PROVISIONING", "null", "Model Provisioning...");
+    } else if (n == 6) {
+      reply_status(res, "SOMETHING_NEW");
+    } else {
+      reply_status(res, "COMPLETED", "\"" + service.base() + "/blob/job-1\"");
+    }
+  });
+  service.get("/blob/job-1", [](const auto&, auto& res) { res.set_content("r", "application/octet-stream"); });
+
+  JobTransport transport(options_for(service));
+  transport.submit(JobTicket{1, 1}, g4_request());
+  std::vector<std::string> seen;
+  std::optional<FinishedJob> done;
+  for (int i = 0; i < 400 && !done; ++i) {
+    for (auto& f : transport.run(std::chrono::milliseconds(20))) done = std::move(f);
+    for (auto state : transport.in_flight_states())
+      if (seen.empty() || seen.back() != state_name(state)) seen.emplace_back(state_name(state));
+  }
+  ASSERT_TRUE(done);
+  ASSERT_FALSE(done->failure) << done->failure->message;
+  EXPECT_EQ(polls.load(), 7);
+  const std::vector<std::string> expected{"RECEIVED", "QUEUED", "PROVISIONING", "UNKNOWN", "COMPLETED"};
+  EXPECT_EQ(seen, expected);
+}
+
+TEST(G4Transport, A404AfterAStoredStatusMeansTheJobIsGoneAndIsRetried) {
+  FakeService service;
+  std::atomic<int> polls{0};
+  service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
+  service.get("/response/job-1", [&](const auto&, auto& res) {
+    if (++polls == 1) {
+      reply_status(res, "QUEUED");
+    } else {
+      res.status = 404;
+      res.set_content(R"({"detail": "No response for request job-1."})", "application/json");
+    }
+  });
+  auto options = options_for(service);
+  options.poll_failures_allowed = 1;
+  JobTransport transport(options);
+  transport.submit(JobTicket{1, 1}, g4_request());
+  const auto done = run_one(transport);
+  ASSERT_TRUE(done.failure);
+  EXPECT_EQ(done.failure->verdict, Verdict::retry);
+  EXPECT_EQ(done.failure->stage, Stage::poll);
+  EXPECT_EQ(done.failure->http_status, 404);
+}
+
+TEST(G4Transport, IngressRefusalsCarryTheServersWordsAndAHint) {
+  for (const auto& [status, detail, verdict, hint] :
+       std::vector<std::tuple<int, std::string, Verdict, std::string>>{
+           {401, "Missing or invalid API key.", Verdict::refused, "needs an API key"},
+           {403, "Invalid API key.", Verdict::refused, "does not know this API key"},
+           {400, "Client nnsight version 0.7.0 is below the minimum supported 0.8.0.", Verdict::refused, "rejected the client"},
+           {422, "Field required", Verdict::refused, "could not read the request"},
+           {503, "Service temporarily unavailable: compute backend is reconnecting.", Verdict::retry, "temporarily unavailable"}}) {
+    FakeService service;
+    service.post("/request", [&, status = status, detail = detail](const auto&, auto& res) {
+      res.status = status;
+      res.set_content(R"({"detail": ")" + detail + R"("})", "application/json");
+    });
+    JobTransport transport(options_for(service));
+    transport.submit(JobTicket{1, 1}, g4_request());
+    const auto done = run_one(transport);
+    ASSERT_TRUE(done.failure);
+    EXPECT_EQ(done.failure->verdict, verdict) << status;
+    EXPECT_EQ(done.failure->http_status, status);
+    EXPECT_NE(done.failure->message.find(detail), std::string::npos) << done.failure->message;
+    EXPECT_NE(done.failure->message.find(hint), std::string::npos) << done.failure->message;
+    EXPECT_EQ(done.failure->message.find(kKey), std::string::npos) << done.failure->message;
+  }
+}
+
+TEST(G4Transport, AServerThatQuotesTheKeyNeverGetsItIntoAMessage) {
+  FakeService service;
+  service.post("/request", [](const auto& req, auto& res) {
+    res.status = 400;
+    res.set_content(R"({"detail": "Invalid API key format: ')" + req.get_header_value("ndif-api-key") +
+                        R"('. API keys must be in the format: xxxxxxxx-xxxx."})",
+                    "application/json");
+  });
+  JobTransport transport(options_for(service));
+  transport.submit(JobTicket{1, 1}, g4_request());
+  const auto done = run_one(transport);
+  ASSERT_TRUE(done.failure);
+  EXPECT_EQ(done.failure->message.find(kKey), std::string::npos) << done.failure->message;
+  EXPECT_NE(done.failure->message.find("Invalid API key format: '<the API key>'"), std::string::npos)
+      << done.failure->message;
+  const auto check = check_api_key(service.base(), kKey, "{}", spec::Timeouts{2, 5, 20, 0.05});
+  EXPECT_EQ(check.words.find(kKey), std::string::npos) << check.words;
+}
+
+TEST(KeyCheck, AnEnvelopeWithoutBlobTellsAcceptedFromRefusedWithoutMakingAJob) {
+  FakeService service;
+  service.post("/request", [](const auto& req, auto& res) {
+    EXPECT_TRUE(req.has_file("data"));
+    EXPECT_FALSE(req.has_file("blob"));
+    const auto key = req.get_header_value("ndif-api-key");
+    res.status = key == kKey ? 422 : key == "not-a-uuid" ? 400 : 403;
+    res.set_content(R"({"detail": "x"})", "application/json");
+  });
+  const spec::Timeouts t{2, 5, 20, 0.05};
+  EXPECT_EQ(check_api_key(service.base(), kKey, "{}", t).outcome, KeyCheck::Outcome::accepted);
+  const auto refused = check_api_key(service.base(), "other", "{}", t);
+  EXPECT_EQ(refused.outcome, KeyCheck::Outcome::refused);
+  EXPECT_EQ(refused.http_status, 403);
+  EXPECT_EQ(check_api_key(service.base(), "not-a-uuid", "{}", t).outcome, KeyCheck::Outcome::refused);
+  EXPECT_EQ(check_api_key("http://127.0.0.1:1", kKey, "{}", spec::Timeouts{1, 2, 5, 0.05}).outcome,
+            KeyCheck::Outcome::unknown);
+}
+
 TEST(CurlHeaders, EmptyValuesUseCurlsSemicolonFormSoTheyAreSentNotDropped) {
   curl::Slist list;
   curl::append_header(list, "callback", "");
@@ -423,7 +596,7 @@ TEST(CurlHeaders, EmptyValuesUseCurlsSemicolonFormSoTheyAreSentNotDropped) {
   EXPECT_EQ(list->next->next, nullptr);
 }
 
-TEST(ModelConfig, ComesFromTheDeploymentOfTheModelOrAWildcard) {
+TEST(Deployments, ComeFromGetStatusWithTheKeyAndPickTheModelOrAWildcard) {
   FakeService service;
   service.get("/status", [](const auto& req, auto& res) {
     if (req.get_header_value("ndif-api-key") != kKey) {
@@ -437,26 +610,41 @@ TEST(ModelConfig, ComesFromTheDeploymentOfTheModelOrAWildcard) {
                     "application/json");
   });
   const spec::Timeouts t{2, 5, 20, 0.05};
-  const auto exact = fetch_model_config(service.base(), kKey, t, "meta-llama/Llama-3.1-8B");
-  EXPECT_EQ(exact.hidden_size, 4096);
-  EXPECT_EQ(exact.num_hidden_layers, 32);
-  const auto wildcard = fetch_model_config(service.base(), kKey, t, "gpt2");
-  EXPECT_EQ(wildcard.hidden_size, 64);
-  EXPECT_EQ(wildcard.num_hidden_layers, 8);
-  EXPECT_THROW(static_cast<void>(fetch_model_config(service.base(), "wrong", t, "gpt2")), ServiceRefused);
+  const auto deployments = fetch_deployments(service.base(), kKey, t);
+  ASSERT_EQ(deployments.size(), 3U);
+  const auto& exact = choose_deployment(deployments, "meta-llama/Llama-3.1-8B", std::nullopt, service.base());
+  EXPECT_EQ(exact.config->hidden_size, 4096);
+  EXPECT_EQ(exact.config->num_hidden_layers, 32);
+  const auto& wildcard = choose_deployment(deployments, "gpt2", std::nullopt, service.base());
+  EXPECT_EQ(wildcard.config->hidden_size, 64);
+  EXPECT_EQ(wildcard.config->num_hidden_layers, 8);
+  EXPECT_THROW(static_cast<void>(fetch_deployments(service.base(), "wrong", t)), ServiceRefused);
 }
 
-TEST(ModelConfig, AModelThatIsNotDeployedIsAnInputErrorNamingTheDeployments) {
+TEST(Deployments, AModelThatIsNotDeployedIsAnInputErrorNamingTheDeployments) {
   FakeService service;
   service.get("/status", [](const auto&, auto& res) {
     res.set_content(R"({"deployments": {"a": {"repo_id": "other/model"}}})", "application/json");
   });
+  const auto deployments = fetch_deployments(service.base(), kKey, spec::Timeouts{2, 5, 20, 0.05});
   try {
-    static_cast<void>(fetch_model_config(service.base(), kKey, spec::Timeouts{2, 5, 20, 0.05}, "gpt2"));
+    static_cast<void>(choose_deployment(deployments, "gpt2", std::nullopt, service.base()));
     FAIL();
   } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("deployments: a"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("deployments: \"other/model\""), std::string::npos) << e.what();
   }
+}
+
+TEST(Env, IsReadWithoutAKey) {
+  FakeService service;
+  service.get("/env", [](const auto& req, auto& res) {
+    EXPECT_FALSE(req.has_header("ndif-api-key"));
+    res.set_content(R"J({"python_version": "3.12.3 (main)", "packages": {"nnsight": "0.8.1", "torch": "2.13.0"}})J",
+                    "application/json");
+  });
+  const auto env = fetch_env(service.base(), spec::Timeouts{2, 5, 20, 0.05});
+  EXPECT_EQ(env.python_version, "3.12.3 (main)");
+  EXPECT_EQ(env.nnsight_version, "0.8.1");
 }
 
 TEST(Ping, AnswersTrueOnlyForALiveService) {

@@ -219,7 +219,63 @@ TEST(JobSpec, CanonicalJsonFillsDefaultsAndKeepsPathsAsWritten) {
   EXPECT_TRUE(canonical["model_config"].is_null());
   EXPECT_TRUE(canonical["revision"].is_null());
   EXPECT_EQ(canonical["dtype"], "float16");
-  EXPECT_EQ(canonical.size(), 17U);
+  EXPECT_EQ(canonical["encoder"], "graph");
+  EXPECT_EQ(canonical["protocol"], "g4");
+  EXPECT_TRUE(canonical["python"].is_null());
+  EXPECT_TRUE(canonical["model_key"].is_null());
+  EXPECT_EQ(canonical.size(), 21U);
+}
+
+TEST(JobSpec, TheEncoderFollowsTheEndpointUnlessTheJobNamesIt) {
+  EXPECT_EQ(parse(minimal_job()).encoder, EncoderKind::graph);
+  json remote = minimal_job();
+  remote["endpoint"] = "https://api.ndif.us";
+  const JobSpec production = parse(remote);
+  EXPECT_EQ(production.encoder, EncoderKind::nnsight);
+  EXPECT_FALSE(production.encoder_given);
+  EXPECT_EQ(production.protocol, Protocol::g4);
+  remote["encoder"] = "graph";
+  remote["protocol"] = "g2";
+  const JobSpec old_server = parse(remote);
+  EXPECT_EQ(old_server.encoder, EncoderKind::graph);
+  EXPECT_TRUE(old_server.encoder_given);
+  EXPECT_EQ(old_server.protocol, Protocol::g2);
+}
+
+TEST(JobSpec, PythonAndModelKeyAreKeptAsWritten) {
+  json job = minimal_job();
+  job["endpoint"] = "http://127.0.0.1:8000";
+  job["python"] = "/opt/venv/bin/python";
+  job["model_key"] = R"(nnsight.modeling.transformers.TransformersModel:{"repo_id": "x"})";
+  const JobSpec spec = parse(job);
+  EXPECT_EQ(spec.python, "/opt/venv/bin/python");
+  EXPECT_EQ(spec.model_key, R"(nnsight.modeling.transformers.TransformersModel:{"repo_id": "x"})");
+  EXPECT_EQ(spec.canonical_json()["python"], "/opt/venv/bin/python");
+}
+
+TEST(JobSpec, EncoderAndProtocolThatCannotWorkTogetherAreRejected) {
+  json job = minimal_job();
+  job["encoder"] = "nnsight";
+  EXPECT_THAT(job_error(job), HasSubstr("cannot run against \"endpoint\": \"local\""));
+  job["endpoint"] = "https://api.ndif.us";
+  job["protocol"] = "g2";
+  EXPECT_THAT(job_error(job), HasSubstr("\"encoder\": \"nnsight\" needs \"protocol\": \"g4\""));
+  job = minimal_job();
+  job["endpoint"] = "https://api.ndif.us";
+  job["protocol"] = "g2";  // a remote endpoint defaults to the nnsight encoder
+  EXPECT_THAT(job_error(job), HasSubstr("needs \"protocol\": \"g4\""));
+  job = minimal_job();
+  job["encoder"] = "pickle";
+  EXPECT_THAT(job_error(job), HasSubstr("job.json: \"encoder\""));
+  job = minimal_job();
+  job["protocol"] = "g3";
+  EXPECT_THAT(job_error(job), HasSubstr("job.json: \"protocol\""));
+  job = minimal_job();
+  job["python"] = "";
+  EXPECT_THAT(job_error(job), HasSubstr("\"python\""));
+  job = minimal_job();
+  job["model_key"] = 3;
+  EXPECT_THAT(job_error(job), HasSubstr("\"model_key\""));
 }
 
 TEST(JobSpec, CanonicalJsonIsTheSameWhereverTheJobFileIsNamedFrom) {

@@ -1,0 +1,76 @@
+#include "ndif_sweep/ndif/encoder_wire.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "ndif_sweep/core/error.hpp"
+
+namespace ndif::remote::wire {
+namespace {
+
+constexpr char kMagic[4] = {'N', 'S', 'E', '1'};
+
+void put_le(std::vector<std::byte>& out, std::uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<std::byte>((value >> (8 * i)) & 0xFF));
+}
+
+std::uint64_t get_le(const std::byte* in, int bytes) {
+  std::uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value |= static_cast<std::uint64_t>(in[i]) << (8 * i);
+  return value;
+}
+
+}  // namespace
+
+std::vector<std::byte> frame(const nlohmann::json& body, std::span<const std::byte> attachment) {
+  if (!body.is_object()) throw InternalError("encoder message body must be a JSON object");
+  const std::string text = body.dump();
+  if (text.size() > kMaxJsonBytes || attachment.size() > kMaxAttachmentBytes)
+    throw InternalError(fmt::format("encoder message too large ({} + {} bytes)", text.size(), attachment.size()));
+  std::vector<std::byte> out;
+  out.reserve(kHeaderBytes + text.size() + attachment.size());
+  for (char c : kMagic) out.push_back(static_cast<std::byte>(c));
+  put_le(out, text.size(), 4);
+  put_le(out, attachment.size(), 8);
+  const auto* bytes = reinterpret_cast<const std::byte*>(text.data());
+  out.insert(out.end(), bytes, bytes + text.size());
+  out.insert(out.end(), attachment.begin(), attachment.end());
+  return out;
+}
+
+void FrameReader::feed(std::span<const std::byte> bytes) {
+  if (start_ > 0 && start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
+  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+}
+
+std::optional<Message> FrameReader::next() {
+  if (pending() < kHeaderBytes) return std::nullopt;
+  const std::byte* head = buffer_.data() + start_;
+  if (std::memcmp(head, kMagic, sizeof kMagic) != 0)
+    throw DecodeError("the encoder sent bytes that are not a frame (bad magic)");
+  const std::uint64_t json_len = get_le(head + 4, 4);
+  const std::uint64_t bin_len = get_le(head + 8, 8);
+  if (json_len > kMaxJsonBytes || bin_len > kMaxAttachmentBytes)
+    throw DecodeError(fmt::format("the encoder announced a frame of {} + {} bytes, over the limits", json_len, bin_len));
+  const std::uint64_t total = kHeaderBytes + json_len + bin_len;
+  if (pending() < total) return std::nullopt;
+  const char* text = reinterpret_cast<const char*>(head + kHeaderBytes);
+  Message message;
+  message.body = nlohmann::json::parse(text, text + json_len, nullptr, /*allow_exceptions=*/false);
+  if (message.body.is_discarded() || !message.body.is_object())
+    throw DecodeError("the encoder sent a frame whose JSON part is not a JSON object");
+  const std::byte* attachment = head + kHeaderBytes + json_len;
+  message.attachment.assign(attachment, attachment + bin_len);
+  start_ += static_cast<std::size_t>(total);
+  if (start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
+  return message;
+}
+
+}  // namespace ndif::remote::wire

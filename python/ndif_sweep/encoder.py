@@ -51,6 +51,13 @@ SAVE_NAME = "ndif_sweep_acts"
 
 DTYPES = ("float16", "bfloat16", "float32")
 
+#: Test hook: ``NDIF_SWEEP_ENCODER_TEST_FAULT=KIND:N[:MARKER]`` makes the N-th encode of this process
+#: misbehave, once per MARKER file when one is given (the fault creates it). KIND is ``crash``
+#: (the process exits), ``hang`` (it never answers), ``garbage`` (bytes that are not a frame),
+#: ``wrong_dtype`` (a blob that converts to float32 instead) or ``wrong_name`` (a blob that saves
+#: another variable). ndif-sweep's tests use it to prove that each failure is survived or reported.
+FAULT_ENV = "NDIF_SWEEP_ENCODER_TEST_FAULT"
+
 
 class EncoderError(Exception):
     """A failure reported to the client as ``kind`` and a message that names the fix."""
@@ -120,6 +127,28 @@ def _trace(model, inputs, reads, uses, rows, positions, dtype, backend):
         ndif_sweep_acts = torch.stack([picked[s] for s in range(len(picked))], dim=1).to(dtype).save()
 
 
+class _Fault:
+    """The parsed test fault, if any (see FAULT_ENV)."""
+
+    def __init__(self, text: str) -> None:
+        parts = text.split(":")
+        self.kind = parts[0]
+        self.at = int(parts[1]) if len(parts) > 1 and parts[1] else 1
+        self.marker = parts[2] if len(parts) > 2 else ""
+        self.encodes = 0
+
+    def due(self) -> Optional[str]:
+        self.encodes += 1
+        if self.encodes != self.at:
+            return None
+        if self.marker:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                return None
+        return self.kind
+
+
 class Encoder:
     """The meta model and the per-batch encoding; every public method holds the lock, because
     nnsight's tracing is not meant for concurrent use of one model."""
@@ -129,6 +158,8 @@ class Encoder:
         self.config: Optional[dict] = None
         self.opened: Optional[dict] = None
         self.model = None
+        fault = os.environ.get(FAULT_ENV, "")
+        self.fault = _Fault(fault) if fault else None
 
     # -- open ------------------------------------------------------------------------------
 
@@ -354,7 +385,12 @@ class Encoder:
                 inputs["position_ids"] = _positions_from_mask(mask)
             backend = _capture_backend(self.model_key, self.env)
             rows = torch.arange(batch).unsqueeze(1)
-            _trace(self.model, inputs, self.reads, self.uses, rows, positions, self.dtype, backend)
+            fault = self.fault.due() if self.fault else None
+            if fault in ("crash", "hang", "garbage"):
+                raise _Misbehave(fault)
+            dtype = torch.float32 if fault == "wrong_dtype" else self.dtype
+            trace = _trace_wrong_name if fault == "wrong_name" else _trace
+            trace(self.model, inputs, self.reads, self.uses, rows, positions, dtype, backend)
             reply = {
                 "ok": True,
                 "envelope": backend.envelope,
@@ -363,6 +399,21 @@ class Encoder:
                 "save_name": SAVE_NAME,
             }
             return reply, backend.blob
+
+
+def _trace_wrong_name(model, inputs, reads, uses, rows, positions, dtype, backend):
+    # The test fault "wrong_name": a request that saves its result under another variable.
+    import torch
+
+    index = uses[0][0][1]
+    with model.trace(inputs, backend=backend):
+        out = reads[0].output
+        value = out if index is None else out[index]
+        other = value[rows, positions].to(dtype).save()
+
+
+class _Misbehave(Exception):
+    """A test fault that breaks the connection rather than answering (see FAULT_ENV)."""
 
 
 def _capture_backend(model_key: str, env: dict):
@@ -406,7 +457,16 @@ def _serve_connection(connection: socket.socket, encoder: Encoder) -> None:
                 elif op == "tokenize":
                     reply = encoder.tokenize(request)
                 elif op == "encode":
-                    reply, blob = encoder.encode(request, attachment)
+                    try:
+                        reply, blob = encoder.encode(request, attachment)
+                    except _Misbehave as fault:
+                        if str(fault) == "crash":
+                            os._exit(70)
+                        if str(fault) == "hang":
+                            threading.Event().wait()
+                        stream.write(b"Traceback (most recent call last): not a frame\n" * 4)
+                        stream.flush()
+                        return
                 else:
                     reply = wire.error_reply("bad_request", f"unknown operation {op!r}")
             except EncoderError as error:

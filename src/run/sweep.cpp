@@ -226,7 +226,10 @@ class Coordinator {
     return out;
   }
 
-  void done(const BatchReport& r) { progress_.batch_done(r.rows, r.bytes); }
+  void done(const BatchReport& r) {
+    progress_.batch_done(r.rows, r.bytes);
+    rejected_in_a_row_ = 0;
+  }
   void failed(std::int32_t batch, const std::string& why) {
     progress_.batch_failed();
     std::cerr << fmt::format("ndif-sweep: batch {} failed after all attempts: {}\n", batch, why);
@@ -237,6 +240,13 @@ class Coordinator {
     ++invalid_;
     std::cerr << fmt::format("ndif-sweep: batch {} was rejected by the service and is not retried: {}\n", batch,
                              why);
+    // The same request built for other prompts: when batch after batch is rejected with nothing
+    // done between, the rest would be rejected too. Stop sending them.
+    if (++rejected_in_a_row_ == kRejectedInARowToStop) {
+      refused(fmt::format("{} batches in a row were rejected as invalid requests (the last: {}); stopping "
+                          "before sending the rest",
+                          kRejectedInARowToStop, why));
+    }
   }
   /// The states of `rank`'s jobs in flight, for the progress line.
   void states(int rank, std::map<std::string, int> counts) {
@@ -263,8 +273,10 @@ class Coordinator {
 
  private:
   const PreparedJob& job_;
+  static constexpr int kRejectedInARowToStop = 3;
   std::map<int, std::map<std::string, int>> in_flight_;
   int invalid_ = 0;
+  int rejected_in_a_row_ = 0;
   std::deque<std::int32_t> pending_;
   ProgressReporter& progress_;
   std::set<int> active_;
@@ -476,7 +488,16 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
                     "in it (the key never goes into the job file)",
                     spec.job_file.string(), spec.api_key_env));
   std::optional<ServiceFacts> facts;
-  if (spec.endpoint != "local") facts = query_service(spec, c.api_key);
+  if (spec.endpoint != "local") {
+    facts = query_service(spec, c.api_key);
+    if (spec.model_key && !facts->deployment.repo_id.empty() && facts->deployment.repo_id != spec.model &&
+        facts->deployment.repo_id != "*") {
+      std::cerr << fmt::format(
+          "ndif-sweep: warning: the job's \"model_key\" names a deployment of \"{}\", not of \"model\" \"{}\"; "
+          "its requests are built from {}'s files\n",
+          facts->deployment.repo_id, spec.model, spec.model);
+    }
+  }
 
   auto& job = setup->job;
   job = prepare_job(std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); });

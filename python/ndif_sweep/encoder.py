@@ -511,7 +511,7 @@ def main(argv: Optional[list] = None) -> int:
     os.chmod(temporary, 0o600)
     server.listen(64)
     os.replace(temporary, args.socket)
-    print(f"ndif-sweep encoder {os.getpid()} serving {args.socket} with {sys.executable}", file=sys.stderr, flush=True)
+    print(f"serving {args.socket} with {sys.executable}", file=sys.stderr, flush=True)
     while True:
         connection, _ = server.accept()
         threading.Thread(target=_serve_connection, args=(connection, encoder), daemon=True).start()

@@ -43,6 +43,13 @@ int main(int argc, char** argv) {
   plan->add_option("job", plan_job, "job spec (JSON)")->required();
   plan->add_flag("--json", plan_json, "print JSON");
 
+  std::string check_job;
+  bool check_json = false, check_probe = false;
+  auto* check = app.add_subcommand("check", "pre-flight against the service: versions, model, key, encoder (writes nothing)");
+  check->add_option("job", check_job, "job spec (JSON)")->required();
+  check->add_flag("--probe", check_probe, "also run one 1-prompt job end to end and check its shape");
+  check->add_flag("--json", check_json, "print JSON");
+
   std::string status_file;
   bool status_json = false;
   auto* status = app.add_subcommand("status", "progress of an output file, also while a run writes it");
@@ -86,6 +93,21 @@ int main(int argc, char** argv) {
       rc = ndif::run::run_sweep(run_opts);
     } catch (const ndif::Error& e) {
       rc = report(e, is_root);
+    } catch (const std::exception& e) {
+      std::cerr << "ndif-sweep: internal error: " << e.what() << '\n';
+      rc = 1;
+    }
+    curl_global_cleanup();
+    return rc;
+  }
+
+  if (*check) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = 0;
+    try {
+      rc = ndif::run::check_command(check_job, check_probe, check_json, std::cout);
+    } catch (const ndif::Error& e) {
+      rc = report(e, true);
     } catch (const std::exception& e) {
       std::cerr << "ndif-sweep: internal error: " << e.what() << '\n';
       rc = 1;

@@ -215,12 +215,38 @@ class Tokenize(TempDirTestCase):
             self.assertEqual(g, w, f"text {text!r}")
 
 
+class CheckLocal(TempDirTestCase):
+    def test_check_of_a_local_job_starts_the_bundled_server_and_probes_it(self):
+        harness.require_binaries(self)
+        job_path, _ = make_job(self.dir, lines_24())
+        result = sweep("check", job_path, "--probe", "--json", timeout=120)
+        self.assertEqual(result.returncode, 0, result.describe())
+        report = json.loads(result.stdout)
+        self.assertTrue(report["ok"])
+        statuses = {c["name"]: c["status"] for c in report["checks"]}
+        self.assertEqual(statuses, {"job file": "ok", "endpoint": "ok", "prompts": "ok", "encoder": "ok",
+                                    "encode": "ok", "probe": "ok"})
+        probe = [c for c in report["checks"] if c["name"] == "probe"][0]["detail"]
+        self.assertIn("(1, 7, 2, 32) float16", probe)
+        self.assertFalse((self.dir / "out.h5").exists(), "check wrote the output file")
+
+    def test_check_of_a_broken_job_fails_at_the_job_file_with_exit_2(self):
+        harness.require_binaries(self, "ndif-sweep")
+        job_path, job = make_job(self.dir, lines_24())
+        job["dtype"] = "float8"
+        job_path.write_text(json.dumps(job))
+        result = sweep("check", job_path, timeout=60)
+        self.assertEqual(result.returncode, 2, result.describe())
+        self.assertIn("FAIL  job file", result.stdout)
+        self.assertIn("\"dtype\"", result.stdout)
+
+
 class HelpAndVersion(TempDirTestCase):
     def test_help_lists_every_command(self):
         harness.require_binaries(self, "ndif-sweep")
         result = sweep("--help", timeout=30)
         self.assertEqual(result.returncode, 0, result.describe())
-        for command in ("run", "plan", "status", "export", "verify", "tokenize"):
+        for command in ("run", "plan", "check", "status", "export", "verify", "tokenize"):
             self.assertIn(command, result.stdout)
 
     def test_version(self):

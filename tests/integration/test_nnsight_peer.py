@@ -128,7 +128,7 @@ class ExactSweeps(PeerTestCase):
         self.assertEqual(result.returncode, 0, result.describe())
         # One encoder serves both ranks of this node.
         self.assertEqual(len({l.split()[2] for l in result.stderr.splitlines()
-                              if l.startswith("ndif-sweep: encoder ") and "serving" in l}), 1, result.stderr)
+                              if l.startswith("ndif-sweep: encoder ") and ": serving " in l}), 1, result.stderr)
         self.assertGreater(self.check_exact(self.dir / "out.h5", job, lines), 0)
 
     def test_float32_and_each_prompt_alone_within_the_tolerance(self):
@@ -162,6 +162,35 @@ class ExactSweeps(PeerTestCase):
         alone = rm.alone_values(rm.GPT2, rm.PROBES[rm.GPT2], tokens[0], positions[0], "float32")
         drift = max(float(np.abs(shifted[name][0] - alone[name]).max()) for name in alone)
         self.assertGreater(drift, 10 * ALONE_TOLERANCE)
+
+
+class Secrets(PeerTestCase):
+    def test_the_encoder_never_sees_the_api_key(self):
+        import subprocess
+        import time
+        lines = prompt_lines(20, seed=41)
+        job_path, _ = self.job(lines, max_inflight=1,
+                               batch={"target_mb": 0.002, "max_prompts": 1, "max_tokens": 4096, "sort_by_length": True})
+        proc = self.own_process(subprocess.Popen(
+            harness.sweep_cmd("run", job_path, "--progress", "none"), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self.env(), start_new_session=True))
+        encoders = 0
+        while proc.poll() is None:
+            for pid in harness.descendants(proc.pid):
+                cmdline = harness.proc_read(pid, "cmdline") or b""
+                environ = harness.proc_read(pid, "environ") or b""
+                self.assertNotIn(rm.API_KEY.encode(), cmdline, f"pid {pid}")
+                if b"ndif_sweep.encoder" in cmdline:
+                    # The ranks read the key from their environment; the encoder gets none of it.
+                    encoders += 1
+                    self.assertNotIn(rm.API_KEY.encode(), environ)
+                    self.assertNotIn(b"NDIF_API_KEY=", environ)
+                    self.assertIn(b"HF_HUB_OFFLINE=1", environ)
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err.decode())
+        self.assertGreater(encoders, 0, "the encoder was never seen running")
+        self.assertNotIn(rm.API_KEY.encode(), out + err + (self.dir / "out.h5").read_bytes())
 
 
 class ServerFaults(PeerTestCase):
@@ -328,6 +357,42 @@ class EncoderFaults(PeerTestCase):
             batches = f["batches/done"].shape[0]
         sent = self.peer.stats()["submitted"] - before
         self.assertLess(sent, batches, "every batch was sent although the requests were all rejected")
+
+
+class Check(PeerTestCase):
+    def test_every_check_passes_and_the_probe_job_has_the_asked_shape(self):
+        job_path, _ = self.job(prompt_lines(6, seed=31))
+        before = self.peer.stats()["submitted"]
+        result = harness.sweep("check", job_path, "--probe", env=self.env(), timeout=300)
+        self.assertEqual(result.returncode, 0, result.describe())
+        for line in ("ok    deployment  ndif-sweep-test/tiny-llama is HOT", "ok    server      nnsight 0.8.1",
+                     "ok    key check   the service accepts the API key", "ok    canary",
+                     "ok    probe       a 1-prompt job (row 0) came back", "(1, 7, 2, 64) float16",
+                     "every check passed"):
+            self.assertIn(line, result.stdout)
+        self.assertEqual(self.peer.stats()["submitted"], before + 1, "the probe is the one job check sends")
+        self.assertFalse((self.dir / "out.h5").exists())
+        as_json = harness.sweep("check", job_path, "--json", env=self.env(), timeout=300)
+        self.assertEqual(as_json.returncode, 0, as_json.describe())
+        report = json.loads(as_json.stdout)
+        self.assertTrue(report["ok"])
+        self.assertEqual({c["name"]: c["status"] for c in report["checks"]}["probe"], "skip")
+        self.assertEqual({c["status"] for c in report["checks"]} - {"ok", "skip"}, set())
+        self.assertEqual(self.peer.stats()["submitted"], before + 1)
+
+    def test_a_failing_check_names_the_fix_and_gives_its_exit_code(self):
+        job_path, _ = self.job(["Hello world"], python="/usr/bin/python3")
+        result = harness.sweep("check", job_path, "--json", env=self.env(), timeout=300)
+        self.assertEqual(result.returncode, 2, result.describe())
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        self.assertEqual(checks["encoder"]["status"], "fail")
+        self.assertIn("cannot import nnsight", checks["encoder"]["detail"])
+        self.assertEqual(checks["encode"]["status"], "skip")
+        refused = harness.sweep("check", job_path, env=self.env(NDIF_API_KEY="3f0e8c52-1b7d-4a9e-8c6f-000000000000"),
+                                timeout=120)
+        self.assertEqual(refused.returncode, 5, refused.describe())
+        self.assertIn("FAIL  key check", refused.stdout)
+        self.assertNotIn("3f0e8c52-1b7d-4a9e-8c6f-000000000000", refused.stdout + refused.stderr)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ struct RunOptions {
 void plan_command(const std::filesystem::path& job_file, const JobOverrides& overrides, bool as_json,
                   std::ostream& out);
 
+/// `ndif-sweep check`: the pre-flight against the service as a checklist (or JSON): the endpoint
+/// answers, the model is deployed and its key, the server's nnsight, the API key accepted, the
+/// job's files, the encoder starts (matching the server's nnsight) and encodes the first batch, the
+/// tokenizer canary; with `probe` one 1-prompt job end to end with its shape checked. Writes
+/// nothing. Returns 0 when every check passed, else the exit code of the first that failed (2 bad
+/// input, 5 refused, 1 unreachable or another fault). Needs curl_global_init.
+[[nodiscard]] int check_command(const std::filesystem::path& job_file, bool probe, bool as_json, std::ostream& out);
+
 /// `ndif-sweep status`.
 void status_command(const std::filesystem::path& file, bool as_json, std::ostream& out);
 

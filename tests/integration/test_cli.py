@@ -215,6 +215,18 @@ class Tokenize(TempDirTestCase):
             self.assertEqual(g, w, f"text {text!r}")
 
 
+class ExampleJobs(TempDirTestCase):
+    def test_every_job_under_jobs_plans_without_error(self):
+        harness.require_binaries(self, "ndif-sweep")
+        jobs = sorted((harness.SOURCE / "jobs").glob("*.json"))
+        self.assertGreaterEqual(len(jobs), 2)
+        for job in jobs:
+            with self.subTest(job=job.name):
+                result = sweep("plan", job, "--json", timeout=120)
+                self.assertEqual(result.returncode, 0, result.describe())
+                self.assertGreater(json.loads(result.stdout)["batches"], 0)
+
+
 class CheckLocal(TempDirTestCase):
     def test_check_of_a_local_job_starts_the_bundled_server_and_probes_it(self):
         harness.require_binaries(self)

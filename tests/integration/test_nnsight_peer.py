@@ -152,6 +152,22 @@ class ExactSweeps(PeerTestCase):
                             worst = max(worst, float(np.abs(f[f"acts/{name}"][row] - values).max()))
                 self.assertLessEqual(worst, ALONE_TOLERANCE, f"{model}: largest deviation {worst}")
 
+    def test_model_files_from_a_directory_instead_of_the_cache(self):
+        snapshot = next((rm.hf_cache() / "models--ndif-sweep-test--tiny-llama" / "snapshots").iterdir())
+        self.assertFalse(list(snapshot.glob("*.safetensors")), "the skeleton's files hold no weights")
+        empty = self.dir / "empty-cache"
+        empty.mkdir()
+        lines = prompt_lines(8, seed=12)
+        job_path, job = self.job(lines)
+        without = self.run_sweep(job_path, env=self.env(HF_HUB_CACHE=str(empty)))
+        self.assertEqual(without.returncode, 2, without.describe())
+        self.assertIn("cannot build the meta skeleton", without.stderr)
+        self.assertIn("hf download ndif-sweep-test/tiny-llama", without.stderr)
+        self.assertFalse((self.dir / "out.h5").exists())
+        result = self.run_sweep(job_path, env=self.env(HF_HUB_CACHE=str(empty), NDIF_SWEEP_MODEL_DIR=str(snapshot)))
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.check_exact(self.dir / "out.h5", job, lines)
+
     def test_without_position_ids_gpt2_would_drift(self):
         # What the position ids protect against: GPT-2 left-padded without them reads a padded
         # prompt at shifted absolute positions, far outside the tolerance ndif-sweep keeps.

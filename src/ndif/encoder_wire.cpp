@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cstring>
+#include <limits>
 
 #include "ndif_sweep/core/error.hpp"
 
@@ -101,6 +102,47 @@ void check_reply(const nlohmann::json& body, const char* op) {
     throw InputError(fmt::format("nnsight encoder: {}", message));
   throw EncoderFailure(fmt::format("the nnsight encoder failed its {} ({}): {}", op, kind.empty() ? "?" : kind,
                                    message.empty() ? body.dump().substr(0, 300) : message));
+}
+
+EncoderHello hello_reply(const nlohmann::json& body, const std::string& where) {
+  check_reply(body, "hello");
+  const auto protocol = body.find("protocol");
+  if (protocol == body.end() || *protocol != kProtocol) {
+    throw InputError(fmt::format("the program at {} is not an ndif-sweep encoder of protocol {} (it answered {})", where,
+                                 kProtocol, body.dump().substr(0, 200)));
+  }
+  EncoderHello hello;
+  hello.nnsight_version = text_of(body, "nnsight");
+  hello.python_version = text_of(body, "python");
+  hello.executable = text_of(body, "executable");
+  if (const auto packages = body.find("packages"); packages != body.end() && packages->is_object())
+    hello.packages = *packages;
+  if (const auto pid = body.find("pid"); pid != body.end() && pid->is_number_integer()) hello.pid = pid->get<long>();
+  return hello;
+}
+
+EncoderModel open_reply(const nlohmann::json& body) {
+  check_reply(body, "open");
+  const auto integer = [&](const char* key) {
+    const auto it = body.find(key);
+    if (it == body.end() || !it->is_number_integer() || it->get<std::int64_t>() < 0 ||
+        it->get<std::int64_t>() > std::numeric_limits<std::int32_t>::max())
+      throw EncoderFailure(fmt::format("the encoder's open answer has no valid \"{}\": {}", key, body.dump().substr(0, 200)));
+    return it->get<std::int32_t>();
+  };
+  EncoderModel model;
+  model.pad_token_id = integer("pad_token_id");
+  model.hidden_size = integer("hidden_size");
+  model.num_hidden_layers = integer("num_hidden_layers");
+  model.vocab_size = integer("vocab_size");
+  const auto position_ids = body.find("position_ids");
+  if (position_ids == body.end() || !position_ids->is_boolean())
+    throw EncoderFailure("the encoder's open answer has no boolean \"position_ids\"");
+  model.position_ids = position_ids->get<bool>();
+  if (const auto order = body.find("read_order"); order != body.end() && order->is_array())
+    for (const auto& name : *order)
+      if (name.is_string()) model.read_order.push_back(name.get<std::string>());
+  return model;
 }
 
 EncodedRequest encode_reply(Message reply, const std::string& model_key, const BatchRequest& request) {

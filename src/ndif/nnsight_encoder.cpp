@@ -227,8 +227,12 @@ struct NnsightEncoder::Impl {
     connection.reset();
     if (child.pid > 0) {
       child.stop();
+      // The run is over on this node: leave nothing behind in the temporary directory (a rank that
+      // still needs an encoder makes the directory again).
       std::error_code ignored;
       std::filesystem::remove(socket_path, ignored);
+      std::filesystem::remove(lock_path, ignored);
+      std::filesystem::remove(options.node_dir, ignored);
     }
   }
 
@@ -337,20 +341,7 @@ struct NnsightEncoder::Impl {
   }
 
   void handshake() {
-    const auto reply = round_trip(json{{"op", "hello"}}, {}, options.start_timeout);
-    wire::check_reply(reply.body, "hello");
-    if (!reply.body.contains("protocol") || reply.body["protocol"] != wire::kProtocol) {
-      throw InputError(fmt::format("the program at {} is not an ndif-sweep encoder of protocol {} (it answered {})",
-                                   socket_path.string(), wire::kProtocol, reply.body.dump().substr(0, 200)));
-    }
-    EncoderHello h;
-    h.nnsight_version = text(reply.body, "nnsight");
-    h.python_version = text(reply.body, "python");
-    h.executable = text(reply.body, "executable");
-    h.packages = reply.body.value("packages", json::object());
-    h.pid = reply.body.value("pid", 0L);
-    hello = std::move(h);
-
+    hello = wire::hello_reply(round_trip(json{{"op", "hello"}}, {}, options.start_timeout).body, socket_path.string());
     json probes = json::array();
     for (const auto& p : job.probes) {
       probes.push_back({{"name", p.name},
@@ -364,28 +355,7 @@ struct NnsightEncoder::Impl {
                       {"model_key", job.model_key},
                       {"probes", probes},
                       {"dtype", spec::dtype_name(job.dtype)}};
-    const auto opened = round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout);
-    wire::check_reply(opened.body, "open");
-    EncoderModel m;
-    const auto& b = opened.body;
-    if (!b.contains("pad_token_id") || !b["pad_token_id"].is_number_integer() || !b.contains("position_ids") ||
-        !b["position_ids"].is_boolean() || !b.contains("hidden_size") || !b["hidden_size"].is_number_integer()) {
-      throw EncoderFailure(fmt::format("the encoder's open reply lacks its fields: {}", b.dump().substr(0, 200)));
-    }
-    m.pad_token_id = b["pad_token_id"].get<std::int32_t>();
-    m.position_ids = b["position_ids"].get<bool>();
-    m.hidden_size = b["hidden_size"].get<int>();
-    m.num_hidden_layers = b.value("num_hidden_layers", 0);
-    m.vocab_size = b.value("vocab_size", std::int64_t{0});
-    if (b.contains("read_order") && b["read_order"].is_array())
-      for (const auto& name : b["read_order"])
-        if (name.is_string()) m.read_order.push_back(name.get<std::string>());
-    model = std::move(m);
-  }
-
-  static std::string text(const json& body, const char* key) {
-    const auto it = body.find(key);
-    return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
+    model = wire::open_reply(round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout).body);
   }
 
   // One request and its reply, bounded by `timeout`. A broken or silent connection is closed and
@@ -396,7 +366,7 @@ struct NnsightEncoder::Impl {
     const auto bytes = wire::frame(request, attachment);
     const auto fail = [&](const std::string& why) -> wire::Message {
       connection.reset();
-      throw EncoderFailure(fmt::format("nnsight encoder ({}): {}", text(request, "op"), why));
+      throw EncoderFailure(fmt::format("nnsight encoder ({}): {}", request.value("op", "?"), why));
     };
     std::size_t sent = 0;
     while (sent < bytes.size()) {

@@ -134,15 +134,21 @@ std::string make_run_token(const std::string& job_hash) {
   return hex64(text_hash(fmt::format("{}:{}:{}:{}", job_hash, host, ::getpid(), now)));
 }
 
-remote::EncoderOptions encoder_options(const spec::JobSpec& spec, const std::string& run_token) {
+remote::EncoderOptions encoder_options(const std::string& python, const std::string& run_token,
+                                       const std::string& api_key_env, double request_s) {
   remote::EncoderOptions options;
-  options.python = encoder_python(spec);
+  options.python = python;
   options.node_dir = encoder_node_dir(run_token);
   options.package_dir = remote::bundled_package_dir();
-  options.scrub_env = spec.api_key_env;
-  options.request_timeout = std::chrono::milliseconds(static_cast<long long>(spec.timeouts.request_s * 1000));
+  options.scrub_env = api_key_env;
+  options.request_timeout = std::chrono::milliseconds(static_cast<long long>(request_s * 1000));
+  // Starting means importing torch and building the skeleton: slow file systems need minutes.
   options.start_timeout = std::max(options.request_timeout, std::chrono::milliseconds(std::chrono::minutes(5)));
   return options;
+}
+
+remote::EncoderOptions encoder_options(const spec::JobSpec& spec, const std::string& run_token) {
+  return encoder_options(encoder_python(spec), run_token, spec.api_key_env, spec.timeouts.request_s);
 }
 
 remote::EncoderJob encoder_job(const spec::JobSpec& spec, const std::string& model_key) {

@@ -147,25 +147,13 @@ RunContext decode_context(const json& j) {
   return c;
 }
 
-remote::EncoderOptions encoder_options_of(const RunContext& c) {
-  remote::EncoderOptions options;
-  options.python = c.python;
-  options.node_dir = encoder_node_dir(c.run_token);
-  options.package_dir = remote::bundled_package_dir();
-  options.scrub_env = c.api_key_env;
-  options.request_timeout = std::chrono::milliseconds(static_cast<long long>(c.timeouts.request_s * 1000));
-  options.start_timeout = std::max(options.request_timeout, std::chrono::milliseconds(std::chrono::minutes(5)));
-  return options;
-}
-
-remote::EncoderJob encoder_job_of(const RunContext& c) {
-  return remote::EncoderJob{c.model, c.revision, c.model_dir, c.model_key, c.probes, c.dtype};
-}
-
 /// This rank's request encoder: the node's nnsight encoder process, or ndif-sweep's own graph.
 std::unique_ptr<remote::RequestEncoder> make_encoder(const RunContext& c) {
-  if (c.encoder == spec::EncoderKind::nnsight)
-    return std::make_unique<remote::NnsightEncoder>(encoder_options_of(c), encoder_job_of(c));
+  if (c.encoder == spec::EncoderKind::nnsight) {
+    return std::make_unique<remote::NnsightEncoder>(
+        encoder_options(c.python, c.run_token, c.api_key_env, c.timeouts.request_s),
+        remote::EncoderJob{c.model, c.revision, c.model_dir, c.model_key, c.probes, c.dtype});
+  }
   return std::make_unique<remote::GraphRequestEncoder>(c.protocol);
 }
 
@@ -554,7 +542,7 @@ void prepare_encoder(remote::RequestEncoder& encoder, const RunContext& c) {
   auto* nnsight = dynamic_cast<remote::NnsightEncoder*>(&encoder);
   if (nnsight == nullptr) return;
   const auto hello = nnsight->hello();
-  if (c.server_nnsight) check_nnsight_versions(remote::EncoderHello{hello}, remote::ServerEnv{"", c.server_nnsight}, c.base_url);
+  if (c.server_nnsight) check_nnsight_versions(hello, remote::ServerEnv{"", c.server_nnsight}, c.base_url);
   const auto& model = nnsight->model();
   if (model.hidden_size != c.hidden || (model.num_hidden_layers != 0 && model.num_hidden_layers != c.num_hidden_layers))
     throw InputError(fmt::format("this node's encoder reads {} as hidden {} with {} layers, rank 0's as hidden {} with {}; "

@@ -26,6 +26,25 @@ class EncoderFailure : public Error {
   explicit EncoderFailure(const std::string& what) : Error(ExitCode::failure, what) {}
 };
 
+/// The encoder's interpreter and packages (its hello).
+struct EncoderHello {
+  std::string nnsight_version;  ///< what nnsight's own client reports in its nnsight-version header
+  std::string python_version;   ///< sys.version
+  std::string executable;       ///< sys.executable
+  nlohmann::json packages;      ///< {"nnsight": ..., "torch": ..., "transformers": ..., "tokenizers": ...}
+  long pid = 0;
+};
+
+/// What the encoder learnt from the model's meta skeleton (its open).
+struct EncoderModel {
+  std::int32_t pad_token_id = 0;  ///< the tokenizer's pad id (nnsight pads with EOS when it has none)
+  bool position_ids = false;      ///< the forward takes position_ids: they are sent from the mask
+  int hidden_size = 0;
+  int num_hidden_layers = 0;
+  std::int64_t vocab_size = 0;
+  std::vector<std::string> read_order;  ///< the probed modules in the order the forward runs them
+};
+
 }  // namespace ndif::remote
 
 namespace ndif::remote::wire {
@@ -66,6 +85,14 @@ class FrameReader {
 /// model_files) is InputError quoting the encoder; any other (its own faults, a reply without
 /// "ok") is EncoderFailure naming `op`.
 void check_reply(const nlohmann::json& body, const char* op);
+
+/// The hello answer: the encoder's versions. Throws as check_reply, and InputError when the peer
+/// is not an encoder of protocol kProtocol.
+[[nodiscard]] EncoderHello hello_reply(const nlohmann::json& body, const std::string& where);
+
+/// The open answer: what the encoder learnt from the model's skeleton. Throws as check_reply, and
+/// EncoderFailure when a field is missing.
+[[nodiscard]] EncoderModel open_reply(const nlohmann::json& body);
 
 /// The request of an encode answer for `request`, whose envelope must name `model_key`, save
 /// `kSaveName` and carry sendable headers and a non-empty blob. Throws EncoderFailure for an answer

@@ -55,25 +55,6 @@ struct EncoderJob {
   spec::DType dtype = spec::DType::float16;
 };
 
-/// The encoder's interpreter and packages (its hello).
-struct EncoderHello {
-  std::string nnsight_version;  ///< what nnsight's own client reports in its nnsight-version header
-  std::string python_version;   ///< sys.version
-  std::string executable;       ///< sys.executable
-  nlohmann::json packages;      ///< {"nnsight": ..., "torch": ..., "transformers": ..., "tokenizers": ...}
-  long pid = 0;
-};
-
-/// What the encoder learnt from the model's meta skeleton (its open).
-struct EncoderModel {
-  std::int32_t pad_token_id = 0;  ///< the tokenizer's pad id (nnsight pads with EOS when it has none)
-  bool position_ids = false;      ///< the forward takes position_ids: they are sent from the mask
-  int hidden_size = 0;
-  int num_hidden_layers = 0;
-  std::int64_t vocab_size = 0;
-  std::vector<std::string> read_order;  ///< the probed modules in the order the forward runs them
-};
-
 /// One rank's encoder: a RequestEncoder whose bodies come from the node's encoder process. Not
 /// thread-safe; not copyable.
 class NnsightEncoder final : public RequestEncoder {

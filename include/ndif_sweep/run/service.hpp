@@ -61,6 +61,8 @@ void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& j
 /// The nnsight encoder of a job: options and what it encodes for. $NDIF_SWEEP_MODEL_DIR, when
 /// set, is the directory of the model's config and tokenizer files instead of the HF cache.
 [[nodiscard]] remote::EncoderOptions encoder_options(const spec::JobSpec& spec, const std::string& run_token);
+[[nodiscard]] remote::EncoderOptions encoder_options(const std::string& python, const std::string& run_token,
+                                                     const std::string& api_key_env, double request_s);
 [[nodiscard]] remote::EncoderJob encoder_job(const spec::JobSpec& spec, const std::string& model_key);
 
 /// The rows the tokenizer canary checks: about `want` spread evenly over the file, plus the

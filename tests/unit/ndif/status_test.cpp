@@ -33,7 +33,9 @@ TEST(StatusParse, EveryDocumentedStatusMapsToItsState) {
     const auto s = parse_status(std::string(R"({"id": "j", "status": ")") + name + R"("})");
     EXPECT_EQ(s.state, state) << name;
     EXPECT_EQ(s.status, name);
-    if (state != JobState::unknown) EXPECT_STREQ(state_name(state), name);
+    if (state != JobState::unknown) {
+      EXPECT_STREQ(state_name(state), name);
+    }
   }
 }
 

@@ -83,8 +83,10 @@ protected:
   json wait(const std::string& id) {
     for (int attempt = 0; attempt < 20000; ++attempt) {
       if (const auto res = client_->Get(("/response/" + id).c_str(), headers())) {
+        // A G4 job's first poll is a 404 whose body has no "status".
         const auto status = json::parse(res->body);
-        if (status["status"] == "COMPLETED" || status["status"] == "ERROR") {
+        const auto state = status.value("status", std::string());
+        if (state == "COMPLETED" || state == "ERROR") {
           return status;
         }
       }

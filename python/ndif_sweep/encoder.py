@@ -54,8 +54,8 @@ DTYPES = ("float16", "bfloat16", "float32")
 #: Test hook: ``NDIF_SWEEP_ENCODER_TEST_FAULT=KIND:N[:MARKER]`` makes the N-th encode of this process
 #: misbehave, once per MARKER file when one is given (the fault creates it). KIND is ``crash``
 #: (the process exits), ``hang`` (it never answers), ``garbage`` (bytes that are not a frame),
-#: ``wrong_dtype`` (a blob that converts to float32 instead) or ``wrong_name`` (a blob that saves
-#: another variable). ndif-sweep's tests use it to prove that each failure is survived or reported.
+#: ``wrong_dtype`` (a blob that converts to float32 instead), ``wrong_shape`` (one that reads one
+#: position fewer) or ``wrong_name`` (one that saves another variable). ndif-sweep's tests use it to prove that each failure is survived or reported.
 FAULT_ENV = "NDIF_SWEEP_ENCODER_TEST_FAULT"
 
 
@@ -389,6 +389,8 @@ class Encoder:
             if fault in ("crash", "hang", "garbage"):
                 raise _Misbehave(fault)
             dtype = torch.float32 if fault == "wrong_dtype" else self.dtype
+            if fault == "wrong_shape":
+                positions = positions[:, :-1] if npos > 1 else positions.repeat(1, 2)
             trace = _trace_wrong_name if fault == "wrong_name" else _trace
             trace(self.model, inputs, self.reads, self.uses, rows, positions, dtype, backend)
             reply = {

@@ -341,9 +341,10 @@ class EncoderFaults(PeerTestCase):
         self.assertIn("not a frame", result.stderr)
         self.check_exact(self.dir / "out.h5", job, lines)
 
-    def test_results_of_another_dtype_or_variable_fail_their_batch_and_resume(self):
+    def test_results_of_another_dtype_shape_or_variable_fail_their_batch_and_resume(self):
         lines = prompt_lines(6, seed=24)
         for fault, words in (("wrong_dtype", "dtype float32, expected float16"),
+                             ("wrong_shape", ", 7, 1, 64), expected ("),
                              ("wrong_name", "no saved variable \"ndif_sweep_acts\"")):
             with self.subTest(fault=fault):
                 marker = self.dir / f"{fault}-once"

@@ -343,6 +343,11 @@ class ExactResults(unittest.TestCase):
         self.assertEqual(self.peer.get("/ping").json(), "pong")
 
 
+# Long enough for a download under a fully loaded machine (tests run two at a time on 2 cores),
+# short enough to wait out.
+URL_TTL_S = 5
+
+
 class StrictIngress(unittest.TestCase):
     """--api-key, --min-nnsight-version, a long queue latency and a short URL lifetime."""
 
@@ -352,7 +357,7 @@ class StrictIngress(unittest.TestCase):
     def setUpClass(cls):
         cls.peer = PeerProcess([GPT2], "--api-key", cls.KEY, "--min-nnsight-version", "0.8.1",
                                "--env-nnsight-version", "0.8.0", "--latency-ms", "1500",
-                               "--url-ttl-s", "1")
+                               "--url-ttl-s", str(URL_TTL_S))
         cls.meta = TransformersModel(GPT2, task="text-generation")
 
     @classmethod
@@ -411,7 +416,7 @@ class StrictIngress(unittest.TestCase):
         body = wait_stored(self.peer, backend.job_id, ("QUEUED", "RUNNING", "COMPLETED"))
         if body["status"] == "QUEUED":
             self.assertEqual(body["description"], "Added to Queue at position 1.")
-        result = wait_result(backend)  # downloads well within the URL's 1 s lifetime
+        result = wait_result(backend)  # downloads well within the URL's lifetime
         self.assertEqual(sorted(result), ["a1", "h1", "h2", "h3"])
 
         # The same URL, later: expired.
@@ -423,7 +428,7 @@ class StrictIngress(unittest.TestCase):
         r = httpx.get(bad, timeout=30)
         self.assertEqual(r.status_code, 403)
         self.assertIn(b"<Code>SignatureDoesNotMatch</Code>", r.content)
-        time.sleep(2.1)
+        time.sleep(URL_TTL_S + 1.1)
         r = httpx.get(url, timeout=30)
         self.assertEqual(r.status_code, 403)
         self.assertIn(b"<Message>Request has expired</Message>", r.content)
@@ -433,7 +438,7 @@ class StrictIngress(unittest.TestCase):
         backend = backend_for(self.peer, self.meta, api_key=self.KEY)
         probes_trace(self.meta, "gpt2", "collected late", backend=backend)
         wait_stored(self.peer, backend.job_id)
-        time.sleep(2.1)
+        time.sleep(URL_TTL_S + 1.1)
         with self.assertRaises(httpx.HTTPStatusError) as caught:
             wait_result(backend)
         self.assertEqual(caught.exception.response.status_code, 403)

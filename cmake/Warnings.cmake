@@ -21,10 +21,12 @@ function(ndif_mpi_sanitizer_options target)
   endif()
 endfunction()
 
-# ndif_module(NAME SOURCES... DEPS ...): one static library per module, public headers in include/.
+# ndif_module(NAME SOURCES... DEPS ...): one static library per module, public headers in
+# include/NAME/ndif_sweep/NAME/.
 function(ndif_module name)
   cmake_parse_arguments(M "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
   add_library(ndif_${name} STATIC ${M_SOURCES})
-  target_include_directories(ndif_${name} PUBLIC ${PROJECT_SOURCE_DIR}/include)
+  # Each module has its own include root: it sees the headers of the modules it links, no others.
+  target_include_directories(ndif_${name} PUBLIC ${PROJECT_SOURCE_DIR}/include/${name})
   target_link_libraries(ndif_${name} PUBLIC ${M_DEPS} PRIVATE ${M_PRIVATE_DEPS} ndif_warnings ndif_sanitizers)
 endfunction()

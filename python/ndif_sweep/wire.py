@@ -2,7 +2,7 @@
 
 One message is a frame: the magic ``NSE1``, a little-endian u32 length of a UTF-8 JSON object, a
 little-endian u64 length of a binary attachment, the JSON, then the attachment. The C++ side
-(``src/ndif/encoder_wire.cpp``) reads and writes the same layout and bounds both lengths, because
+(``src/remote/encoder_wire.cpp``) reads and writes the same layout and bounds both lengths, because
 either end may be broken or hostile.
 """
 

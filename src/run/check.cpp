@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/nnsight_encoder.hpp"
-#include "ndif_sweep/ndif/result.hpp"
-#include "ndif_sweep/ndif/transport.hpp"
+#include "ndif_sweep/remote/nnsight_encoder.hpp"
+#include "ndif_sweep/remote/result.hpp"
+#include "ndif_sweep/remote/transport.hpp"
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/local_server.hpp"
 #include "ndif_sweep/run/service.hpp"

@@ -11,7 +11,7 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/hash.hpp"
-#include "ndif_sweep/ndif/transport.hpp"
+#include "ndif_sweep/remote/transport.hpp"
 
 namespace ndif::run {
 namespace {

@@ -8,7 +8,7 @@
 #include <span>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/encoder_wire.hpp"
+#include "ndif_sweep/remote/encoder_wire.hpp"
 
 namespace {
 

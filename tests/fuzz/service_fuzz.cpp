@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/service.hpp"
+#include "ndif_sweep/remote/service.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);

@@ -9,9 +9,9 @@
 #include <string_view>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/ndif/result.hpp"
-#include "ndif_sweep/ndif/retry.hpp"
-#include "ndif_sweep/ndif/status.hpp"
+#include "ndif_sweep/remote/result.hpp"
+#include "ndif_sweep/remote/retry.hpp"
+#include "ndif_sweep/remote/status.hpp"
 
 namespace {
 

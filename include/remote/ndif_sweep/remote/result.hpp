@@ -1,0 +1,38 @@
+#pragma once
+/// \file
+/// Decoding of a batch's result file (ndif-protocol.md section 6). Pure; the input is untrusted
+/// bytes from the network.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "ndif_sweep/remote/request.hpp"
+
+namespace ndif::remote {
+
+/// One probe's rows of a batch: a contiguous row-major (B, L_p, P, H) buffer in the requested dtype.
+struct ProbeBlock {
+  std::vector<std::int64_t> shape;  ///< {B, L_p, P, H}
+  std::vector<std::byte> bytes;
+};
+
+/// A decoded batch result, split per probe in probe order.
+struct DecodedResult {
+  std::vector<ProbeBlock> probes;
+  std::int64_t nonfinite = 0;  ///< NaN and infinite values among all probes' elements
+};
+
+/// The most bytes a result for `expected` may take, compressed or not: its data plus room for the
+/// torch.save container. Bounds downloads and zstd decompression.
+[[nodiscard]] std::size_t max_result_bytes(const ExpectedResult& expected) noexcept;
+
+/// Decodes a downloaded result: zstd (if it carries the magic number), then torch.save, then
+/// the saved tensor: G4 `{saved_name: tensor}` when `expected.saved_name` is set, else
+/// `result[saved_node]` (G2: `{"id", "result": {node: tensor}}`; G3: keyed by name, accepted when it
+/// holds exactly one tensor). Checks dtype and shape (B, Ltot, P, H) exactly, splits per probe and
+/// counts non-finite values. Throws DecodeError stating what was expected and what came.
+[[nodiscard]] DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResult& expected);
+
+}  // namespace ndif::remote

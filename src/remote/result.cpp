@@ -1,0 +1,181 @@
+#include "ndif_sweep/remote/result.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstring>
+#include <string>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/torchsave/torchsave.hpp"
+
+namespace ndif::remote {
+namespace {
+
+// Room for the ZIP directory, the pickle and the alignment padding of a torch.save file.
+constexpr std::size_t kContainerSlack = std::size_t{1} << 20;
+
+torchsave::DType file_dtype(spec::DType dtype) {
+  switch (dtype) {
+    case spec::DType::float16:
+      return torchsave::DType::float16;
+    case spec::DType::bfloat16:
+      return torchsave::DType::bfloat16;
+    case spec::DType::float32:
+      return torchsave::DType::float32;
+  }
+  throw InternalError("unknown requested dtype in result decoder");
+}
+
+// clang with libstdc++ fails to instantiate std::pair<Value, Value> (a Dict item) before Value's
+// destructor, because Value holds Dicts; a Value made here instantiates the destructor first.
+[[maybe_unused]] torchsave::Value none_value() { return torchsave::Value{}; }
+
+const char* kind_of(const torchsave::Value& value) {
+  static constexpr const char* kNames[] = {"None",   "bool", "int",   "float", "str",
+                                           "tensor", "list", "tuple", "dict"};
+  return kNames[value.v.index()];
+}
+
+const torchsave::Value* find_key(const torchsave::Dict& dict, const std::string& key) {
+  for (const auto& item : dict.items) {
+    if (const auto* s = std::get_if<std::string>(&item.first.v); s != nullptr && *s == key)
+      return &item.second;
+  }
+  return nullptr;
+}
+
+const torchsave::Value* find_key(const torchsave::Dict& dict, std::int64_t key) {
+  for (const auto& item : dict.items) {
+    if (const auto* i = std::get_if<std::int64_t>(&item.first.v); i != nullptr && *i == key)
+      return &item.second;
+  }
+  return nullptr;
+}
+
+// G4: the saved locals of the trace, keyed by variable name; the one asked for must be there.
+const torchsave::Tensor& named_tensor(const torchsave::Value& root, const std::string& name) {
+  const auto* dict = std::get_if<torchsave::Dict>(&root.v);
+  if (dict == nullptr)
+    throw DecodeError(fmt::format("result file holds a {}, expected a dict of saved variables", kind_of(root)));
+  const torchsave::Value* saved = find_key(*dict, name);
+  if (saved == nullptr) {
+    std::vector<std::string> names;
+    for (const auto& item : dict->items) {
+      const auto* key = std::get_if<std::string>(&item.first.v);
+      names.push_back(key != nullptr ? "\"" + *key + "\"" : kind_of(item.first));
+    }
+    throw DecodeError(fmt::format("result file has no saved variable \"{}\" (it holds {})", name,
+                                  names.empty() ? std::string("nothing") : fmt::format("{}", fmt::join(names, ", "))));
+  }
+  const auto* tensor = std::get_if<torchsave::Tensor>(&saved->v);
+  if (tensor == nullptr)
+    throw DecodeError(fmt::format("result variable \"{}\" is a {}, expected a tensor", name, kind_of(*saved)));
+  return *tensor;
+}
+
+const torchsave::Tensor& saved_tensor(const torchsave::Value& root, std::int64_t saved_node) {
+  const auto* dict = std::get_if<torchsave::Dict>(&root.v);
+  if (dict == nullptr)
+    throw DecodeError(fmt::format("result file holds a {}, expected a dict", kind_of(root)));
+  const torchsave::Value* values = find_key(*dict, "result");
+  if (values == nullptr) throw DecodeError("result file's dict has no \"result\" key");
+  const auto* results = std::get_if<torchsave::Dict>(&values->v);
+  if (results == nullptr)
+    throw DecodeError(fmt::format("result file's \"result\" is a {}, expected a dict", kind_of(*values)));
+
+  const torchsave::Value* saved = find_key(*results, saved_node);
+  if (saved == nullptr) {
+    // G3 servers key saved values by variable name; with one save per batch there is one tensor.
+    const torchsave::Value* only = nullptr;
+    int tensors = 0;
+    for (const auto& item : results->items) {
+      if (std::holds_alternative<torchsave::Tensor>(item.second.v)) {
+        ++tensors;
+        only = &item.second;
+      }
+    }
+    if (tensors != 1) {
+      throw DecodeError(fmt::format(
+          "result file has no value for node {} and {} tensors instead of exactly one", saved_node, tensors));
+    }
+    saved = only;
+  }
+  const auto* tensor = std::get_if<torchsave::Tensor>(&saved->v);
+  if (tensor == nullptr) {
+    throw DecodeError(
+        fmt::format("result for node {} is a {}, expected a tensor", saved_node, kind_of(*saved)));
+  }
+  return *tensor;
+}
+
+std::int64_t count_nonfinite(std::span<const std::byte> bytes, torchsave::DType dtype) {
+  std::int64_t count = 0;
+  if (dtype == torchsave::DType::float32) {
+    for (std::size_t i = 0; i + 4 <= bytes.size(); i += 4) {
+      std::uint32_t bits = 0;
+      std::memcpy(&bits, bytes.data() + i, 4);
+      count += (bits & 0x7F800000U) == 0x7F800000U ? 1 : 0;
+    }
+    return count;
+  }
+  const std::uint16_t mask = dtype == torchsave::DType::float16 ? 0x7C00 : 0x7F80;
+  for (std::size_t i = 0; i + 2 <= bytes.size(); i += 2) {
+    std::uint16_t bits = 0;
+    std::memcpy(&bits, bytes.data() + i, 2);
+    count += (bits & mask) == mask ? 1 : 0;
+  }
+  return count;
+}
+
+}  // namespace
+
+std::size_t max_result_bytes(const ExpectedResult& expected) noexcept {
+  return static_cast<std::size_t>(expected.data_bytes()) + kContainerSlack;
+}
+
+DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResult& expected) {
+  const auto limit = max_result_bytes(expected);
+  const auto file =
+      torchsave::maybe_decompress_zstd(std::vector<std::byte>(bytes.begin(), bytes.end()), limit);
+  const auto root = torchsave::load(file);
+  const auto& tensor =
+      expected.saved_name.empty() ? saved_tensor(root, expected.saved_node) : named_tensor(root, expected.saved_name);
+
+  const auto want_dtype = file_dtype(expected.dtype);
+  if (tensor.dtype() != want_dtype) {
+    throw DecodeError(fmt::format("result tensor has dtype {}, expected {} as requested",
+                                  torchsave::dtype_name(tensor.dtype()), torchsave::dtype_name(want_dtype)));
+  }
+  const std::vector<std::int64_t> want_shape{expected.batch, expected.total_layers(), expected.positions,
+                                             expected.hidden};
+  if (tensor.shape != want_shape) {
+    throw DecodeError(
+        fmt::format("result tensor has shape ({}), expected ({}) = (prompts, layers, positions, hidden)",
+                    fmt::join(tensor.shape, ", "), fmt::join(want_shape, ", ")));
+  }
+
+  const auto data = tensor.contiguous_bytes();
+  const auto element = torchsave::element_size(want_dtype);
+  const auto row =
+      static_cast<std::size_t>(expected.positions * expected.hidden) * element;  // one layer of one prompt
+  const auto per_prompt = row * static_cast<std::size_t>(expected.total_layers());
+
+  DecodedResult out;
+  out.nonfinite = count_nonfinite(data, want_dtype);
+  std::size_t layer_offset = 0;
+  for (auto layers : expected.probe_layers) {
+    ProbeBlock block;
+    block.shape = {expected.batch, layers, expected.positions, expected.hidden};
+    const auto chunk = row * static_cast<std::size_t>(layers);
+    block.bytes.resize(chunk * static_cast<std::size_t>(expected.batch));
+    for (std::size_t b = 0; b < static_cast<std::size_t>(expected.batch); ++b) {
+      std::memcpy(block.bytes.data() + b * chunk, data.data() + b * per_prompt + layer_offset * row, chunk);
+    }
+    layer_offset += static_cast<std::size_t>(layers);
+    out.probes.push_back(std::move(block));
+  }
+  return out;
+}
+
+}  // namespace ndif::remote

@@ -1,0 +1,229 @@
+#include "ndif_sweep/remote/result.hpp"
+
+#include <gtest/gtest.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <string>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/torchsave/torchsave.hpp"
+
+namespace ndif::remote {
+namespace {
+
+namespace ts = torchsave;
+
+// B=2 prompts, probes of 2 and 1 layers (Ltot=3), P=2, H=4: element i of the (2, 3, 2, 4) tensor
+// holds the 16-bit pattern i, so every byte says where it came from.
+ExpectedResult expected_f16() {
+  ExpectedResult e;
+  e.saved_node = 20;
+  e.batch = 2;
+  e.probe_layers = {2, 1};
+  e.positions = 2;
+  e.hidden = 4;
+  e.dtype = spec::DType::float16;
+  return e;
+}
+
+std::vector<std::byte> pattern16(std::size_t count) {
+  std::vector<std::byte> bytes(count * 2);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto v = static_cast<std::uint16_t>(i);
+    std::memcpy(bytes.data() + 2 * i, &v, 2);
+  }
+  return bytes;
+}
+
+std::uint16_t at16(const std::vector<std::byte>& bytes, std::size_t i) {
+  std::uint16_t v = 0;
+  std::memcpy(&v, bytes.data() + 2 * i, 2);
+  return v;
+}
+
+ts::Value g2_result(ts::Value saved, std::int64_t node = 20) {
+  ts::Dict results;
+  results.items.emplace_back(ts::Value{node}, std::move(saved));
+  ts::Dict root;
+  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job-1")});
+  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
+  return ts::Value{std::move(root)};
+}
+
+ts::Value tensor(ts::DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
+  return ts::Value{ts::Tensor::from_bytes(dtype, std::move(shape), std::move(bytes))};
+}
+
+std::vector<std::byte> file_of(const ts::Value& value) { return ts::save(value); }
+
+std::string decode_message(const std::vector<std::byte>& file, const ExpectedResult& expected) {
+  try {
+    static_cast<void>(decode_result(file, expected));
+  } catch (const DecodeError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(ResultDecoder, SplitsPerProbeIntoContiguousBlocksWithExactBytes) {
+  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  const auto decoded = decode_result(file, expected_f16());
+  ASSERT_EQ(decoded.probes.size(), 2);
+  EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 2, 2, 4}));
+  EXPECT_EQ(decoded.probes[1].shape, (std::vector<std::int64_t>{2, 1, 2, 4}));
+  ASSERT_EQ(decoded.probes[0].bytes.size(), 32 * 2);
+  ASSERT_EQ(decoded.probes[1].bytes.size(), 16 * 2);
+  // Probe 0: layers 0-1 of each prompt; prompt b starts at element 24 b.
+  for (std::size_t b = 0; b < 2; ++b) {
+    for (std::size_t i = 0; i < 16; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, b * 16 + i), b * 24 + i);
+    for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(at16(decoded.probes[1].bytes, b * 8 + i), b * 24 + 16 + i);
+  }
+  EXPECT_EQ(decoded.nonfinite, 0);
+}
+
+TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
+  auto f16 = pattern16(48);
+  const std::uint16_t inf16 = 0x7C00, nan16 = 0xFE01;
+  std::memcpy(f16.data() + 2 * 5, &inf16, 2);
+  std::memcpy(f16.data() + 2 * 40, &nan16, 2);
+  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, f16))), expected_f16())
+                .nonfinite,
+            2);
+
+  auto bf16 = pattern16(48);
+  const std::uint16_t inf_bf = 0xFF80;  // -inf in bfloat16; 0x7C00 is an ordinary finite bfloat16
+  std::memcpy(bf16.data() + 2 * 7, &inf_bf, 2);
+  std::memcpy(bf16.data() + 2 * 8, &inf16, 2);
+  auto expected = expected_f16();
+  expected.dtype = spec::DType::bfloat16;
+  EXPECT_EQ(
+      decode_result(file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite,
+      1);
+
+  std::vector<std::byte> f32(48 * 4, std::byte{0});
+  const float values[] = {1.0f, std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()};
+  std::memcpy(f32.data(), values, sizeof values);
+  expected.dtype = spec::DType::float32;
+  EXPECT_EQ(
+      decode_result(file_of(g2_result(tensor(ts::DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
+      2);
+}
+
+TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
+  // A (2, 3, 2, 4) view starting 4 elements into a larger storage, as a server slicing on its side
+  // may save it.
+  auto storage = std::make_shared<ts::Storage>();
+  storage->dtype = ts::DType::float16;
+  storage->bytes = pattern16(52);
+  ts::Tensor view;
+  view.storage = storage;
+  view.offset = 4;
+  view.shape = {2, 3, 2, 4};
+  view.stride = {24, 8, 4, 1};
+  const auto decoded = decode_result(file_of(g2_result(ts::Value{view})), expected_f16());
+  EXPECT_EQ(at16(decoded.probes[0].bytes, 0), 4);
+  EXPECT_EQ(at16(decoded.probes[1].bytes, 15), 24 + 16 + 7 + 4);
+}
+
+TEST(ResultDecoder, AcceptsZstdCompressedFiles) {
+  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  std::vector<std::byte> compressed(ZSTD_compressBound(file.size()));
+  const auto n = ZSTD_compress(compressed.data(), compressed.size(), file.data(), file.size(), 3);
+  ASSERT_FALSE(ZSTD_isError(n));
+  compressed.resize(n);
+  EXPECT_EQ(at16(decode_result(compressed, expected_f16()).probes[1].bytes, 8), 24 + 16);
+  compressed.resize(n / 2);
+  EXPECT_THROW(static_cast<void>(decode_result(compressed, expected_f16())), DecodeError);
+}
+
+TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
+  ts::Dict results;
+  results.items.emplace_back(ts::Value{std::string("acts")},
+                             tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  ts::Dict root;
+  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job-1")});
+  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
+  EXPECT_EQ(decode_result(file_of(ts::Value{std::move(root)}), expected_f16()).probes.size(), 2);
+}
+
+ts::Value g4_result(std::vector<std::pair<std::string, ts::Value>> saved) {
+  ts::Dict root;
+  for (auto& [name, value] : saved) root.items.emplace_back(ts::Value{name}, std::move(value));
+  return ts::Value{std::move(root)};
+}
+
+TEST(ResultDecoder, AG4ResultIsTheSavedVariableOfTheExpectedName) {
+  auto expected = expected_f16();
+  expected.saved_name = kSaveName;
+  std::vector<std::pair<std::string, ts::Value>> saved;
+  saved.emplace_back("other", ts::Value{std::int64_t{3}});
+  saved.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  const auto decoded = decode_result(file_of(g4_result(std::move(saved))), expected);
+  ASSERT_EQ(decoded.probes.size(), 2U);
+  EXPECT_EQ(at16(decoded.probes[1].bytes, 0), 16);  // row 0, layer 2: element 2 * P * H
+}
+
+TEST(ResultDecoder, AG4ResultWithoutTheVariableNamesWhatItHolds) {
+  auto expected = expected_f16();
+  expected.saved_name = kSaveName;
+  std::vector<std::pair<std::string, ts::Value>> saved;
+  saved.emplace_back("acts", tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  EXPECT_EQ(decode_message(file_of(g4_result(std::move(saved))), expected),
+            "result file has no saved variable \"ndif_sweep_acts\" (it holds \"acts\")");
+  std::vector<std::pair<std::string, ts::Value>> wrong_type;
+  wrong_type.emplace_back(kSaveName, ts::Value{std::string("text")});
+  EXPECT_EQ(decode_message(file_of(g4_result(std::move(wrong_type))), expected),
+            "result variable \"ndif_sweep_acts\" is a str, expected a tensor");
+  std::vector<std::pair<std::string, ts::Value>> wrong_shape;
+  wrong_shape.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 2}, pattern16(24)));
+  EXPECT_NE(decode_message(file_of(g4_result(std::move(wrong_shape))), expected).find("expected (2, 3, 2, 4)"),
+            std::string::npos);
+}
+
+TEST(ResultDecoder, ShapeMismatchNamesExpectedAndGot) {
+  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 4, 2}, pattern16(48))));
+  EXPECT_EQ(
+      decode_message(file, expected_f16()),
+      "result tensor has shape (2, 3, 4, 2), expected (2, 3, 2, 4) = (prompts, layers, positions, hidden)");
+}
+
+TEST(ResultDecoder, DtypeMismatchNamesExpectedAndGot) {
+  const auto file = file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, pattern16(48))));
+  EXPECT_EQ(decode_message(file, expected_f16()),
+            "result tensor has dtype bfloat16, expected float16 as requested");
+}
+
+TEST(ResultDecoder, WrongContainersAreDecodeErrors) {
+  const auto t = [] { return tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)); };
+  EXPECT_EQ(decode_message(file_of(t()), expected_f16()), "result file holds a tensor, expected a dict");
+  ts::Dict no_result;
+  no_result.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("j")});
+  EXPECT_EQ(decode_message(file_of(ts::Value{no_result}), expected_f16()),
+            "result file's dict has no \"result\" key");
+  EXPECT_EQ(decode_message(file_of(g2_result(ts::Value{std::int64_t{3}})), expected_f16()),
+            "result for node 20 is a int, expected a tensor");
+  ts::Dict two;
+  two.items.emplace_back(ts::Value{std::int64_t{1}}, t());
+  two.items.emplace_back(ts::Value{std::int64_t{2}}, t());
+  ts::Dict root;
+  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{two});
+  EXPECT_EQ(decode_message(file_of(ts::Value{root}), expected_f16()),
+            "result file has no value for node 20 and 2 tensors instead of exactly one");
+}
+
+TEST(ResultDecoder, GarbageAndTruncatedFilesAreDecodeErrors) {
+  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  for (std::size_t cut : {std::size_t{0}, std::size_t{10}, file.size() / 2, file.size() - 1}) {
+    const std::vector<std::byte> truncated(file.begin(), file.begin() + static_cast<std::ptrdiff_t>(cut));
+    EXPECT_THROW(static_cast<void>(decode_result(truncated, expected_f16())), DecodeError) << cut;
+  }
+}
+
+TEST(ResultDecoder, MaxResultBytesIsTheDataPlusContainerRoom) {
+  EXPECT_EQ(max_result_bytes(expected_f16()), 96 + (1U << 20));
+}
+
+}  // namespace
+}  // namespace ndif::remote

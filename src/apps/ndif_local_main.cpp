@@ -47,9 +47,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    options.model.dtype = model_dtype == "float16"   ? torchsave::DType::float16
-                          : model_dtype == "float32" ? torchsave::DType::float32
-                                                     : torchsave::DType::bfloat16;
+    options.model.dtype = *dtype_from_name(model_dtype);  // one of the three CLI11 checked
     options.delivery = delivery == "url" ? local::Delivery::url : local::Delivery::result;
     for (std::size_t start = 0; start < fail_kinds.size();) {
       const std::size_t comma = std::min(fail_kinds.find(',', start), fail_kinds.size());

@@ -16,7 +16,6 @@ namespace ndif::local {
 namespace {
 
 using json = nlohmann::json;
-using torchsave::DType;
 
 [[noreturn]] void invalid(const std::string& why) { throw InputError(std::string(kInvalidRequestPrefix) + why); }
 
@@ -898,7 +897,7 @@ private:
 
   static torchsave::Tensor encode(const FloatTensor& tensor) {
     const auto values = materialise(tensor);
-    std::vector<std::byte> bytes(values.size() * torchsave::element_size(tensor.dtype));
+    std::vector<std::byte> bytes(values.size() * element_size(tensor.dtype));
     for (std::size_t i = 0; i < values.size(); ++i) {
       if (tensor.dtype == DType::float32) {
         std::memcpy(bytes.data() + 4 * i, &values[i], 4);

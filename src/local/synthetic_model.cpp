@@ -88,13 +88,13 @@ float half_bits_to_float(std::uint16_t bits) noexcept {
   return std::bit_cast<float>(sign | ((exponent + 112U) << 23) | (mantissa << 13));
 }
 
-float round_to(torchsave::DType dtype, float value) {
+float round_to(DType dtype, float value) {
   switch (dtype) {
-    case torchsave::DType::float32:
+    case DType::float32:
       return value;
-    case torchsave::DType::float16:
+    case DType::float16:
       return half_bits_to_float(float_to_half_bits(value));
-    case torchsave::DType::bfloat16:
+    case DType::bfloat16:
       return bfloat16_bits_to_float(float_to_bfloat16_bits(value));
     default:
       throw InternalError("round_to: the synthetic model holds only float16, bfloat16 or float32 values");
@@ -110,7 +110,6 @@ SyntheticModel::SyntheticModel(ModelConfig config) : config_(config) {
     throw InputError("--hidden must be a positive hidden size, got " +
                      std::to_string(config_.hidden));
   }
-  using torchsave::DType;
   if (config_.dtype != DType::bfloat16 && config_.dtype != DType::float16 &&
       config_.dtype != DType::float32) {
     throw InputError("--model-dtype must be bfloat16, float16 or float32");

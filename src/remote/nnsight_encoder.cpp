@@ -354,7 +354,7 @@ struct NnsightEncoder::Impl {
                       {"model_dir", job.model_dir ? json(*job.model_dir) : json(nullptr)},
                       {"model_key", job.model_key},
                       {"probes", probes},
-                      {"dtype", spec::dtype_name(job.dtype)}};
+                      {"dtype", dtype_name(job.dtype)}};
     model = wire::open_reply(round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout).body);
   }
 

@@ -28,16 +28,18 @@ constexpr const char* kLockProtocol = "nnsight.tracing.protocols.lock.LockProtoc
 constexpr const char* kInterleavingTracer = "nnsight.intervention.contexts.interleaving.InterleavingTracer";
 
 // G2 cannot serialize torch dtypes, so the conversion is the Tensor method of the same name.
-const char* conversion_method(spec::DType dtype) {
+const char* conversion_method(DType dtype) {
   switch (dtype) {
-    case spec::DType::float16:
+    case DType::float16:
       return "half";
-    case spec::DType::bfloat16:
+    case DType::bfloat16:
       return "bfloat16";
-    case spec::DType::float32:
+    case DType::float32:
       return "float";
+    default:
+      break;
   }
-  throw InternalError("unknown target dtype in request encoder");
+  throw InternalError(fmt::format("the request cannot convert to {}", dtype_name(dtype)));
 }
 
 Json reference(std::int64_t memo_id) { return Json{{"type_name", "REFERENCE"}, {"id", memo_id}}; }

@@ -15,18 +15,6 @@ namespace {
 // Room for the ZIP directory, the pickle and the alignment padding of a torch.save file.
 constexpr std::size_t kContainerSlack = std::size_t{1} << 20;
 
-torchsave::DType file_dtype(spec::DType dtype) {
-  switch (dtype) {
-    case spec::DType::float16:
-      return torchsave::DType::float16;
-    case spec::DType::bfloat16:
-      return torchsave::DType::bfloat16;
-    case spec::DType::float32:
-      return torchsave::DType::float32;
-  }
-  throw InternalError("unknown requested dtype in result decoder");
-}
-
 // clang with libstdc++ fails to instantiate std::pair<Value, Value> (a Dict item) before Value's
 // destructor, because Value holds Dicts; a Value made here instantiates the destructor first.
 [[maybe_unused]] torchsave::Value none_value() { return torchsave::Value{}; }
@@ -109,9 +97,9 @@ const torchsave::Tensor& saved_tensor(const torchsave::Value& root, std::int64_t
   return *tensor;
 }
 
-std::int64_t count_nonfinite(std::span<const std::byte> bytes, torchsave::DType dtype) {
+std::int64_t count_nonfinite(std::span<const std::byte> bytes, DType dtype) {
   std::int64_t count = 0;
-  if (dtype == torchsave::DType::float32) {
+  if (dtype == DType::float32) {
     for (std::size_t i = 0; i + 4 <= bytes.size(); i += 4) {
       std::uint32_t bits = 0;
       std::memcpy(&bits, bytes.data() + i, 4);
@@ -119,7 +107,7 @@ std::int64_t count_nonfinite(std::span<const std::byte> bytes, torchsave::DType 
     }
     return count;
   }
-  const std::uint16_t mask = dtype == torchsave::DType::float16 ? 0x7C00 : 0x7F80;
+  const std::uint16_t mask = dtype == DType::float16 ? 0x7C00 : 0x7F80;
   for (std::size_t i = 0; i + 2 <= bytes.size(); i += 2) {
     std::uint16_t bits = 0;
     std::memcpy(&bits, bytes.data() + i, 2);
@@ -142,10 +130,10 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
   const auto& tensor =
       expected.saved_name.empty() ? saved_tensor(root, expected.saved_node) : named_tensor(root, expected.saved_name);
 
-  const auto want_dtype = file_dtype(expected.dtype);
+  const auto want_dtype = expected.dtype;
   if (tensor.dtype() != want_dtype) {
     throw DecodeError(fmt::format("result tensor has dtype {}, expected {} as requested",
-                                  torchsave::dtype_name(tensor.dtype()), torchsave::dtype_name(want_dtype)));
+                                  dtype_name(tensor.dtype()), dtype_name(want_dtype)));
   }
   const std::vector<std::int64_t> want_shape{expected.batch, expected.total_layers(), expected.positions,
                                              expected.hidden};
@@ -156,7 +144,7 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
   }
 
   const auto data = tensor.contiguous_bytes();
-  const auto element = torchsave::element_size(want_dtype);
+  const auto element = element_size(want_dtype);
   const auto row =
       static_cast<std::size_t>(expected.positions * expected.hidden) * element;  // one layer of one prompt
   const auto per_prompt = row * static_cast<std::size_t>(expected.total_layers());

@@ -136,7 +136,7 @@ std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& enc
     const auto decoded = remote::decode_result(f.result, expected);
     return fmt::format("a 1-prompt job (row 0) came back in {:.1f} s: ({}, {}, {}, {}) {}, {} received",
                        ms_since(started) / 1000, expected.batch, expected.total_layers(), expected.positions,
-                       expected.hidden, spec::dtype_name(expected.dtype), human_bytes(f.result.size()));
+                       expected.hidden, dtype_name(expected.dtype), human_bytes(f.result.size()));
   }
 }
 

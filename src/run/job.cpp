@@ -137,7 +137,7 @@ std::string plan_summary_text(const PreparedJob& job) {
       job.spec.job_file.string(), job.spec.model, job.model_config.hidden_size, job.model_config.num_hidden_layers,
       job.spec.endpoint, s.prompts, s.tokens, s.padded_tokens, waste, job.shape.positions, probes, s.batches,
       human_bytes(s.max_batch_bytes), human_bytes(s.download_bytes), human_bytes(job.shape.row_bytes()),
-      spec::dtype_name(job.spec.dtype), job.spec.output.string(), human_bytes(s.file_bytes));
+      dtype_name(job.spec.dtype), job.spec.output.string(), human_bytes(s.file_bytes));
 }
 
 }  // namespace ndif::run

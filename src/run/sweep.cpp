@@ -50,7 +50,7 @@ struct RunContext {
   std::string model;
   std::string model_key;
   std::vector<spec::Probe> probes;
-  spec::DType dtype = spec::DType::float16;
+  DType dtype = DType::float16;
   std::int64_t hidden = 0;
   spec::RetryOptions retry;
   spec::Timeouts timeouts;
@@ -126,7 +126,7 @@ RunContext decode_context(const json& j) {
   c.model = j.at("model");
   c.model_key = j.at("model_key");
   for (const auto& p : j.at("probes")) c.probes.push_back(probe_from_json(p));
-  c.dtype = static_cast<spec::DType>(j.at("dtype").get<int>());
+  c.dtype = static_cast<DType>(j.at("dtype").get<int>());
   c.hidden = j.at("hidden");
   const auto& r = j.at("retry");
   c.retry = {r[0].get<int>(), r[1].get<double>(), r[2].get<double>()};
@@ -600,7 +600,7 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
   for (const auto& p : spec.probes)
     layout.probes.push_back({p.name, p.module, p.output_index, p.layers, p.layers_text});
   layout.hidden = static_cast<std::size_t>(job.model_config.hidden_size);
-  layout.dtype = spec::dtype_name(spec.dtype);
+  layout.dtype = spec.dtype;
   return layout;
 }
 

@@ -15,16 +15,6 @@ using detail::fail;
 using detail::ObjectReader;
 using nlohmann::json;
 
-const char* dtype_name(DType dtype) noexcept {
-  switch (dtype) {
-    case DType::float16: return "float16";
-    case DType::bfloat16: return "bfloat16";
-    case DType::float32: return "float32";
-  }
-  return "float16";
-}
-
-int dtype_bytes(DType dtype) noexcept { return dtype == DType::float32 ? 4 : 2; }
 
 const char* encoder_name(EncoderKind kind) noexcept { return kind == EncoderKind::nnsight ? "nnsight" : "graph"; }
 
@@ -115,11 +105,10 @@ bool is_endpoint(std::string_view text) {
   return true;
 }
 
-std::optional<DType> dtype_from_name(const std::string& name) {
-  for (DType dtype : {DType::float16, DType::bfloat16, DType::float32}) {
-    if (name == dtype_name(dtype)) return dtype;
-  }
-  return std::nullopt;
+// Activations are stored as float16, bfloat16 or float32 only.
+std::optional<DType> activation_dtype(const std::string& name) {
+  const auto dtype = dtype_from_name(name);
+  return dtype && is_activation_dtype(*dtype) ? dtype : std::nullopt;
 }
 
 // "start:stop[:step]" with Python's range semantics, restricted to non-negative numbers.
@@ -251,7 +240,7 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
       spec.local.seed = seed->get<std::uint64_t>();
     }
     spec.local.model_dtype = local_reader.string("model_dtype", spec.local.model_dtype);
-    if (!dtype_from_name(spec.local.model_dtype)) {
+    if (!activation_dtype(spec.local.model_dtype)) {
       local_reader.wrong("model_dtype", "\"float16\", \"bfloat16\" or \"float32\"");
     }
   }
@@ -304,7 +293,7 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     }
   }
   if (const json* dtype = reader.find("dtype")) {
-    const auto parsed = dtype->is_string() ? dtype_from_name(dtype->get<std::string>()) : std::nullopt;
+    const auto parsed = dtype->is_string() ? activation_dtype(dtype->get<std::string>()) : std::nullopt;
     if (!parsed) reader.wrong("dtype", "\"float16\", \"bfloat16\" or \"float32\"");
     spec.dtype = *parsed;
   }

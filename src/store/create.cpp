@@ -112,7 +112,7 @@ void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout&
   const hsize_t n = layout.text.size();
   const std::vector<hsize_t> dims{n, probe.layers.size(), layout.positions_per_row, layout.hidden};
   const std::size_t row_bytes =
-      probe.layers.size() * layout.positions_per_row * layout.hidden * h5::activation_size(layout.dtype);
+      probe.layers.size() * layout.positions_per_row * layout.hidden * element_size(layout.dtype);
   if (row_bytes > kMaxChunkBytes)
     throw InputError("probe \"" + probe.name + "\": one prompt's activations are " + std::to_string(row_bytes) +
                      " bytes, over HDF5's 4 GiB chunk limit; split the probe's layers into several probes");
@@ -134,7 +134,7 @@ void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout&
   h5::write_attribute(dataset.get(), "output_index", std::int64_t{probe.output_index.value_or(-1)});
   h5::write_attribute(dataset.get(), "layers", probe.layers);
   h5::write_attribute(dataset.get(), "layers_text", probe.layers_text);
-  h5::write_attribute(dataset.get(), "dtype", layout.dtype);
+  h5::write_attribute(dataset.get(), "dtype", std::string(dtype_name(layout.dtype)));
   dataset.close("close " + name);
 }
 
@@ -197,7 +197,8 @@ std::string utc_now_iso8601() {
 void create_output_file(const std::filesystem::path& path, const FileLayout& layout) {
   check_output_path(path);
   check_layout(layout);
-  [[maybe_unused]] const std::size_t element_bytes = h5::activation_size(layout.dtype);  // rejects a bad dtype early
+  if (!is_activation_dtype(layout.dtype))
+    throw InputError(std::string("dtype \"") + dtype_name(layout.dtype) + "\" is not one of float16, bfloat16, float32");
 
   const std::filesystem::path temporary = path.string() + ".creating";
   try {

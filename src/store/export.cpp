@@ -18,11 +18,11 @@ namespace {
 /// Rows read per block: bounded bytes, so an export of millions of rows runs in fixed memory.
 constexpr std::size_t kBlockBytes = std::size_t{64} << 20;
 
-std::string numpy_descr(const std::string& dtype) {
-  if (dtype == "float16") return "<f2";
-  if (dtype == "bfloat16") return "<u2";  // NumPy has no bfloat16: the bit patterns, see readers.hpp
-  if (dtype == "float32") return "<f4";
-  throw StorageError("unknown activation dtype \"" + dtype + "\" in the output file");
+std::string numpy_descr(DType dtype) {
+  if (dtype == DType::float16) return "<f2";
+  if (dtype == DType::bfloat16) return "<u2";  // NumPy has no bfloat16: the bit patterns, see readers.hpp
+  if (dtype == DType::float32) return "<f4";
+  throw StorageError(std::string("activation dtype \"") + dtype_name(dtype) + "\" cannot be exported");
 }
 
 /// The .npy header (format 1.0) for a C-order array.
@@ -249,14 +249,14 @@ nlohmann::json meta_json(hid_t file, const std::string& where, const std::vector
     nlohmann::json meta = nlohmann::json::parse(metas.at(r), nullptr, false);
     metas_json.push_back(meta.is_discarded() ? nlohmann::json(metas[r]) : meta);
   }
-  const std::string dtype = probes.empty() ? "" : probes.front().status.dtype;
+  const DType dtype = probes.empty() ? DType::float16 : probes.front().status.dtype;
   return {{"format", h5::read_string_attribute(file, "format", where)},
           {"model", h5::read_string_attribute(file, "model", where)},
           {"model_key", h5::read_string_attribute(file, "model_key", where)},
           {"job_hash", h5::read_string_attribute(file, "job_hash", where)},
           {"source", where},
-          {"dtype", dtype},
-          {"stored_dtype", numpy_descr(dtype.empty() ? "float16" : dtype)},
+          {"dtype", probes.empty() ? "" : dtype_name(dtype)},
+          {"stored_dtype", numpy_descr(dtype)},
           {"rows", rows.size()},
           {"probes", probes_json},
           {"ids", ids_json},

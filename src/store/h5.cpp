@@ -103,17 +103,11 @@ Handle float16_type() {
   return type;
 }
 
-Handle activation_type(const std::string& dtype) {
-  if (dtype == "float16") return float16_type();
-  if (dtype == "bfloat16") return Handle(check_id(H5Tcopy(H5T_STD_U16LE), "copy the uint16 type"));
-  if (dtype == "float32") return Handle(check_id(H5Tcopy(H5T_IEEE_F32LE), "copy the float32 type"));
-  throw InputError("dtype \"" + dtype + "\" is not one of float16, bfloat16, float32");
-}
-
-std::size_t activation_size(const std::string& dtype) {
-  if (dtype == "float16" || dtype == "bfloat16") return 2;
-  if (dtype == "float32") return 4;
-  throw InputError("dtype \"" + dtype + "\" is not one of float16, bfloat16, float32");
+Handle activation_type(DType dtype) {
+  if (dtype == DType::float16) return float16_type();
+  if (dtype == DType::bfloat16) return Handle(check_id(H5Tcopy(H5T_STD_U16LE), "copy the uint16 type"));
+  if (dtype == DType::float32) return Handle(check_id(H5Tcopy(H5T_IEEE_F32LE), "copy the float32 type"));
+  throw InputError(std::string("dtype \"") + dtype_name(dtype) + "\" is not one of float16, bfloat16, float32");
 }
 
 Handle open_file_read(const std::filesystem::path& path) {

@@ -6,6 +6,8 @@
 
 #include <hdf5.h>
 
+#include "ndif_sweep/core/dtype.hpp"
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -64,11 +66,9 @@ private:
 [[nodiscard]] Handle utf8_string_type();
 /// IEEE half precision, little-endian (HDF5 1.10 has no predefined one; h5py builds the same).
 [[nodiscard]] Handle float16_type();
-/// The file type for an activation dtype name ("float16", "bfloat16" stored as uint16, "float32").
+/// The file type of an activation dtype (float16, bfloat16 stored as uint16, float32).
 /// Throws InputError for any other name.
-[[nodiscard]] Handle activation_type(const std::string& dtype);
-/// Bytes per element of an activation dtype name.
-[[nodiscard]] std::size_t activation_size(const std::string& dtype);
+[[nodiscard]] Handle activation_type(DType dtype);
 
 // --- files, groups, datasets, attributes ---------------------------------------------------------
 

@@ -70,7 +70,11 @@ std::vector<ProbeReader> open_probes(hid_t file, const std::string& where) {
     probe.status.module = h5::read_string_attribute(probe.dataset.get(), "module", object);
     probe.status.output_index = static_cast<int>(h5::read_int_attribute(probe.dataset.get(), "output_index", object));
     probe.status.layers = h5::read_int_array_attribute(probe.dataset.get(), "layers", object);
-    probe.status.dtype = h5::read_string_attribute(probe.dataset.get(), "dtype", object);
+    const std::string dtype = h5::read_string_attribute(probe.dataset.get(), "dtype", object);
+    const auto parsed = dtype_from_name(dtype);
+    if (!parsed || !is_activation_dtype(*parsed))
+      throw StorageError(object + " has dtype \"" + dtype + "\", not float16, bfloat16 or float32");
+    probe.status.dtype = *parsed;
     probes.push_back(std::move(probe));
   }
   return probes;
@@ -137,7 +141,7 @@ nlohmann::json FileStatus::to_json() const {
                            {"module", probe.module},
                            {"output_index", probe.output_index < 0 ? nlohmann::json() : nlohmann::json(probe.output_index)},
                            {"layers", probe.layers},
-                           {"dtype", probe.dtype}});
+                           {"dtype", dtype_name(probe.dtype)}});
   nlohmann::json runs_json = nlohmann::json::array();
   for (const RunRecord& run : runs)
     runs_json.push_back({{"time_utc", run.time_utc},
@@ -178,7 +182,7 @@ std::string FileStatus::to_text() const {
   for (const ProbeStatus& probe : probes) {
     out << "probe " << probe.name << ": " << probe.module;
     if (probe.output_index >= 0) out << "[" << probe.output_index << "]";
-    out << ", " << probe.layers.size() << " layers, " << probe.dtype << "\n";
+    out << ", " << probe.layers.size() << " layers, " << dtype_name(probe.dtype) << "\n";
   }
   for (std::size_t k = 0; k < runs.size(); ++k) {
     const RunRecord& run = runs[k];

@@ -8,38 +8,6 @@
 
 namespace ndif::torchsave {
 
-std::size_t element_size(DType dtype) noexcept {
-  switch (dtype) {
-    case DType::float16:
-    case DType::bfloat16:
-    case DType::int16: return 2;
-    case DType::float32:
-    case DType::int32: return 4;
-    case DType::float64:
-    case DType::int64: return 8;
-    case DType::int8:
-    case DType::uint8:
-    case DType::bool_: return 1;
-  }
-  return 1;
-}
-
-const char* dtype_name(DType dtype) noexcept {
-  switch (dtype) {
-    case DType::float16: return "float16";
-    case DType::bfloat16: return "bfloat16";
-    case DType::float32: return "float32";
-    case DType::float64: return "float64";
-    case DType::int64: return "int64";
-    case DType::int32: return "int32";
-    case DType::int16: return "int16";
-    case DType::int8: return "int8";
-    case DType::uint8: return "uint8";
-    case DType::bool_: return "bool";
-  }
-  return "unknown";
-}
-
 std::int64_t Tensor::numel() const noexcept {
   std::int64_t n = 1;
   for (auto d : shape) n *= d;

@@ -28,7 +28,7 @@ void status_reply(std::string_view body) {
   }
 }
 
-void result_file(std::span<const std::byte> bytes, ndif::spec::DType dtype) {
+void result_file(std::span<const std::byte> bytes, ndif::DType dtype) {
   ndif::remote::ExpectedResult expected;
   expected.saved_node = 0;
   expected.batch = 2;
@@ -55,7 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   status_reply(text);
   const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), size);
-  result_file(bytes, ndif::spec::DType::float16);
-  result_file(bytes, ndif::spec::DType::float32);
+  result_file(bytes, ndif::DType::float16);
+  result_file(bytes, ndif::DType::float32);
   return 0;
 }

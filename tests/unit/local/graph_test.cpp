@@ -11,7 +11,6 @@ namespace {
 
 using json = nlohmann::json;
 using testing::RequestBuilder;
-using torchsave::DType;
 
 const SyntheticModel kModel({4, 8, 0, DType::bfloat16});
 const std::vector<std::vector<std::int64_t>> kPrompts = {{5, 6, 7}, {1, 2, 3, 4, 9}, {42, 43}};

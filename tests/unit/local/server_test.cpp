@@ -17,7 +17,6 @@ namespace ndif::local {
 namespace {
 
 using json = nlohmann::json;
-using torchsave::DType;
 
 const std::vector<std::vector<std::int64_t>> kPrompts = {{11, 12, 13, 14}, {7}, {3, 1, 4, 1, 5, 9, 2}};
 const std::vector<int> kLayers = {0, 2};

@@ -14,7 +14,6 @@
 namespace ndif::local {
 namespace {
 
-using torchsave::DType;
 
 const std::vector<std::int64_t> kTokens = {128000, 791, 8415};
 

@@ -33,7 +33,7 @@ BatchRequest two_prompt_batch() {
   mlp.module = "model.layers.{layer}.mlp";
   mlp.layers = {1};
   r.probes = {resid, mlp};
-  r.dtype = spec::DType::bfloat16;
+  r.dtype = DType::bfloat16;
   r.hidden = 8;
   return r;
 }
@@ -195,9 +195,9 @@ TEST(RequestEncoder, ExpectedResultDescribesTheSavedNodeAndShape) {
 
 TEST(RequestEncoder, ConversionMethodFollowsTheDtype) {
   auto request = two_prompt_batch();
-  request.dtype = spec::DType::float16;
+  request.dtype = DType::float16;
   EXPECT_EQ(Graph(GraphRequestEncoder{}.graph_json(request)).args(19)[1], "half");
-  request.dtype = spec::DType::float32;
+  request.dtype = DType::float32;
   EXPECT_EQ(Graph(GraphRequestEncoder{}.graph_json(request)).args(19)[1], "float");
 }
 

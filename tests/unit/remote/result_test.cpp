@@ -23,7 +23,7 @@ ExpectedResult expected_f16() {
   e.probe_layers = {2, 1};
   e.positions = 2;
   e.hidden = 4;
-  e.dtype = spec::DType::float16;
+  e.dtype = DType::float16;
   return e;
 }
 
@@ -51,7 +51,7 @@ ts::Value g2_result(ts::Value saved, std::int64_t node = 20) {
   return ts::Value{std::move(root)};
 }
 
-ts::Value tensor(ts::DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
+ts::Value tensor(DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
   return ts::Value{ts::Tensor::from_bytes(dtype, std::move(shape), std::move(bytes))};
 }
 
@@ -67,7 +67,7 @@ std::string decode_message(const std::vector<std::byte>& file, const ExpectedRes
 }
 
 TEST(ResultDecoder, SplitsPerProbeIntoContiguousBlocksWithExactBytes) {
-  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
   const auto decoded = decode_result(file, expected_f16());
   ASSERT_EQ(decoded.probes.size(), 2);
   EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 2, 2, 4}));
@@ -87,7 +87,7 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   const std::uint16_t inf16 = 0x7C00, nan16 = 0xFE01;
   std::memcpy(f16.data() + 2 * 5, &inf16, 2);
   std::memcpy(f16.data() + 2 * 40, &nan16, 2);
-  EXPECT_EQ(decode_result(file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, f16))), expected_f16())
+  EXPECT_EQ(decode_result(file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, f16))), expected_f16())
                 .nonfinite,
             2);
 
@@ -96,18 +96,18 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   std::memcpy(bf16.data() + 2 * 7, &inf_bf, 2);
   std::memcpy(bf16.data() + 2 * 8, &inf16, 2);
   auto expected = expected_f16();
-  expected.dtype = spec::DType::bfloat16;
+  expected.dtype = DType::bfloat16;
   EXPECT_EQ(
-      decode_result(file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite,
+      decode_result(file_of(g2_result(tensor(DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite,
       1);
 
   std::vector<std::byte> f32(48 * 4, std::byte{0});
   const float values[] = {1.0f, std::numeric_limits<float>::quiet_NaN(),
                           std::numeric_limits<float>::infinity()};
   std::memcpy(f32.data(), values, sizeof values);
-  expected.dtype = spec::DType::float32;
+  expected.dtype = DType::float32;
   EXPECT_EQ(
-      decode_result(file_of(g2_result(tensor(ts::DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
+      decode_result(file_of(g2_result(tensor(DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
       2);
 }
 
@@ -115,7 +115,7 @@ TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
   // A (2, 3, 2, 4) view starting 4 elements into a larger storage, as a server slicing on its side
   // may save it.
   auto storage = std::make_shared<ts::Storage>();
-  storage->dtype = ts::DType::float16;
+  storage->dtype = DType::float16;
   storage->bytes = pattern16(52);
   ts::Tensor view;
   view.storage = storage;
@@ -128,7 +128,7 @@ TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
 }
 
 TEST(ResultDecoder, AcceptsZstdCompressedFiles) {
-  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
   std::vector<std::byte> compressed(ZSTD_compressBound(file.size()));
   const auto n = ZSTD_compress(compressed.data(), compressed.size(), file.data(), file.size(), 3);
   ASSERT_FALSE(ZSTD_isError(n));
@@ -141,7 +141,7 @@ TEST(ResultDecoder, AcceptsZstdCompressedFiles) {
 TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
   ts::Dict results;
   results.items.emplace_back(ts::Value{std::string("acts")},
-                             tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+                             tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)));
   ts::Dict root;
   root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job-1")});
   root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
@@ -159,7 +159,7 @@ TEST(ResultDecoder, AG4ResultIsTheSavedVariableOfTheExpectedName) {
   expected.saved_name = kSaveName;
   std::vector<std::pair<std::string, ts::Value>> saved;
   saved.emplace_back("other", ts::Value{std::int64_t{3}});
-  saved.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  saved.emplace_back(kSaveName, tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)));
   const auto decoded = decode_result(file_of(g4_result(std::move(saved))), expected);
   ASSERT_EQ(decoded.probes.size(), 2U);
   EXPECT_EQ(at16(decoded.probes[1].bytes, 0), 16);  // row 0, layer 2: element 2 * P * H
@@ -169,7 +169,7 @@ TEST(ResultDecoder, AG4ResultWithoutTheVariableNamesWhatItHolds) {
   auto expected = expected_f16();
   expected.saved_name = kSaveName;
   std::vector<std::pair<std::string, ts::Value>> saved;
-  saved.emplace_back("acts", tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)));
+  saved.emplace_back("acts", tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)));
   EXPECT_EQ(decode_message(file_of(g4_result(std::move(saved))), expected),
             "result file has no saved variable \"ndif_sweep_acts\" (it holds \"acts\")");
   std::vector<std::pair<std::string, ts::Value>> wrong_type;
@@ -177,26 +177,26 @@ TEST(ResultDecoder, AG4ResultWithoutTheVariableNamesWhatItHolds) {
   EXPECT_EQ(decode_message(file_of(g4_result(std::move(wrong_type))), expected),
             "result variable \"ndif_sweep_acts\" is a str, expected a tensor");
   std::vector<std::pair<std::string, ts::Value>> wrong_shape;
-  wrong_shape.emplace_back(kSaveName, tensor(ts::DType::float16, {2, 3, 2, 2}, pattern16(24)));
+  wrong_shape.emplace_back(kSaveName, tensor(DType::float16, {2, 3, 2, 2}, pattern16(24)));
   EXPECT_NE(decode_message(file_of(g4_result(std::move(wrong_shape))), expected).find("expected (2, 3, 2, 4)"),
             std::string::npos);
 }
 
 TEST(ResultDecoder, ShapeMismatchNamesExpectedAndGot) {
-  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 4, 2}, pattern16(48))));
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 4, 2}, pattern16(48))));
   EXPECT_EQ(
       decode_message(file, expected_f16()),
       "result tensor has shape (2, 3, 4, 2), expected (2, 3, 2, 4) = (prompts, layers, positions, hidden)");
 }
 
 TEST(ResultDecoder, DtypeMismatchNamesExpectedAndGot) {
-  const auto file = file_of(g2_result(tensor(ts::DType::bfloat16, {2, 3, 2, 4}, pattern16(48))));
+  const auto file = file_of(g2_result(tensor(DType::bfloat16, {2, 3, 2, 4}, pattern16(48))));
   EXPECT_EQ(decode_message(file, expected_f16()),
             "result tensor has dtype bfloat16, expected float16 as requested");
 }
 
 TEST(ResultDecoder, WrongContainersAreDecodeErrors) {
-  const auto t = [] { return tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48)); };
+  const auto t = [] { return tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)); };
   EXPECT_EQ(decode_message(file_of(t()), expected_f16()), "result file holds a tensor, expected a dict");
   ts::Dict no_result;
   no_result.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("j")});
@@ -214,7 +214,7 @@ TEST(ResultDecoder, WrongContainersAreDecodeErrors) {
 }
 
 TEST(ResultDecoder, GarbageAndTruncatedFilesAreDecodeErrors) {
-  const auto file = file_of(g2_result(tensor(ts::DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
   for (std::size_t cut : {std::size_t{0}, std::size_t{10}, file.size() / 2, file.size() - 1}) {
     const std::vector<std::byte> truncated(file.begin(), file.begin() + static_cast<std::ptrdiff_t>(cut));
     EXPECT_THROW(static_cast<void>(decode_result(truncated, expected_f16())), DecodeError) << cut;

@@ -25,8 +25,6 @@ inline std::uint64_t mix(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
-inline std::size_t element_bytes(const std::string& dtype) { return dtype == "float32" ? 4 : 2; }
-
 /// `batches` batches of 1 to 4 rows, rows shuffled across batches (as a length sort does), P = 2,
 /// H = 4, probes "resid" (layers 0, 2, 5; output 0) and "mlp" (layer 1; tensor output).
 inline FileLayout example_layout(const std::string& dtype, std::size_t batches = 3, std::size_t hidden = 4) {
@@ -69,12 +67,12 @@ inline FileLayout example_layout(const std::string& dtype, std::size_t batches =
   layout.probes = {{"resid", "model.layers.{layer}", 0, {0, 2, 5}, "[0, 2, 5]"},
                    {"mlp", "model.layers.{layer}.mlp", std::nullopt, {1}, "1:2"}};
   layout.hidden = hidden;
-  layout.dtype = dtype;
+  layout.dtype = *dtype_from_name(dtype);
   return layout;
 }
 
 inline std::size_t row_bytes(const FileLayout& layout, std::size_t probe) {
-  return layout.probes[probe].layers.size() * layout.positions_per_row * layout.hidden * element_bytes(layout.dtype);
+  return layout.probes[probe].layers.size() * layout.positions_per_row * layout.hidden * element_size(layout.dtype);
 }
 
 /// The bytes of one row of one probe.

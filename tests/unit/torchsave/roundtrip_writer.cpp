@@ -14,6 +14,8 @@
 
 namespace ts = ndif::torchsave;
 
+using ndif::DType;
+
 namespace {
 
 template <typename T>
@@ -23,7 +25,7 @@ std::vector<std::byte> le_bytes(const std::vector<T>& xs) {
   return out;
 }
 
-ts::Value tensor(ts::DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
+ts::Value tensor(DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
   return {ts::Tensor::from_bytes(dtype, std::move(shape), std::move(bytes))};
 }
 
@@ -37,7 +39,6 @@ ts::Value view(const ts::Tensor& base, std::int64_t offset, std::vector<std::int
 }
 
 ts::Value sample() {
-  using ts::DType;
   std::vector<float> grid(24);
   for (std::size_t i = 0; i < grid.size(); ++i) grid[i] = static_cast<float>(i) * 0.5f - 3.0f;
   const ts::Tensor base = ts::Tensor::from_bytes(DType::float32, {4, 6}, le_bytes(grid));

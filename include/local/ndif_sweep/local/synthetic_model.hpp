@@ -50,7 +50,7 @@ namespace ndif::local {
 
 /// Rounds a float32 to `dtype` (float16, bfloat16 or float32) and widens it back, exactly as a
 /// torch dtype conversion followed by `.float()`. Other dtypes are an InternalError.
-[[nodiscard]] float round_to(torchsave::DType dtype, float value);
+[[nodiscard]] float round_to(DType dtype, float value);
 
 /// Whether a module's output is a plain tensor or a tuple whose element 0 is the hidden state.
 enum class OutputKind { tensor, tuple };
@@ -60,7 +60,7 @@ struct ModelConfig {
   int layers = 32;                                   ///< num_hidden_layers
   int hidden = 64;                                   ///< hidden_size H
   std::uint64_t seed = 0;                            ///< the model's seed
-  torchsave::DType dtype = torchsave::DType::bfloat16;  ///< the dtype the model holds values in
+  DType dtype = DType::bfloat16;  ///< the dtype the model holds values in
 };
 
 /// The synthetic Llama-style decoder: module tree and activations.

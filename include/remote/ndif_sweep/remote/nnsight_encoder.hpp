@@ -52,7 +52,7 @@ struct EncoderJob {
   std::optional<std::string> model_dir;  ///< a local directory instead of the Hugging Face cache
   std::string model_key;                 ///< the envelope's key, as the server lists it
   std::vector<spec::Probe> probes;
-  spec::DType dtype = spec::DType::float16;
+  DType dtype = DType::float16;
 };
 
 /// One rank's encoder: a RequestEncoder whose bodies come from the node's encoder process. Not

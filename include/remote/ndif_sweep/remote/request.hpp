@@ -23,7 +23,7 @@ struct BatchRequest {
   std::vector<plan::EncodedPrompt> prompts;  ///< in send order; every prompt has P positions
   std::int32_t padded_len = 0;               ///< S: the longest prompt of the batch, in tokens
   std::vector<spec::Probe> probes;
-  spec::DType dtype = spec::DType::float16;
+  DType dtype = DType::float16;
   std::int64_t hidden = 0;  ///< H, the model's hidden size: sizes the expected result
 };
 
@@ -36,7 +36,7 @@ struct ExpectedResult {
   std::vector<std::int64_t> probe_layers;  ///< L_p per probe, in probe order
   std::int64_t positions = 0;              ///< P
   std::int64_t hidden = 0;                 ///< H
-  spec::DType dtype = spec::DType::float16;
+  DType dtype = DType::float16;
 
   /// Sum of `probe_layers`.
   [[nodiscard]] std::int64_t total_layers() const noexcept;

@@ -11,15 +11,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ndif_sweep/core/dtype.hpp"
+
 namespace ndif::spec {
 
-/// Target dtype of the saved activations; conversion happens on the server.
-enum class DType { float16, bfloat16, float32 };
-
-/// "float16" | "bfloat16" | "float32".
-[[nodiscard]] const char* dtype_name(DType dtype) noexcept;
-/// 2 or 4.
-[[nodiscard]] int dtype_bytes(DType dtype) noexcept;
+/// Bytes per element of an activation dtype: 2 or 4.
+[[nodiscard]] inline int dtype_bytes(DType dtype) noexcept { return static_cast<int>(element_size(dtype)); }
 
 /// What builds each batch's request body (architecture.md section 3, `encoder`).
 enum class EncoderKind {

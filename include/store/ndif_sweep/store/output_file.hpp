@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "ndif_sweep/core/dtype.hpp"
+
 namespace ndif::store {
 
 /// The format name stored in the root attribute `format`.
@@ -47,7 +49,7 @@ struct FileLayout {
 
   std::vector<ProbeLayout> probes;  ///< in job order; this order is kept in the file
   std::size_t hidden = 0;           ///< H
-  std::string dtype;                ///< "float16" | "bfloat16" | "float32"
+  DType dtype = DType::float16;     ///< float16, bfloat16 (stored as its uint16 bits) or float32
 };
 
 /// Creates the output file at `path` with every dataset of format `ndif-sweep/1` at its final size.

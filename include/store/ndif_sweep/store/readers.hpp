@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "ndif_sweep/core/dtype.hpp"
+
 namespace ndif::store {
 
 /// A probe as the file describes it (attributes of /acts/<name>).
@@ -24,7 +26,7 @@ struct ProbeStatus {
   std::string module;
   int output_index = -1;  ///< -1 for a tensor output
   std::vector<int> layers;
-  std::string dtype;
+  DType dtype = DType::float16;
 };
 
 /// Progress of an output file (`ndif-sweep status`).

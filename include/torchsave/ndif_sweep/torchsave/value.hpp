@@ -9,17 +9,12 @@
 #include <string>
 #include <utility>
 #include <variant>
+
+#include "ndif_sweep/core/dtype.hpp"
 #include <vector>
 
 namespace ndif::torchsave {
 
-/// Element type of a storage, named as torch names it.
-enum class DType { float16, bfloat16, float32, float64, int64, int32, int16, int8, uint8, bool_ };
-
-/// Bytes per element of `dtype`.
-[[nodiscard]] std::size_t element_size(DType dtype) noexcept;
-/// "float16", "bfloat16", ... as in torch and in the output file's `dtype` attribute.
-[[nodiscard]] const char* dtype_name(DType dtype) noexcept;
 
 /// Raw little-endian bytes of one storage; several tensors may view the same storage.
 struct Storage {

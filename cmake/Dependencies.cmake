@@ -14,6 +14,7 @@ if(NOT HDF5_IS_PARALLEL)
   message(FATAL_ERROR "ndif-sweep needs parallel HDF5 (Debian: libhdf5-openmpi-dev)")
 endif()
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)   # UTF-8 and normalization
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/utf8.hpp"
 #include "ndif_sweep/core/version.hpp"
 
 namespace ndif::remote {
@@ -222,40 +223,6 @@ std::vector<std::byte> zlib_compress(const std::string& text) {
   return out;
 }
 
-// Decodes one UTF-8 sequence starting at text[i]; returns the code point and advances i.
-char32_t next_code_point(std::string_view text, std::size_t& i) {
-  const auto lead = static_cast<unsigned char>(text[i]);
-  int extra = 0;
-  char32_t cp = 0;
-  if (lead < 0x80) {
-    cp = lead;
-  } else if ((lead & 0xE0) == 0xC0) {
-    cp = lead & 0x1F;
-    extra = 1;
-  } else if ((lead & 0xF0) == 0xE0) {
-    cp = lead & 0x0F;
-    extra = 2;
-  } else if ((lead & 0xF8) == 0xF0) {
-    cp = lead & 0x07;
-    extra = 3;
-  } else
-    throw InputError(fmt::format("model name is not valid UTF-8 (byte {} is 0x{:02x})", i, lead));
-  if (i + static_cast<std::size_t>(extra) >= text.size() && extra > 0) {
-    throw InputError(fmt::format("model name is not valid UTF-8 (truncated sequence at byte {})", i));
-  }
-  for (int e = 1; e <= extra; ++e) {
-    const auto c = static_cast<unsigned char>(text[i + static_cast<std::size_t>(e)]);
-    if ((c & 0xC0) != 0x80) throw InputError(fmt::format("model name is not valid UTF-8 (byte {})", i + e));
-    cp = (cp << 6) | (c & 0x3F);
-  }
-  static constexpr char32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-    throw InputError(fmt::format("model name is not valid UTF-8 (bad sequence at byte {})", i));
-  }
-  i += static_cast<std::size_t>(extra) + 1;
-  return cp;
-}
-
 }  // namespace
 
 std::int64_t ExpectedResult::total_layers() const noexcept {
@@ -270,7 +237,9 @@ std::string python_json_string(std::string_view text) {
   std::string out = "\"";
   std::size_t i = 0;
   while (i < text.size()) {
-    const char32_t cp = next_code_point(text, i);
+    const auto decoded = next_code_point(text, i);
+    if (!decoded) throw InputError(fmt::format("model name is not valid UTF-8 (byte {})", i));
+    const char32_t cp = *decoded;
     switch (cp) {
       case U'"':
         out += "\\\"";

@@ -24,38 +24,6 @@ std::string describe(const json& value) {
   return text;
 }
 
-std::optional<std::size_t> first_invalid_utf8(std::string_view text) noexcept {
-  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const unsigned char lead = byte(i);
-    std::size_t length = 0;
-    std::uint32_t min_code = 0;
-    std::uint32_t code = 0;
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    if ((lead & 0xE0) == 0xC0) {
-      length = 2, min_code = 0x80, code = lead & 0x1Fu;
-    } else if ((lead & 0xF0) == 0xE0) {
-      length = 3, min_code = 0x800, code = lead & 0x0Fu;
-    } else if ((lead & 0xF8) == 0xF0) {
-      length = 4, min_code = 0x10000, code = lead & 0x07u;
-    } else {
-      return i;
-    }
-    if (i + length > text.size()) return i;
-    for (std::size_t k = 1; k < length; ++k) {
-      if ((byte(i + k) & 0xC0) != 0x80) return i;
-      code = (code << 6) | (byte(i + k) & 0x3Fu);
-    }
-    if (code < min_code || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
-    i += length;
-  }
-  return std::nullopt;
-}
-
 TextLocation locate_byte(std::string_view text, std::size_t byte) noexcept {
   // nlohmann reports the 1-based index of the last byte it read; byte n+1 means end of input.
   const std::size_t end = std::min(byte == 0 ? 0 : byte - 1, text.size());

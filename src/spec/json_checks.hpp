@@ -27,7 +27,7 @@ using nlohmann::json;
 
 /// Byte index of the first invalid UTF-8 sequence in `text`, or nullopt when it is valid
 /// (strict: no overlong forms, no surrogates, nothing above U+10FFFF).
-[[nodiscard]] std::optional<std::size_t> first_invalid_utf8(std::string_view text) noexcept;
+
 
 /// The "(line L, column C)" location of a 1-based byte index reported by nlohmann's parse_error.
 struct TextLocation {

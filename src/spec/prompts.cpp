@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "json_checks.hpp"
+#include "ndif_sweep/core/utf8.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
 
@@ -20,7 +21,7 @@ bool is_blank(std::string_view line) {
 
 PromptRecord parse_line(std::string_view line, std::size_t line_number, const std::string& prefix,
                         const std::vector<PositionSpec>& default_positions) {
-  if (const auto bad = detail::first_invalid_utf8(line)) {
+  if (const auto bad = first_invalid_utf8(line)) {
     fail(prefix, "invalid UTF-8 at byte " + std::to_string(*bad + 1) + " of the line; the file must be UTF-8");
   }
   json value;

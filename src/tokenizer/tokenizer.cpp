@@ -489,8 +489,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& na
 std::size_t Tokenizer::vocab_size() const noexcept { return impl_->vocab_size; }
 
 Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
-  if (const auto bad = detail::find_invalid_utf8(text); bad != std::string_view::npos) {
-    throw InputError("text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
+  if (const auto bad = first_invalid_utf8(text)) {
+    throw InputError("text is not valid UTF-8 (byte " + std::to_string(*bad) + ")");
   }
   const Impl& impl = *impl_;
   std::vector<Split> splits;

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "ndif_sweep/core/utf8.hpp"
+
 namespace ndif::tokenizer::detail {
 
 /// A code point of a normalization result with its alignment change: 0 replaces one input
@@ -28,11 +30,7 @@ struct ChangedChar {
 /// Decodes the character at `at` of valid UTF-8 `text`.
 [[nodiscard]] char32_t decode_at(std::string_view text, std::size_t at) noexcept;
 
-/// Appends the UTF-8 encoding of `c`.
-void append_utf8(std::string& out, char32_t c);
-
-/// Byte offset of the first invalid UTF-8 sequence in `text`, or npos when it is all valid.
-[[nodiscard]] std::size_t find_invalid_utf8(std::string_view text) noexcept;
+using ndif::append_utf8;
 
 enum class NormalForm { nfc, nfd, nfkc, nfkd };
 

@@ -1,8 +1,8 @@
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/zip_writer.hpp"
 #include "ndif_sweep/store/readers.hpp"
 #include "reading.hpp"
 
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -63,123 +63,26 @@ void write_npy(const std::filesystem::path& path, const std::string& descr, cons
   finish(out, path);
 }
 
-// --- a stored (uncompressed) ZIP64 archive, which numpy.load reads as .npz ----------------------
-
-void put16(std::string& out, std::uint16_t v) {
-  for (int i = 0; i < 2; ++i) out += static_cast<char>((v >> (8 * i)) & 0xff);
-}
-void put32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out += static_cast<char>((v >> (8 * i)) & 0xff);
-}
-void put64(std::string& out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out += static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-struct ZipEntry {
-  std::string name;
-  std::uint64_t offset = 0;
-  std::uint64_t size = 0;
-  std::uint32_t crc = 0;
-};
-
-constexpr std::uint16_t kZipVersion = 45;  // ZIP64
-constexpr std::uint16_t kDosDate = (0 << 9) | (1 << 5) | 1;  // 1980-01-01: exports are reproducible
-
-/// Appends the file `part` to the archive `out` as entry `name`; every size is given in ZIP64 form,
-/// since one layer of a large sweep easily exceeds 4 GiB.
-ZipEntry append_entry(std::ofstream& out, const std::string& name, const std::filesystem::path& part) {
-  ZipEntry entry{name, static_cast<std::uint64_t>(out.tellp()), std::filesystem::file_size(part), 0};
+/// Appends the file `part` to the archive as entry `name`: its CRC-32 is read first (a stored
+/// entry's header precedes its data), then its bytes are copied, a block at a time.
+void append_entry(ZipWriter& zip, const std::string& name, const std::filesystem::path& part) {
   std::ifstream in(part, std::ios::binary);
   if (!in) throw StorageError("cannot read back " + part.string());
   std::vector<char> buffer(std::size_t{1} << 20);
-  uLong crc = crc32(0L, Z_NULL, 0);
+  const auto block = [&] { return std::span(reinterpret_cast<const std::byte*>(buffer.data()), static_cast<std::size_t>(in.gcount())); };
+  std::uint32_t crc = 0;
   while (in) {
     in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(buffer.data()), static_cast<uInt>(in.gcount()));
+    crc = crc32(block(), crc);
   }
-  entry.crc = static_cast<std::uint32_t>(crc);
-
-  std::string header;
-  put32(header, 0x04034b50);
-  put16(header, kZipVersion);
-  put16(header, 0);  // flags
-  put16(header, 0);  // stored
-  put16(header, 0);  // time
-  put16(header, kDosDate);
-  put32(header, entry.crc);
-  put32(header, 0xffffffff);
-  put32(header, 0xffffffff);
-  put16(header, static_cast<std::uint16_t>(name.size()));
-  put16(header, 20);
-  header += name;
-  put16(header, 0x0001);
-  put16(header, 16);
-  put64(header, entry.size);
-  put64(header, entry.size);
-  out << header;
-
   in.clear();
   in.seekg(0);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    out.write(buffer.data(), in.gcount());
-  }
-  return entry;
-}
-
-void finish_zip(std::ofstream& out, const std::vector<ZipEntry>& entries) {
-  const auto directory_offset = static_cast<std::uint64_t>(out.tellp());
-  std::string directory;
-  for (const ZipEntry& entry : entries) {
-    put32(directory, 0x02014b50);
-    put16(directory, kZipVersion);
-    put16(directory, kZipVersion);
-    put16(directory, 0);
-    put16(directory, 0);
-    put16(directory, 0);
-    put16(directory, kDosDate);
-    put32(directory, entry.crc);
-    put32(directory, 0xffffffff);
-    put32(directory, 0xffffffff);
-    put16(directory, static_cast<std::uint16_t>(entry.name.size()));
-    put16(directory, 28);
-    put16(directory, 0);  // comment
-    put16(directory, 0);  // disk
-    put16(directory, 0);  // internal attributes
-    put32(directory, 0);  // external attributes
-    put32(directory, 0xffffffff);
-    directory += entry.name;
-    put16(directory, 0x0001);
-    put16(directory, 24);
-    put64(directory, entry.size);
-    put64(directory, entry.size);
-    put64(directory, entry.offset);
-  }
-  const std::uint64_t end64_offset = directory_offset + directory.size();
-  std::string tail;
-  put32(tail, 0x06064b50);
-  put64(tail, 44);
-  put16(tail, kZipVersion);
-  put16(tail, kZipVersion);
-  put32(tail, 0);
-  put32(tail, 0);
-  put64(tail, entries.size());
-  put64(tail, entries.size());
-  put64(tail, directory.size());
-  put64(tail, directory_offset);
-  put32(tail, 0x07064b50);
-  put32(tail, 0);
-  put64(tail, end64_offset);
-  put32(tail, 1);
-  put32(tail, 0x06054b50);
-  put16(tail, 0);
-  put16(tail, 0);
-  put16(tail, 0xffff);
-  put16(tail, 0xffff);
-  put32(tail, 0xffffffff);
-  put32(tail, 0xffffffff);
-  put16(tail, 0);
-  out << directory << tail;
+  zip.add(name, std::filesystem::file_size(part), crc, [&](const ZipWriter::Sink& sink) {
+    while (in) {
+      in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      sink(block());
+    }
+  });
 }
 
 /// Writes one probe as `<dir>/<probe>_layer<L>.npy` files, streaming blocks of rows.
@@ -303,9 +206,11 @@ void export_rows(const std::filesystem::path& path, const std::filesystem::path&
     const auto layer_files = export_probe_layers(probe, rows, parts, "layer");
     const std::filesystem::path archive = dir / (probe.status.name + ".npz");
     std::ofstream out = open_output_file(archive);
-    std::vector<ZipEntry> entries;
-    for (const auto& part : layer_files) entries.push_back(append_entry(out, part.filename().string(), part));
-    finish_zip(out, entries);
+    ZipWriter zip([&](std::span<const std::byte> bytes) {
+      out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    });
+    for (const auto& part : layer_files) append_entry(zip, part.filename().string(), part);
+    zip.finish();
     finish(out, archive);
     std::filesystem::remove_all(parts, ec);
   }

@@ -77,7 +77,7 @@ std::vector<std::byte> save_archive(const Value& value, const std::string& archi
   if (archive.empty() || archive.find('/') != std::string::npos)
     throw InternalError(fmt::format("torchsave: archive folder name \"{}\" must be one non-empty path component", archive));
   const Pickled pickled = pickle_value(value);
-  ZipWriter zip(zip64_threshold);
+  ZipBuffer zip(zip64_threshold);
   zip.add(archive + "/data.pkl", pickled.pickle);
   zip.add(archive + "/byteorder", as_bytes("little"));
   for (std::size_t i = 0; i < pickled.storages.size(); ++i)

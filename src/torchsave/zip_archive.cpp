@@ -30,10 +30,7 @@ constexpr std::uint16_t k16 = 0xFFFFu;
 // 1980-01-01, the earliest MS-DOS date; a fixed stamp keeps the output byte-for-byte reproducible.
 constexpr std::uint16_t kDosDate = 0x21;
 
-std::uint32_t crc32_of(std::span<const std::byte> data) {
-  return static_cast<std::uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<z_size_t>(data.size())));
-}
+std::uint32_t crc32_of(std::span<const std::byte> data) { return ndif::crc32(data); }
 
 struct EndRecord {
   std::uint64_t entries = 0;
@@ -169,105 +166,6 @@ std::vector<ZipEntry> read_zip(std::span<const std::byte> zip) {
     entries.push_back({std::move(name), bytes});
   }
   return entries;
-}
-
-void ZipWriter::add(const std::string& name, std::span<const std::byte> data) {
-  if (name.size() > k16) throw InternalError("torchsave: ZIP entry name longer than 65535 bytes");
-  Record rec{name, crc32_of(data), data.size(), out_.size()};
-  const bool zip64 = rec.size >= zip64_threshold_;
-  const std::size_t zip64_len = zip64 ? 20 : 0;
-  const std::size_t header_end = rec.offset + kLocalHeaderSize + name.size() + zip64_len + 4;
-  const std::size_t pad = (64 - header_end % 64) % 64;
-
-  put_le(out_, kLocalHeaderSig, 4);
-  put_le(out_, zip64 ? 45 : 20, 2);  // version needed to extract
-  put_le(out_, 0, 2);                // flags: sizes are known up front, no data descriptor
-  put_le(out_, 0, 2);                // method: stored
-  put_le(out_, 0, 2);                // time
-  put_le(out_, kDosDate, 2);
-  put_le(out_, rec.crc, 4);
-  put_le(out_, zip64 ? k32 : rec.size, 4);
-  put_le(out_, zip64 ? k32 : rec.size, 4);
-  put_le(out_, name.size(), 2);
-  put_le(out_, zip64_len + 4 + pad, 2);
-  put_str(out_, name);
-  if (zip64) {
-    put_le(out_, kZip64ExtraId, 2);
-    put_le(out_, 16, 2);
-    put_le(out_, rec.size, 8);
-    put_le(out_, rec.size, 8);
-  }
-  put_le(out_, kPaddingExtraId, 2);
-  put_le(out_, pad, 2);
-  out_.insert(out_.end(), pad, std::byte{'Z'});
-  out_.insert(out_.end(), data.begin(), data.end());
-  records_.push_back(std::move(rec));
-}
-
-std::vector<std::byte> ZipWriter::finish() && {
-  const std::uint64_t dir_offset = out_.size();
-  for (const Record& rec : records_) {
-    const bool big_size = rec.size >= zip64_threshold_;
-    const bool big_offset = rec.offset >= zip64_threshold_;
-    const std::size_t zip64_len = (big_size ? 16 : 0) + (big_offset ? 8 : 0);
-    const bool zip64 = zip64_len != 0;
-    put_le(out_, kCentralHeaderSig, 4);
-    put_le(out_, zip64 ? 45 : 20, 2);  // version made by (MS-DOS attributes)
-    put_le(out_, zip64 ? 45 : 20, 2);  // version needed to extract
-    put_le(out_, 0, 2);
-    put_le(out_, 0, 2);
-    put_le(out_, 0, 2);
-    put_le(out_, kDosDate, 2);
-    put_le(out_, rec.crc, 4);
-    put_le(out_, big_size ? k32 : rec.size, 4);
-    put_le(out_, big_size ? k32 : rec.size, 4);
-    put_le(out_, rec.name.size(), 2);
-    put_le(out_, zip64 ? zip64_len + 4 : 0, 2);
-    put_le(out_, 0, 2);   // comment length
-    put_le(out_, 0, 2);   // disk
-    put_le(out_, 0, 2);   // internal attributes
-    put_le(out_, 0, 4);   // external attributes
-    put_le(out_, big_offset ? k32 : rec.offset, 4);
-    put_str(out_, rec.name);
-    if (zip64) {
-      put_le(out_, kZip64ExtraId, 2);
-      put_le(out_, zip64_len, 2);
-      if (big_size) {
-        put_le(out_, rec.size, 8);
-        put_le(out_, rec.size, 8);
-      }
-      if (big_offset) put_le(out_, rec.offset, 8);
-    }
-  }
-  const std::uint64_t dir_size = out_.size() - dir_offset;
-  const std::uint64_t count = records_.size();
-  const bool zip64 = count >= k16 || dir_offset >= zip64_threshold_ || dir_size >= zip64_threshold_;
-  if (zip64) {
-    const std::uint64_t end64 = out_.size();
-    put_le(out_, kZip64EndSig, 4);
-    put_le(out_, kZip64EndSize - 12, 8);  // size of the rest of this record
-    put_le(out_, 45, 2);
-    put_le(out_, 45, 2);
-    put_le(out_, 0, 4);
-    put_le(out_, 0, 4);
-    put_le(out_, count, 8);
-    put_le(out_, count, 8);
-    put_le(out_, dir_size, 8);
-    put_le(out_, dir_offset, 8);
-    put_le(out_, kZip64LocatorSig, 4);
-    put_le(out_, 0, 4);
-    put_le(out_, end64, 8);
-    put_le(out_, 1, 4);  // total number of disks
-  }
-  put_le(out_, kEndSig, 4);
-  put_le(out_, 0, 2);
-  put_le(out_, 0, 2);
-  put_le(out_, zip64 ? k16 : count, 2);
-  put_le(out_, zip64 ? k16 : count, 2);
-  put_le(out_, zip64 ? k32 : dir_size, 4);
-  put_le(out_, zip64 ? k32 : dir_offset, 4);
-  put_le(out_, 0, 2);
-  return std::move(out_);
 }
 
 }  // namespace ndif::torchsave::detail

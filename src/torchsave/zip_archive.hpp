@@ -1,14 +1,16 @@
 #pragma once
 /// \file
 /// The ZIP container of torch.save files: a reader of stored (uncompressed) entries, ZIP64
-/// included, for untrusted input, and a writer that lays entries out as torch does (data aligned
-/// to 64 bytes through an "FB" padding extra field).
+/// included, for untrusted input, and an in-memory archive on the project's one ZIP writer that
+/// lays entries out as torch does (data aligned to 64 bytes through an "FB" padding extra field).
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "ndif_sweep/core/zip_writer.hpp"
 
 namespace ndif::torchsave::detail {
 
@@ -23,29 +25,29 @@ struct ZipEntry {
 /// encrypted entries, on duplicate names and on multi-disk archives.
 [[nodiscard]] std::vector<ZipEntry> read_zip(std::span<const std::byte> archive);
 
-/// Builds a ZIP archive of stored entries in the order they are added.
-class ZipWriter {
+/// A torch.save archive built in memory with the project's ZIP writer (core/zip_writer.hpp),
+/// entry data aligned to 64 bytes as torch aligns it. Not copyable or movable: the writer appends
+/// to this object's buffer.
+class ZipBuffer {
 public:
-  /// Entries at least this large (and archives whose directory lies beyond it) use ZIP64 records.
-  /// Lowering it lets tests exercise the ZIP64 layout without gigabyte-sized inputs.
-  explicit ZipWriter(std::uint64_t zip64_threshold = 0xFFFFFFFFu) : zip64_threshold_(zip64_threshold) {}
+  explicit ZipBuffer(std::uint64_t zip64_threshold = 0xFFFFFFFFu)
+      : writer_([this](std::span<const std::byte> b) { bytes_.insert(bytes_.end(), b.begin(), b.end()); },
+                ZipWriter::Options{zip64_threshold, 64}) {}
+  ZipBuffer(const ZipBuffer&) = delete;
+  ZipBuffer& operator=(const ZipBuffer&) = delete;
 
-  /// Appends one entry; its data starts at a 64-byte aligned offset of the archive.
-  void add(const std::string& name, std::span<const std::byte> data);
+  /// Appends one entry.
+  void add(const std::string& name, std::span<const std::byte> data) { writer_.add(name, data); }
 
   /// Writes the central directory and end records and returns the archive.
-  [[nodiscard]] std::vector<std::byte> finish() &&;
+  [[nodiscard]] std::vector<std::byte> finish() && {
+    writer_.finish();
+    return std::move(bytes_);
+  }
 
 private:
-  struct Record {
-    std::string name;
-    std::uint32_t crc = 0;
-    std::uint64_t size = 0;
-    std::uint64_t offset = 0;
-  };
-  std::uint64_t zip64_threshold_;
-  std::vector<std::byte> out_;
-  std::vector<Record> records_;
+  std::vector<std::byte> bytes_;
+  ZipWriter writer_;
 };
 
 }  // namespace ndif::torchsave::detail

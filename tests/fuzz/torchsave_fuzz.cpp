@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   try {
     const std::vector<std::byte> storage(64, std::byte{0x3C});
-    ndif::torchsave::detail::ZipWriter zip;
+    ndif::torchsave::detail::ZipBuffer zip;
     zip.add("archive/data.pkl", input);
     zip.add("archive/data/0", storage);
     zip.add("archive/data/1", std::span(storage).first(6));

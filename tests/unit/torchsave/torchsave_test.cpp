@@ -46,7 +46,7 @@ std::vector<std::byte> le_bytes(std::initializer_list<T> xs) {
 // An archive with a hand-written data.pkl and the given storages, laid out as torch does.
 std::vector<std::byte> archive_with(std::string_view pickle,
                                     const std::vector<std::vector<std::byte>>& storages = {}) {
-  detail::ZipWriter zip;
+  detail::ZipBuffer zip;
   zip.add("archive/data.pkl", bytes_of(pickle));
   for (std::size_t i = 0; i < storages.size(); ++i) zip.add("archive/data/" + std::to_string(i), storages[i]);
   zip.add("archive/version", bytes_of("3\n"));
@@ -339,7 +339,7 @@ TEST(TorchsaveMalformed, StorageSizeMustMatchItsElementCount) {
 }
 
 TEST(TorchsaveMalformed, BigEndianByteorderIsRejected) {
-  detail::ZipWriter zip;
+  detail::ZipBuffer zip;
   zip.add("a/data.pkl", bytes_of("\x80\x02N."));
   zip.add("a/byteorder", bytes_of("big"));
   EXPECT_NE(decode_error_of(std::move(zip).finish()).find("byteorder is \"big\""), std::string::npos);
@@ -368,10 +368,10 @@ TEST(TorchsaveMalformed, StackAndMarkMisuseIsRejected) {
 }
 
 TEST(TorchsaveMalformed, MissingOrDuplicatePickleIsRejected) {
-  detail::ZipWriter zip;
+  detail::ZipBuffer zip;
   zip.add("a/version", bytes_of("3\n"));
   EXPECT_NE(decode_error_of(std::move(zip).finish()).find("found 0"), std::string::npos);
-  detail::ZipWriter two;
+  detail::ZipBuffer two;
   two.add("a/data.pkl", bytes_of("\x80\x02N."));
   two.add("b/data.pkl", bytes_of("\x80\x02N."));
   EXPECT_NE(decode_error_of(std::move(two).finish()).find("found 2"), std::string::npos);

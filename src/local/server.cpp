@@ -184,7 +184,7 @@ private:
   Clock::time_point next_{};
 };
 
-enum class Stage { received, delayed, queued, running, completed, error };
+enum class JobStage { received, delayed, queued, running, completed, error };
 
 struct Job {
   std::string id;
@@ -196,7 +196,7 @@ struct Job {
   bool compress = false;                 ///< G4 envelope "compress": zstd blob and result
   std::map<std::string, std::string> saved_names;  ///< G4: node index -> variable name
   bool stored = false;
-  Stage stage = Stage::received;
+  JobStage stage = JobStage::received;
   std::string description;
   std::shared_ptr<const std::vector<std::byte>> result;  ///< the file to download
   bool downloading = false;
@@ -281,11 +281,11 @@ struct LocalServer::Impl {
     // ndif 0.1 stores no RECEIVED status: a queued job is QUEUED from its first stored status.
     static constexpr const char* g4_names[] = {"QUEUED", "QUEUED", "QUEUED", "RUNNING", "COMPLETED", "ERROR"};
     json data = nullptr;
-    if (job.stage == Stage::completed && job.g4) {
+    if (job.stage == JobStage::completed && job.g4) {
       const long long expires = job.fault == FaultKind::expired_url ? unix_now() - 1 : unix_now() + options.url_ttl_s;
       data = base_url() + "/download/" + job.id + "?expires=" + std::to_string(expires) +
              "&signature=" + url_signature(job.id, expires, secret);
-    } else if (job.stage == Stage::completed &&
+    } else if (job.stage == JobStage::completed &&
                (options.delivery == Delivery::url || job.fault == FaultKind::expired_url)) {
       std::string url = base_url() + "/download/" + job.id + "?X-Amz-Expires=7200&X-Amz-Signature=" +
                         (job.fault == FaultKind::expired_url ? "expired" : "local");
@@ -315,7 +315,7 @@ struct LocalServer::Impl {
       while (!delayed.empty() && delayed.begin()->first <= now) {
         auto job = delayed.begin()->second;
         delayed.erase(delayed.begin());
-        job->stage = Stage::queued;
+        job->stage = JobStage::queued;
         queue.push_back(std::move(job));
         renumber_queue();
         changed.notify_all();
@@ -341,7 +341,7 @@ struct LocalServer::Impl {
       auto job = queue.front();
       queue.pop_front();
       renumber_queue();
-      job->stage = Stage::running;
+      job->stage = JobStage::running;
       job->description = "Your job has started running.";
       lock.unlock();
       finish(*job);
@@ -351,11 +351,11 @@ struct LocalServer::Impl {
 
   /// Runs the job's graph (without the mutex) and publishes its outcome.
   void finish(Job& job) {
-    Stage stage = Stage::completed;
+    JobStage stage = JobStage::completed;
     std::string description = "Your job has been completed.";
     std::shared_ptr<const std::vector<std::byte>> file;
     if (job.fault == FaultKind::error_status) {
-      stage = Stage::error;
+      stage = JobStage::error;
       description = kCancelled;
     } else {
       try {
@@ -384,20 +384,20 @@ struct LocalServer::Impl {
         }
         file = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
       } catch (const Error& e) {
-        stage = Stage::error;
+        stage = JobStage::error;
         description = e.what();
       } catch (const std::exception& e) {
-        stage = Stage::error;
+        stage = JobStage::error;
         description = std::string("InternalError: ") + e.what();
       }
     }
     std::lock_guard lock(mutex);
-    ++(stage == Stage::error ? failed_jobs : completed_jobs);
+    ++(stage == JobStage::error ? failed_jobs : completed_jobs);
     job.stage = stage;
     job.description = std::move(description);
     job.result = std::move(file);
     job.graph = RequestGraph{};  // the request is no longer needed; free it early
-    job.forget_at = Clock::now() + (stage == Stage::error ? kKeepError : kKeepUndelivered);
+    job.forget_at = Clock::now() + (stage == JobStage::error ? kKeepError : kKeepUndelivered);
   }
 
   // --- HTTP handlers ------------------------------------------------------------------------
@@ -537,10 +537,10 @@ struct LocalServer::Impl {
       }
       jobs.emplace(job->id, job);
       if (options.latency_ms > 0) {
-        job->stage = Stage::delayed;
+        job->stage = JobStage::delayed;
         delayed.emplace(Clock::now() + std::chrono::milliseconds(options.latency_ms), job);
       } else {
-        job->stage = Stage::queued;
+        job->stage = JobStage::queued;
         queue.push_back(job);
         renumber_queue();
       }
@@ -613,7 +613,7 @@ struct LocalServer::Impl {
                         "application/xml");
         return;
       }
-      if (!job || job->stage != Stage::completed || !job->result || job->downloading) {
+      if (!job || job->stage != JobStage::completed || !job->result || job->downloading) {
         res.status = 404;
         res.set_content(detail("No result for job " + std::string(req.matches[1]) +
                                ": it is unknown, not completed, already downloaded or being downloaded."),

@@ -101,7 +101,7 @@ float round_to(DType dtype, float value) {
   }
 }
 
-SyntheticModel::SyntheticModel(ModelConfig config) : config_(config) {
+SyntheticModel::SyntheticModel(SyntheticModelConfig config) : config_(config) {
   if (config_.layers <= 0) {
     throw InputError("--layers must be a positive number of decoder layers, got " +
                      std::to_string(config_.layers));

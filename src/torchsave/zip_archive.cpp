@@ -1,6 +1,5 @@
 #include "zip_archive.hpp"
 
-#include <zlib.h>
 
 #include <algorithm>
 #include <set>

@@ -42,7 +42,7 @@ httplib::Headers headers(const std::string& key = "secret") {
 
 ServerOptions options_with(std::optional<FaultKind> fault = std::nullopt) {
   ServerOptions options;
-  options.model = ModelConfig{4, 8, 3, DType::bfloat16};
+  options.model = SyntheticModelConfig{4, 8, 3, DType::bfloat16};
   options.api_keys = {"secret"};
   if (fault) {
     options.fail_rate = 1.0;

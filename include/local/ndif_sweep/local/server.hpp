@@ -46,7 +46,7 @@ enum class Delivery {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;                          ///< 0 picks a free port
-  ModelConfig model;
+  SyntheticModelConfig model;
   std::vector<std::string> api_keys;     ///< empty: any non-empty key is accepted
   int workers = 1;                       ///< jobs that run at once
   int latency_ms = 0;                    ///< queue time before a job joins the worker queue

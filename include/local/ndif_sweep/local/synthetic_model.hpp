@@ -56,7 +56,7 @@ namespace ndif::local {
 enum class OutputKind { tensor, tuple };
 
 /// Shape and identity of the synthetic model a server runs.
-struct ModelConfig {
+struct SyntheticModelConfig {
   int layers = 32;                                   ///< num_hidden_layers
   int hidden = 64;                                   ///< hidden_size H
   std::uint64_t seed = 0;                            ///< the model's seed
@@ -67,9 +67,9 @@ struct ModelConfig {
 class SyntheticModel {
 public:
   /// Throws InputError when layers or hidden is not positive or dtype is not a float dtype.
-  explicit SyntheticModel(ModelConfig config);
+  explicit SyntheticModel(SyntheticModelConfig config);
 
-  [[nodiscard]] const ModelConfig& config() const noexcept { return config_; }
+  [[nodiscard]] const SyntheticModelConfig& config() const noexcept { return config_; }
 
   /// The output kind of a module path without leading dot (`model.embed_tokens`,
   /// `model.layers.{l}`, `model.layers.{l}.self_attn`, `model.layers.{l}.mlp`, `model.norm`, l
@@ -81,7 +81,7 @@ public:
   [[nodiscard]] float value(std::uint64_t h_i, std::uint64_t code, std::uint64_t j) const;
 
 private:
-  ModelConfig config_;
+  SyntheticModelConfig config_;
 };
 
 }  // namespace ndif::local

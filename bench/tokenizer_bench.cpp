@@ -3,15 +3,15 @@
 // CORPUS.jsonl holds one JSON string per line (tests/tools/gen_corpus.py writes one). For each
 // tokenizer it prints one JSON line: the load time, the tokens of one pass over the corpus (with
 // special tokens), tokens per second of the first pass, and tokens per second on one thread
-// and on all threads, each the best of N later passes. The threads split the corpus into contiguous slices and share one Tokenizer, the way
-// a sweep tokenizes its prompts. bench/run_tokenizer_bench.sh puts this beside the reference.
-#include <nlohmann/json.hpp>
-
+// and on all threads, each the best of N later passes. The threads split the corpus into contiguous slices
+// and share one Tokenizer, the way a sweep tokenizes its prompts. bench/run_tokenizer_bench.sh puts this
+// beside the reference.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,7 +24,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using ndif::tokenizer::Tokenizer;
 
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 std::vector<std::string> read_corpus(const std::string& path) {
   std::ifstream in(path);
@@ -36,21 +38,24 @@ std::vector<std::string> read_corpus(const std::string& path) {
 }
 
 // Tokens of encoding texts[first, last).
-std::size_t encode_slice(const Tokenizer& tokenizer, const std::vector<std::string>& texts, std::size_t first, std::size_t last) {
+std::size_t encode_slice(const Tokenizer& tokenizer, const std::vector<std::string>& texts, std::size_t first,
+                         std::size_t last) {
   std::size_t tokens = 0;
   for (std::size_t i = first; i < last; ++i) tokens += tokenizer.encode(texts[i], true).ids.size();
   return tokens;
 }
 
 // Best wall time of `repeat` passes over the corpus with `threads` threads.
-double best_pass(const Tokenizer& tokenizer, const std::vector<std::string>& texts, unsigned threads, int repeat) {
+double best_pass(const Tokenizer& tokenizer, const std::vector<std::string>& texts, unsigned threads,
+                 int repeat) {
   double best = 1e300;
   for (int r = 0; r < repeat; ++r) {
     const auto start = Clock::now();
     std::vector<std::thread> workers;
     for (unsigned t = 0; t < threads; ++t) {
       workers.emplace_back([&, t] {
-        static_cast<void>(encode_slice(tokenizer, texts, texts.size() * t / threads, texts.size() * (t + 1) / threads));
+        static_cast<void>(
+            encode_slice(tokenizer, texts, texts.size() * t / threads, texts.size() * (t + 1) / threads));
       });
     }
     for (auto& worker : workers) worker.join();
@@ -67,9 +72,12 @@ int main(int argc, char** argv) {
   unsigned threads = std::max(1U, std::thread::hardware_concurrency());
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
-    else if (arg == "--threads" && i + 1 < argc) threads = static_cast<unsigned>(std::max(1, std::atoi(argv[++i])));
-    else files.push_back(arg);
+    if (arg == "--repeat" && i + 1 < argc)
+      repeat = std::max(1, std::atoi(argv[++i]));
+    else if (arg == "--threads" && i + 1 < argc)
+      threads = static_cast<unsigned>(std::max(1, std::atoi(argv[++i])));
+    else
+      files.push_back(arg);
   }
   if (argc < 3 || files.empty()) {
     std::cerr << "usage: tokenizer_bench CORPUS.jsonl [--repeat N] [--threads N] TOKENIZER.json...\n";

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs every test: the unit and MPI tests under ASan+UBSan, bounded fuzzing of every
+# Builds and runs every test: the C++ style check, the unit and MPI tests under ASan+UBSan, bounded fuzzing of every
 # parser of network data and user files, then the whole suite (unit, MPI, tokenizer differential,
 # integration against ndif-local, SLURM) on the normal build. The SLURM tests start the project's own
 # single-node cluster (scripts/slurm-local.sh) and stop it at the end.
@@ -15,6 +15,10 @@ jobs=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl_tcp_if_include=lo
 export OMPI_MCA_rmaps_base_oversubscribe=1
+
+# The pinned style (.clang-format) with the pinned clang-format of the test venv (scripts/setup-python.sh).
+echo "test: C++ style (clang-format $("$here/.venv/bin/clang-format" --version | awk '{print $3}'))"
+git ls-files '*.cpp' '*.hpp' | xargs "$here/.venv/bin/clang-format" --dry-run --Werror
 
 if [ "${NDIF_TEST_SANITIZE:-1}" = 1 ]; then
   echo "test: unit and MPI tests under AddressSanitizer and UndefinedBehaviorSanitizer"

@@ -1,6 +1,5 @@
 // ndif-local: the bundled NDIF-compatible server (architecture.md sections 2 and 6).
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 #include <optional>
 #include <string>
@@ -28,7 +27,8 @@ int main(int argc, char** argv) {
   app.add_option("--model-dtype", model_dtype, "dtype the model holds values in")
       ->check(CLI::IsMember({"bfloat16", "float16", "float32"}))
       ->capture_default_str();
-  app.add_option("--api-key", options.api_keys, "accept only these keys (repeatable); default any non-empty key");
+  app.add_option("--api-key", options.api_keys,
+                 "accept only these keys (repeatable); default any non-empty key");
   app.add_option("--workers", options.workers, "jobs that run at once")->capture_default_str();
   app.add_option("--latency-ms", options.latency_ms, "queue time of every job before it may run")
       ->capture_default_str();
@@ -42,8 +42,10 @@ int main(int argc, char** argv) {
   app.add_option("--delivery", delivery, "result: GET /result/{id}; url: COMPLETED carries [url, size]")
       ->check(CLI::IsMember({"result", "url"}))
       ->capture_default_str();
-  app.add_flag("--zstd", options.zstd, "zstd-compress result files (G4 requests ask for it in their envelope)");
-  app.add_option("--url-ttl-s", options.url_ttl_s, "G4: seconds a result URL stays valid")->capture_default_str();
+  app.add_flag("--zstd", options.zstd,
+               "zstd-compress result files (G4 requests ask for it in their envelope)");
+  app.add_option("--url-ttl-s", options.url_ttl_s, "G4: seconds a result URL stays valid")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -54,8 +56,8 @@ int main(int argc, char** argv) {
       options.fail_kinds.push_back(local::parse_fault_kind(fail_kinds.substr(start, comma - start)));
       start = comma + 1;
     }
-    local::run_local_server(options, port_file.empty() ? std::nullopt
-                                                       : std::optional<std::filesystem::path>(port_file));
+    local::run_local_server(
+        options, port_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(port_file));
     return 0;
   } catch (const Error& e) {
     std::cerr << "ndif-local: " << e.what() << '\n';

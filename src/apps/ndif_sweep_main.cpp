@@ -1,8 +1,8 @@
 // ndif-sweep: collect activations from an NDIF service into one HDF5 file, resumably, under MPI.
-#include <CLI/CLI.hpp>
 #include <curl/curl.h>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -32,20 +32,23 @@ int main(int argc, char** argv) {
   int max_inflight = 0;
   auto* run = app.add_subcommand("run", "run (or resume) a sweep; launch with mpirun/srun for several ranks");
   run->add_option("job", run_opts.job_file, "job spec (JSON)")->required();
-  run->add_option("--endpoint", endpoint, "\"local\" or a base URL http(s)://host[:port]; overrides the job's");
+  run->add_option("--endpoint", endpoint,
+                  "\"local\" or a base URL http(s)://host[:port]; overrides the job's");
   run->add_option("--output", output, "output HDF5 file; overrides the job's");
   run->add_option("--max-inflight", max_inflight, "NDIF jobs in flight per rank; overrides the job's");
   run->add_option("--progress", progress, "auto|bar|lines|jsonl|none");
 
   std::string plan_job;
   bool plan_json = false;
-  auto* plan = app.add_subcommand("plan", "validate a job and print the pre-flight estimate (no network, writes nothing)");
+  auto* plan = app.add_subcommand(
+      "plan", "validate a job and print the pre-flight estimate (no network, writes nothing)");
   plan->add_option("job", plan_job, "job spec (JSON)")->required();
   plan->add_flag("--json", plan_json, "print JSON");
 
   std::string check_job;
   bool check_json = false, check_probe = false;
-  auto* check = app.add_subcommand("check", "pre-flight against the service: versions, model, key, encoder (writes nothing)");
+  auto* check = app.add_subcommand(
+      "check", "pre-flight against the service: versions, model, key, encoder (writes nothing)");
   check->add_option("job", check_job, "job spec (JSON)")->required();
   check->add_flag("--probe", check_probe, "also run one 1-prompt job end to end and check its shape");
   check->add_flag("--json", check_json, "print JSON");
@@ -68,7 +71,8 @@ int main(int argc, char** argv) {
 
   std::string tok_file;
   bool tok_special = false, tok_offsets = false;
-  auto* tokenize = app.add_subcommand("tokenize", "tokenize one JSON string per stdin line with a tokenizer.json");
+  auto* tokenize =
+      app.add_subcommand("tokenize", "tokenize one JSON string per stdin line with a tokenizer.json");
   tokenize->add_option("tokenizer", tok_file, "tokenizer.json")->required();
   tokenize->add_flag("--special", tok_special, "add the post-processor's special tokens (BOS ...)");
   tokenize->add_flag("--offsets", tok_offsets, "print {\"ids\", \"offsets\"} with offsets in code points");

@@ -130,7 +130,8 @@ void ZipWriter::finish() {
   }
   const std::uint64_t dir_size = out.size();
   const std::uint64_t count = records_.size();
-  const bool zip64 = count >= k16 || dir_offset >= options_.zip64_threshold || dir_size >= options_.zip64_threshold;
+  const bool zip64 =
+      count >= k16 || dir_offset >= options_.zip64_threshold || dir_size >= options_.zip64_threshold;
   if (zip64) {
     const std::uint64_t end64 = dir_offset + out.size();
     put_le(out, kZip64EndSig, 4);

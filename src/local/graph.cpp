@@ -17,7 +17,9 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void invalid(const std::string& why) { throw InputError(std::string(kInvalidRequestPrefix) + why); }
+[[noreturn]] void invalid(const std::string& why) {
+  throw InputError(std::string(kInvalidRequestPrefix) + why);
+}
 
 constexpr std::string_view kGetitem = "_operator.getitem";
 constexpr std::string_view kStack = "torch.stack";
@@ -25,8 +27,7 @@ constexpr std::string_view kCat = "torch.cat";
 constexpr std::string_view kFetchAttr = "nnsight.util.fetch_attr";
 constexpr std::string_view kProxyCall = "nnsight.tracing.graph.proxy.Proxy.call";
 constexpr std::string_view kLock = "nnsight.tracing.protocols.lock.LockProtocol";
-constexpr std::string_view kIntervention =
-    "nnsight.intervention.protocols.intervention.InterventionProtocol";
+constexpr std::string_view kIntervention = "nnsight.intervention.protocols.intervention.InterventionProtocol";
 constexpr std::string_view kTracer = "nnsight.intervention.contexts.interleaving.InterleavingTracer";
 
 // ---------------------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ constexpr std::string_view kTracer = "nnsight.intervention.contexts.interleaving
 
 /// Where the elements of a float tensor come from, addressed by a full source index.
 class Source {
-public:
+ public:
   virtual ~Source() = default;
   [[nodiscard]] virtual std::size_t rank() const = 0;
   [[nodiscard]] virtual std::int64_t extent(std::size_t dim) const = 0;
@@ -55,7 +56,7 @@ struct Batch {
 
 /// A module's hidden state (batch, S, H), computed element by element on demand.
 class HiddenState final : public Source {
-public:
+ public:
   HiddenState(const SyntheticModel& model, const Batch& batch, std::uint64_t code)
       : model_(model), batch_(batch), code_(code) {}
   [[nodiscard]] std::size_t rank() const override { return 3; }
@@ -74,7 +75,7 @@ public:
                         static_cast<std::uint64_t>(index[2]));
   }
 
-private:
+ private:
   const SyntheticModel& model_;
   const Batch& batch_;
   std::uint64_t code_;
@@ -82,7 +83,7 @@ private:
 
 /// Materialised values in row-major order.
 class DenseValues final : public Source {
-public:
+ public:
   DenseValues(std::vector<std::int64_t> shape, std::vector<float> values)
       : shape_(std::move(shape)), values_(std::move(values)) {}
   [[nodiscard]] std::size_t rank() const override { return shape_.size(); }
@@ -95,7 +96,7 @@ public:
     return values_[static_cast<std::size_t>(flat)];
   }
 
-private:
+ private:
   std::vector<std::int64_t> shape_;
   std::vector<float> values_;
 };
@@ -212,14 +213,14 @@ struct Method {
 struct SubGraph {};
 
 struct Val {
-  std::variant<std::monostate, bool, std::int64_t, double, std::string, Slice, Ellipsis, ListVal,
-               TupleVal, DictVal, FloatTensor, IntTensor, Method, SubGraph>
+  std::variant<std::monostate, bool, std::int64_t, double, std::string, Slice, Ellipsis, ListVal, TupleVal,
+               DictVal, FloatTensor, IntTensor, Method, SubGraph>
       v;
 };
 
 const char* kind_name(const Val& value) {
-  constexpr const char* names[] = {"None",  "bool",  "int",   "float", "str",    "slice", "Ellipsis",
-                                   "list",  "tuple", "dict",  "Tensor", "Tensor", "method", "graph"};
+  constexpr const char* names[] = {"None", "bool",  "int",  "float",  "str",    "slice",  "Ellipsis",
+                                   "list", "tuple", "dict", "Tensor", "Tensor", "method", "graph"};
   return names[value.v.index()];
 }
 
@@ -229,8 +230,8 @@ const char* kind_name(const Val& value) {
 std::int64_t normalise_index(std::int64_t index, std::int64_t size, std::size_t dim) {
   const std::int64_t resolved = index < 0 ? index + size : index;
   if (resolved < 0 || resolved >= size) {
-    invalid("index " + std::to_string(index) + " is out of range for dimension " +
-            std::to_string(dim) + " of size " + std::to_string(size));
+    invalid("index " + std::to_string(index) + " is out of range for dimension " + std::to_string(dim) +
+            " of size " + std::to_string(size));
   }
   return resolved;
 }
@@ -285,9 +286,8 @@ FloatTensor index_tensor(const FloatTensor& tensor, const Val& key) {
   } else {
     items.push_back(&key);
   }
-  const auto ellipses = std::count_if(items.begin(), items.end(), [](const Val* item) {
-    return std::holds_alternative<Ellipsis>(item->v);
-  });
+  const auto ellipses = std::count_if(
+      items.begin(), items.end(), [](const Val* item) { return std::holds_alternative<Ellipsis>(item->v); });
   if (ellipses > 1) {
     invalid("an index can only have a single ellipsis");
   }
@@ -311,15 +311,14 @@ FloatTensor index_tensor(const FloatTensor& tensor, const Val& key) {
   result.source = tensor.source;
   result.fixed = tensor.fixed;
   result.dtype = tensor.dtype;
-  std::optional<std::size_t> list_axis;      // position of the list's axis in result.axes
-  std::vector<std::size_t> advanced_items;   // key positions of ints and the list
+  std::optional<std::size_t> list_axis;     // position of the list's axis in result.axes
+  std::vector<std::size_t> advanced_items;  // key positions of ints and the list
   for (std::size_t d = 0; d < expanded.size(); ++d) {
     const Val& item = *expanded[d];
     const Axis& axis = tensor.axes[d];
     const auto size = static_cast<std::int64_t>(axis.indices.size());
     if (const auto* i = std::get_if<std::int64_t>(&item.v)) {
-      result.fixed[axis.source_dim] =
-          axis.indices[static_cast<std::size_t>(normalise_index(*i, size, d))];
+      result.fixed[axis.source_dim] = axis.indices[static_cast<std::size_t>(normalise_index(*i, size, d))];
       advanced_items.push_back(d);
     } else if (const auto* slice = std::get_if<Slice>(&item.v)) {
       Axis sliced{axis.source_dim, {}};
@@ -400,17 +399,15 @@ Val getitem(const Val& value, const Val& key) {
 /// torch's type promotion among the float dtypes a sweep uses.
 DType promote(DType a, DType b) { return a == b ? a : DType::float32; }
 
-Val join(const std::vector<Val>& args, const std::vector<std::pair<std::string, Val>>& kwargs,
-         bool stack) {
+Val join(const std::vector<Val>& args, const std::vector<std::pair<std::string, Val>>& kwargs, bool stack) {
   const char* name = stack ? "torch.stack" : "torch.cat";
   if (args.empty() || !std::holds_alternative<ListVal>(args[0].v)) {
     if (args.empty() || !std::holds_alternative<TupleVal>(args[0].v)) {
       invalid(std::string(name) + " needs a list of tensors as its first argument");
     }
   }
-  const auto& items = std::holds_alternative<ListVal>(args[0].v)
-                          ? std::get<ListVal>(args[0].v).items
-                          : std::get<TupleVal>(args[0].v).items;
+  const auto& items = std::holds_alternative<ListVal>(args[0].v) ? std::get<ListVal>(args[0].v).items
+                                                                 : std::get<TupleVal>(args[0].v).items;
   std::int64_t dim = 0;
   const Val* dim_value = args.size() > 1 ? &args[1] : nullptr;
   for (const auto& [key, value] : kwargs) {
@@ -435,8 +432,8 @@ Val join(const std::vector<Val>& args, const std::vector<std::pair<std::string, 
   for (std::size_t k = 0; k < items.size(); ++k) {
     const auto* tensor = std::get_if<FloatTensor>(&items[k].v);
     if (tensor == nullptr) {
-      invalid(std::string(name) + ": element " + std::to_string(k) + " is a " +
-              kind_name(items[k]) + ", not a tensor");
+      invalid(std::string(name) + ": element " + std::to_string(k) + " is a " + kind_name(items[k]) +
+              ", not a tensor");
     }
     dtype = k == 0 ? tensor->dtype : promote(dtype, tensor->dtype);
     shapes.push_back(tensor->shape());
@@ -457,8 +454,8 @@ Val join(const std::vector<Val>& args, const std::vector<std::pair<std::string, 
       same = shapes[k][d] == first[d] || (!stack && d == axis);
     }
     if (!same) {
-      invalid(std::string(name) + ": tensor " + std::to_string(k) + " has shape " +
-              shape_text(shapes[k]) + " but tensor 0 has shape " + shape_text(first));
+      invalid(std::string(name) + ": tensor " + std::to_string(k) + " has shape " + shape_text(shapes[k]) +
+              " but tensor 0 has shape " + shape_text(first));
     }
     if (!stack) {
       out_shape[axis] += shapes[k][axis];
@@ -605,7 +602,7 @@ std::string function_name(const json& memo, const json& node) {
 // Running a graph.
 
 class Interpreter {
-public:
+ public:
   Interpreter(const RequestGraph& request, const SyntheticModel& model)
       : request_(request), model_(model), values_(request.nodes.size()) {}
 
@@ -642,7 +639,7 @@ public:
     return torchsave::Value{std::move(result)};
   }
 
-private:
+ private:
   std::optional<std::size_t> referenced_node(const json& value) const {
     if (type_name(value) != "REFERENCE") {
       return std::nullopt;
@@ -715,8 +712,7 @@ private:
     if (type == "INTERVENTIONGRAPH" || type == "SUBGRAPH") {
       return Val{SubGraph{}};
     }
-    invalid("node " + std::to_string(current_node_) + ": value of type \"" + type +
-            "\" is not supported");
+    invalid("node " + std::to_string(current_node_) + ": value of type \"" + type + "\" is not supported");
   }
 
   void read_invokes(const json& tracer) {
@@ -740,10 +736,9 @@ private:
   static std::vector<std::int64_t> invoke_tokens(const Val& inputs, std::size_t invoke) {
     const std::string where = "invoke " + std::to_string(invoke) + ": ";
     const auto* outer = std::get_if<TupleVal>(&inputs.v);
-    const TupleVal* args = outer && !outer->items.empty() ? std::get_if<TupleVal>(&outer->items[0].v)
-                                                          : nullptr;
-    const DictVal* dict = args && !args->items.empty() ? std::get_if<DictVal>(&args->items[0].v)
-                                                       : nullptr;
+    const TupleVal* args =
+        outer && !outer->items.empty() ? std::get_if<TupleVal>(&outer->items[0].v) : nullptr;
+    const DictVal* dict = args && !args->items.empty() ? std::get_if<DictVal>(&args->items[0].v) : nullptr;
     if (dict == nullptr) {
       invalid(where + "inputs must be TUPLE[TUPLE[DICT{\"input_ids\", \"attention_mask\"}], DICT]");
     }
@@ -762,8 +757,9 @@ private:
     if (mask != nullptr &&
         (mask->shape != ids->shape ||
          std::any_of(mask->values.begin(), mask->values.end(), [](std::int64_t m) { return m != 1; }))) {
-      invalid(where + "\"attention_mask\" must be all ones of the shape of \"input_ids\" "
-                      "(send each prompt unpadded; the server pads)");
+      invalid(where +
+              "\"attention_mask\" must be all ones of the shape of \"input_ids\" "
+              "(send each prompt unpadded; the server pads)");
     }
     for (const std::int64_t id : ids->values) {
       if (id < 0) {
@@ -836,15 +832,15 @@ private:
     const auto kind = model_.output_kind(module);
     if (!kind) {
       invalid("unknown module path \"" + module + "\" (the model has model.embed_tokens, model.layers.{0.." +
-              std::to_string(model_.config().layers - 1) +
-              "}[.self_attn|.mlp] and model.norm)");
+              std::to_string(model_.config().layers - 1) + "}[.self_attn|.mlp] and model.norm)");
     }
     if (*invoke < 0 || *invoke >= static_cast<std::int64_t>(batch_.rows.size())) {
       invalid(at + "invoke index " + std::to_string(*invoke) + " is out of range: the request has " +
               std::to_string(batch_.rows.size()) + " invoke(s)");
     }
     if (*iteration != 0) {
-      invalid(at + "iteration " + std::to_string(*iteration) + " is not supported: a forward pass has only iteration 0");
+      invalid(at + "iteration " + std::to_string(*iteration) +
+              " is not supported: a forward pass has only iteration 0");
     }
     auto source = std::make_shared<HiddenState>(model_, batch_, module_code(module));
     FloatTensor tensor = whole(std::move(source), model_.config().dtype);
@@ -936,12 +932,11 @@ RequestGraph parse_request(const json& request) {
   for (const json& entry : graph["nodes"]) {
     const json& node = deref(parsed.memo, entry);
     if (type_name(node) != "NODE" || !node.contains("target")) {
-      throw InputError("graph node " + std::to_string(parsed.nodes.size()) +
-                       " must be a NODE with a target");
+      throw InputError("graph node " + std::to_string(parsed.nodes.size()) + " must be a NODE with a target");
     }
     for (const char* field : {"args", "kwargs"}) {
-      if (node.contains(field) && !(std::string_view(field) == "args" ? node[field].is_array()
-                                                                      : node[field].is_object())) {
+      if (node.contains(field) &&
+          !(std::string_view(field) == "args" ? node[field].is_array() : node[field].is_object())) {
         throw InputError("graph node " + std::to_string(parsed.nodes.size()) + ": \"" + field +
                          "\" has the wrong JSON type");
       }

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 
@@ -16,12 +17,10 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <thread>
-#include <unistd.h>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/version.hpp"
@@ -35,10 +34,14 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::pair<FaultKind, const char*> kFaultNames[] = {
-    {FaultKind::http500, "http500"},         {FaultKind::http503, "http503"},
-    {FaultKind::reset, "reset"},             {FaultKind::truncate, "truncate"},
-    {FaultKind::error_status, "error_status"}, {FaultKind::expired_url, "expired_url"},
-    {FaultKind::slow, "slow"},               {FaultKind::bad_zstd, "bad_zstd"},
+    {FaultKind::http500, "http500"},
+    {FaultKind::http503, "http503"},
+    {FaultKind::reset, "reset"},
+    {FaultKind::truncate, "truncate"},
+    {FaultKind::error_status, "error_status"},
+    {FaultKind::expired_url, "expired_url"},
+    {FaultKind::slow, "slow"},
+    {FaultKind::bad_zstd, "bad_zstd"},
 };
 
 constexpr const char* kBadKey =
@@ -133,7 +136,8 @@ std::string url_signature(const std::string& id, long long expires, std::uint64_
 }
 
 long long unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 std::vector<std::byte> zstd_compress(const std::vector<std::byte>& bytes, int level) {
@@ -159,7 +163,7 @@ bool version_supported(const std::string& version) {
 /// Shares the download bandwidth: every chunk reserves its slot in one timeline, so concurrent
 /// downloads interleave chunk by chunk at the total rate.
 class TokenBucket {
-public:
+ public:
   explicit TokenBucket(double bytes_per_second) : rate_(bytes_per_second) {}
   /// Blocks until `bytes` may be sent; returns at once when there is no cap.
   void acquire(std::size_t bytes) {
@@ -178,7 +182,7 @@ public:
     std::this_thread::sleep_until(due);
   }
 
-private:
+ private:
   double rate_;
   std::mutex mutex_;
   Clock::time_point next_{};
@@ -193,7 +197,7 @@ struct Job {
   /// G4 (a multipart request): its status is stored for polling only after the first poll found
   /// none, COMPLETED carries an expiring URL, and the result is keyed by the saved names.
   bool g4 = false;
-  bool compress = false;                 ///< G4 envelope "compress": zstd blob and result
+  bool compress = false;                           ///< G4 envelope "compress": zstd blob and result
   std::map<std::string, std::string> saved_names;  ///< G4: node index -> variable name
   bool stored = false;
   JobStage stage = JobStage::received;
@@ -277,12 +281,14 @@ struct LocalServer::Impl {
   std::string base_url() const { return "http://" + options.host + ":" + std::to_string(port); }
 
   json status_json(const Job& job) const {
-    static constexpr const char* names[] = {"RECEIVED", "RECEIVED", "QUEUED", "RUNNING", "COMPLETED", "ERROR"};
+    static constexpr const char* names[] = {"RECEIVED", "RECEIVED",  "QUEUED",
+                                            "RUNNING",  "COMPLETED", "ERROR"};
     // ndif 0.1 stores no RECEIVED status: a queued job is QUEUED from its first stored status.
     static constexpr const char* g4_names[] = {"QUEUED", "QUEUED", "QUEUED", "RUNNING", "COMPLETED", "ERROR"};
     json data = nullptr;
     if (job.stage == JobStage::completed && job.g4) {
-      const long long expires = job.fault == FaultKind::expired_url ? unix_now() - 1 : unix_now() + options.url_ttl_s;
+      const long long expires =
+          job.fault == FaultKind::expired_url ? unix_now() - 1 : unix_now() + options.url_ttl_s;
       data = base_url() + "/download/" + job.id + "?expires=" + std::to_string(expires) +
              "&signature=" + url_signature(job.id, expires, secret);
     } else if (job.stage == JobStage::completed &&
@@ -405,8 +411,8 @@ struct LocalServer::Impl {
   /// Checks the API key; on failure fills a 401 and returns false.
   bool authorised(const httplib::Request& req, httplib::Response& res) const {
     const std::string key = req.get_header_value("ndif-api-key");
-    const bool known = options.api_keys.empty() ||
-                       std::find(options.api_keys.begin(), options.api_keys.end(), key) != options.api_keys.end();
+    const bool known = options.api_keys.empty() || std::find(options.api_keys.begin(), options.api_keys.end(),
+                                                             key) != options.api_keys.end();
     if (key.empty() || !known) {
       res.status = 401;
       res.set_content(detail(kBadKey), "application/json");
@@ -426,8 +432,11 @@ struct LocalServer::Impl {
   bool read_multipart(const httplib::Request& req, httplib::Response& res, Job& job, std::string& text) {
     if (!req.has_file("data")) {
       res.status = 422;
-      res.set_content(json{{"detail", json::array({{{"type", "missing"}, {"loc", {"body", "data"}}, {"msg", "Field required"}}})}}.dump(),
-                      "application/json");
+      res.set_content(
+          json{{"detail",
+                json::array({{{"type", "missing"}, {"loc", {"body", "data"}}, {"msg", "Field required"}}})}}
+              .dump(),
+          "application/json");
       return false;
     }
     const auto envelope = json::parse(req.get_file_value("data").content, nullptr, false);
@@ -442,8 +451,11 @@ struct LocalServer::Impl {
     }
     if (!req.has_file("blob")) {
       res.status = 422;
-      res.set_content(json{{"detail", json::array({{{"type", "missing"}, {"loc", {"body", "blob"}}, {"msg", "Field required"}}})}}.dump(),
-                      "application/json");
+      res.set_content(
+          json{{"detail",
+                json::array({{{"type", "missing"}, {"loc", {"body", "blob"}}, {"msg", "Field required"}}})}}
+              .dump(),
+          "application/json");
       return false;
     }
     job.g4 = true;
@@ -473,7 +485,8 @@ struct LocalServer::Impl {
     const std::string version = req.get_header_value("nnsight-version");
     if (!version_supported(version)) {
       res.status = 400;
-      res.set_content(detail("Client version " + (version.empty() ? std::string("(missing header nnsight-version)") : version) +
+      res.set_content(detail("Client version " +
+                             (version.empty() ? std::string("(missing header nnsight-version)") : version) +
                              " is below the minimum 0.4.0 that this server supports. Please update nnsight."),
                       "application/json");
       return;
@@ -604,13 +617,15 @@ struct LocalServer::Impl {
       bool expired = job && presigned && job->fault == FaultKind::expired_url;
       if (job && presigned && job->g4) {
         const long long expires = std::atoll(req.get_param_value("expires").c_str());
-        expired = expires < unix_now() || req.get_param_value("signature") != url_signature(job->id, expires, secret);
+        expired = expires < unix_now() ||
+                  req.get_param_value("signature") != url_signature(job->id, expires, secret);
       }
       if (expired) {
         res.status = 403;
-        res.set_content("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
-                        "<Message>Request has expired</Message></Error>",
-                        "application/xml");
+        res.set_content(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
+            "<Message>Request has expired</Message></Error>",
+            "application/xml");
         return;
       }
       if (!job || job->stage != JobStage::completed || !job->result || job->downloading) {
@@ -638,7 +653,8 @@ struct LocalServer::Impl {
           if (slow) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
           }
-          return sink.write(reinterpret_cast<const char*>(file->data()) + offset, slow ? std::min<std::size_t>(n, 2048) : n);
+          return sink.write(reinterpret_cast<const char*>(file->data()) + offset,
+                            slow ? std::min<std::size_t>(n, 2048) : n);
         },
         [this, job](bool success) {
           std::lock_guard lock(mutex);
@@ -676,13 +692,15 @@ struct LocalServer::Impl {
             {"deployment_level", "HOT"},
             {"repo_id", "*"},
             {"model_key", "nnsight.modeling.language.LanguageModel:{\"repo_id\": \"*\"}"},
-            {"config", {{"hidden_size", options.model.hidden}, {"num_hidden_layers", options.model.layers}}}}}}}};
+            {"config",
+             {{"hidden_size", options.model.hidden}, {"num_hidden_layers", options.model.layers}}}}}}}};
     res.set_content(status.dump(), "application/json");
   }
 
   void route() {
     http.new_task_queue = [] { return new httplib::ThreadPool(16); };
-    http.Post("/request", [this](const httplib::Request& req, httplib::Response& res) { post_request(req, res); });
+    http.Post("/request",
+              [this](const httplib::Request& req, httplib::Response& res) { post_request(req, res); });
     http.Get(R"(/response/([^/]+))",
              [this](const httplib::Request& req, httplib::Response& res) { get_response(req, res); });
     http.Get(R"(/result/([^/]+))",

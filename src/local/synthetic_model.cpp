@@ -107,8 +107,7 @@ SyntheticModel::SyntheticModel(SyntheticModelConfig config) : config_(config) {
                      std::to_string(config_.layers));
   }
   if (config_.hidden <= 0) {
-    throw InputError("--hidden must be a positive hidden size, got " +
-                     std::to_string(config_.hidden));
+    throw InputError("--hidden must be a positive hidden size, got " + std::to_string(config_.hidden));
   }
   if (config_.dtype != DType::bfloat16 && config_.dtype != DType::float16 &&
       config_.dtype != DType::float32) {

@@ -22,12 +22,13 @@ constexpr double kBytesPerMb = 1e6;
 
 void check_lengths(const std::vector<std::int32_t>& n_tokens, const spec::BatchOptions& options) {
   for (std::size_t row = 0; row < n_tokens.size(); ++row) {
-    const std::string where = "prompt row " + std::to_string(row) + " (line " + std::to_string(row + 1) +
-                              " of the prompts file)";
+    const std::string where =
+        "prompt row " + std::to_string(row) + " (line " + std::to_string(row + 1) + " of the prompts file)";
     if (n_tokens[row] <= 0) throw InputError(where + " has no tokens; a prompt needs at least one");
     if (n_tokens[row] > options.max_tokens) {
-      throw InputError(where + " has " + std::to_string(n_tokens[row]) + " tokens, more than \"batch.max_tokens\" (" +
-                       std::to_string(options.max_tokens) + "); raise batch.max_tokens or shorten the prompt");
+      throw InputError(where + " has " + std::to_string(n_tokens[row]) +
+                       " tokens, more than \"batch.max_tokens\" (" + std::to_string(options.max_tokens) +
+                       "); raise batch.max_tokens or shorten the prompt");
     }
   }
 }
@@ -74,7 +75,8 @@ BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens, const spec:
   return plan;
 }
 
-PlanSummary summarize(const BatchPlan& plan, const std::vector<std::int32_t>& n_tokens, const RowShape& shape) {
+PlanSummary summarize(const BatchPlan& plan, const std::vector<std::int32_t>& n_tokens,
+                      const RowShape& shape) {
   PlanSummary summary;
   summary.prompts = static_cast<std::int64_t>(n_tokens.size());
   summary.tokens = std::accumulate(n_tokens.begin(), n_tokens.end(), std::int64_t{0});

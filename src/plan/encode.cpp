@@ -12,8 +12,8 @@ namespace ndif::plan {
 namespace {
 
 std::size_t code_points(std::string_view utf8) {
-  return static_cast<std::size_t>(
-      std::count_if(utf8.begin(), utf8.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+  return static_cast<std::size_t>(std::count_if(
+      utf8.begin(), utf8.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
 
 // A span is the n-th non-overlapping occurrence of a substring (negative n counts from the end),
@@ -22,18 +22,21 @@ std::size_t code_points(std::string_view utf8) {
 std::int32_t resolve_span(const spec::PositionSpec& position, const std::string& text,
                           const tokenizer::Encoding& encoding, const std::string& prefix) {
   std::vector<std::size_t> starts;
-  for (auto at = text.find(position.span); at != std::string::npos; at = text.find(position.span, at + position.span.size())) {
+  for (auto at = text.find(position.span); at != std::string::npos;
+       at = text.find(position.span, at + position.span.size())) {
     starts.push_back(at);
   }
-  if (starts.empty()) throw InputError(prefix + "span \"" + position.span + "\" does not occur in the prompt");
+  if (starts.empty())
+    throw InputError(prefix + "span \"" + position.span + "\" does not occur in the prompt");
   const auto count = static_cast<std::int64_t>(starts.size());
   const std::int64_t chosen = position.occurrence < 0 ? count + position.occurrence : position.occurrence;
   if (chosen < 0 || chosen >= count) {
     throw InputError(prefix + "span \"" + position.span + "\" occurs " + std::to_string(count) +
-                     (count == 1 ? " time" : " times") + ", so occurrence " + std::to_string(position.occurrence) +
-                     " does not exist (0 is the first, -1 the last)");
+                     (count == 1 ? " time" : " times") + ", so occurrence " +
+                     std::to_string(position.occurrence) + " does not exist (0 is the first, -1 the last)");
   }
-  const auto begin = static_cast<std::uint32_t>(code_points(std::string_view(text).substr(0, starts[chosen])));
+  const auto begin =
+      static_cast<std::uint32_t>(code_points(std::string_view(text).substr(0, starts[chosen])));
   const auto end = static_cast<std::uint32_t>(begin + code_points(position.span));
   std::optional<std::int32_t> found;
   for (std::size_t t = 0; t < encoding.offsets.size(); ++t) {
@@ -44,7 +47,8 @@ std::int32_t resolve_span(const spec::PositionSpec& position, const std::string&
     }
   }
   if (!found) {
-    throw InputError(prefix + "span \"" + position.span + "\" is covered by no token (the tokenizer's offsets do not " +
+    throw InputError(prefix + "span \"" + position.span +
+                     "\" is covered by no token (the tokenizer's offsets do not " +
                      "reach it, e.g. because its normalizer removed it)");
   }
   return *found;

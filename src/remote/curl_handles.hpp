@@ -76,8 +76,8 @@ inline void add_field(curl_mime* mime, const char* name, const std::string& valu
 }
 
 /// A file field `name` with `filename` and content type `type`.
-inline void add_file(curl_mime* mime, const char* name, const char* filename, const char* type, const void* data,
-                     std::size_t size) {
+inline void add_file(curl_mime* mime, const char* name, const char* filename, const char* type,
+                     const void* data, std::size_t size) {
   curl_mimepart* part = add_part(mime, name);
   check(curl_mime_data(part, static_cast<const char*>(data), size), "curl_mime_data");
   check(curl_mime_filename(part, filename), "curl_mime_filename");

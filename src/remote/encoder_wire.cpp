@@ -29,7 +29,8 @@ std::vector<std::byte> frame(const nlohmann::json& body, std::span<const std::by
   if (!body.is_object()) throw InternalError("encoder message body must be a JSON object");
   const std::string text = body.dump();
   if (text.size() > kMaxJsonBytes || attachment.size() > kMaxAttachmentBytes)
-    throw InternalError(fmt::format("encoder message too large ({} + {} bytes)", text.size(), attachment.size()));
+    throw InternalError(
+        fmt::format("encoder message too large ({} + {} bytes)", text.size(), attachment.size()));
   std::vector<std::byte> out;
   out.reserve(kHeaderBytes + text.size() + attachment.size());
   for (char c : kMagic) out.push_back(static_cast<std::byte>(c));
@@ -57,7 +58,8 @@ std::optional<Message> FrameReader::next() {
   const std::uint64_t json_len = get_le(head + 4, 4);
   const std::uint64_t bin_len = get_le(head + 8, 8);
   if (json_len > kMaxJsonBytes || bin_len > kMaxAttachmentBytes)
-    throw DecodeError(fmt::format("the encoder announced a frame of {} + {} bytes, over the limits", json_len, bin_len));
+    throw DecodeError(
+        fmt::format("the encoder announced a frame of {} + {} bytes, over the limits", json_len, bin_len));
   const std::uint64_t total = kHeaderBytes + json_len + bin_len;
   if (pending() < total) return std::nullopt;
   const char* text = reinterpret_cast<const char*>(head + kHeaderBytes);
@@ -100,7 +102,8 @@ void check_reply(const nlohmann::json& body, const char* op) {
   const std::string message = text_of(body, "message");
   if (kind == "no_nnsight" || kind == "bad_probe" || kind == "model_files")
     throw InputError(fmt::format("nnsight encoder: {}", message));
-  throw EncoderFailure(fmt::format("the nnsight encoder failed its {} ({}): {}", op, kind.empty() ? "?" : kind,
+  throw EncoderFailure(fmt::format("the nnsight encoder failed its {} ({}): {}", op,
+                                   kind.empty() ? "?" : kind,
                                    message.empty() ? body.dump().substr(0, 300) : message));
 }
 
@@ -108,8 +111,9 @@ EncoderHello hello_reply(const nlohmann::json& body, const std::string& where) {
   check_reply(body, "hello");
   const auto protocol = body.find("protocol");
   if (protocol == body.end() || *protocol != kProtocol) {
-    throw InputError(fmt::format("the program at {} is not an ndif-sweep encoder of protocol {} (it answered {})", where,
-                                 kProtocol, body.dump().substr(0, 200)));
+    throw InputError(
+        fmt::format("the program at {} is not an ndif-sweep encoder of protocol {} (it answered {})", where,
+                    kProtocol, body.dump().substr(0, 200)));
   }
   EncoderHello hello;
   hello.nnsight_version = text_of(body, "nnsight");
@@ -117,7 +121,8 @@ EncoderHello hello_reply(const nlohmann::json& body, const std::string& where) {
   hello.executable = text_of(body, "executable");
   if (const auto packages = body.find("packages"); packages != body.end() && packages->is_object())
     hello.packages = *packages;
-  if (const auto pid = body.find("pid"); pid != body.end() && pid->is_number_integer()) hello.pid = pid->get<long>();
+  if (const auto pid = body.find("pid"); pid != body.end() && pid->is_number_integer())
+    hello.pid = pid->get<long>();
   return hello;
 }
 
@@ -127,7 +132,8 @@ EncoderModel open_reply(const nlohmann::json& body) {
     const auto it = body.find(key);
     if (it == body.end() || !it->is_number_integer() || it->get<std::int64_t>() < 0 ||
         it->get<std::int64_t>() > std::numeric_limits<std::int32_t>::max())
-      throw EncoderFailure(fmt::format("the encoder's open answer has no valid \"{}\": {}", key, body.dump().substr(0, 200)));
+      throw EncoderFailure(
+          fmt::format("the encoder's open answer has no valid \"{}\": {}", key, body.dump().substr(0, 200)));
     return it->get<std::int32_t>();
   };
   EncoderModel model;
@@ -152,17 +158,21 @@ EncodedRequest encode_reply(Message reply, const std::string& model_key, const B
   encoded.envelope = text_of(b, "envelope");
   const auto envelope = nlohmann::json::parse(encoded.envelope, nullptr, false);
   const auto key = envelope.is_object() ? envelope.find("model_key") : envelope.end();
-  if (!envelope.is_object() || key == envelope.end() || !key->is_string() || key->get<std::string>() != model_key) {
-    throw EncoderFailure(
-        fmt::format("the encoder's envelope is not a request for {}: {}", model_key, encoded.envelope.substr(0, 200)));
+  if (!envelope.is_object() || key == envelope.end() || !key->is_string() ||
+      key->get<std::string>() != model_key) {
+    throw EncoderFailure(fmt::format("the encoder's envelope is not a request for {}: {}", model_key,
+                                     encoded.envelope.substr(0, 200)));
   }
   if (text_of(b, "save_name") != kSaveName)
-    throw EncoderFailure(fmt::format("the encoder saves \"{}\", not \"{}\"", text_of(b, "save_name"), kSaveName));
+    throw EncoderFailure(
+        fmt::format("the encoder saves \"{}\", not \"{}\"", text_of(b, "save_name"), kSaveName));
   const auto headers = b.find("headers");
-  if (headers == b.end() || !headers->is_object()) throw EncoderFailure("the encoder's encode reply has no headers object");
+  if (headers == b.end() || !headers->is_object())
+    throw EncoderFailure("the encoder's encode reply has no headers object");
   for (const auto& [name, value] : headers->items()) {
     if (!value.is_string() || !header_safe(name, true) || !header_safe(value.get<std::string>(), false))
-      throw EncoderFailure(fmt::format("the encoder sent a header that cannot be sent: {}", name.substr(0, 64)));
+      throw EncoderFailure(
+          fmt::format("the encoder sent a header that cannot be sent: {}", name.substr(0, 64)));
     encoded.headers.emplace_back(name, value.get<std::string>());
   }
   if (reply.attachment.empty()) throw EncoderFailure("the encoder sent an empty blob");

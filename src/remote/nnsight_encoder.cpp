@@ -65,7 +65,8 @@ class Fd {
 // hand our requests to someone else's process.
 void make_private_dir(const std::filesystem::path& dir) {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-    throw InputError(fmt::format("cannot create the encoder directory {}: {}", dir.string(), errno_text(errno)));
+    throw InputError(
+        fmt::format("cannot create the encoder directory {}: {}", dir.string(), errno_text(errno)));
   struct stat st {};
   if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
       (st.st_mode & 077) != 0) {
@@ -175,7 +176,8 @@ struct Child {
 class Spawn {
  public:
   Spawn() {
-    if (posix_spawn_file_actions_init(&actions_) != 0) throw InternalError("posix_spawn_file_actions_init failed");
+    if (posix_spawn_file_actions_init(&actions_) != 0)
+      throw InternalError("posix_spawn_file_actions_init failed");
     if (posix_spawnattr_init(&attr_) != 0) throw InternalError("posix_spawnattr_init failed");
   }
   ~Spawn() {
@@ -284,7 +286,8 @@ struct NnsightEncoder::Impl {
     check_spawn(posix_spawnattr_setflags(&spawn.attr_, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF),
                 "posix_spawnattr_setflags");
 
-    const std::vector<std::string> args{options.python, "-m", "ndif_sweep.encoder", "--socket", socket_path.string()};
+    const std::vector<std::string> args{options.python, "-m", "ndif_sweep.encoder", "--socket",
+                                        socket_path.string()};
     const auto env = child_environment();
     std::vector<char*> argv;
     std::vector<char*> envp;
@@ -294,12 +297,14 @@ struct NnsightEncoder::Impl {
     envp.push_back(nullptr);
 
     pid_t pid = -1;
-    const int rc = posix_spawnp(&pid, options.python.c_str(), &spawn.actions_, &spawn.attr_, argv.data(), envp.data());
+    const int rc =
+        posix_spawnp(&pid, options.python.c_str(), &spawn.actions_, &spawn.attr_, argv.data(), envp.data());
     if (rc != 0) {
-      throw InputError(fmt::format(
-          "cannot start the nnsight encoder with \"{}\": {}; set the job's \"python\" key or NDIF_SWEEP_PYTHON to "
-          "an interpreter that has nnsight",
-          options.python, errno_text(rc)));
+      throw InputError(
+          fmt::format("cannot start the nnsight encoder with \"{}\": {}; set the job's \"python\" key or "
+                      "NDIF_SWEEP_PYTHON to "
+                      "an interpreter that has nnsight",
+                      options.python, errno_text(rc)));
     }
     child.pid = pid;
     child.stdin_fd = std::move(in_write);
@@ -314,9 +319,11 @@ struct NnsightEncoder::Impl {
     connection = connect_socket(socket_path);
     if (!connection) {
       Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-      if (!lock) throw InternalError(fmt::format("cannot open {}: {}", lock_path.string(), errno_text(errno)));
+      if (!lock)
+        throw InternalError(fmt::format("cannot open {}: {}", lock_path.string(), errno_text(errno)));
       while (::flock(lock.get(), LOCK_EX) != 0) {
-        if (errno != EINTR) throw InternalError(fmt::format("flock {}: {}", lock_path.string(), errno_text(errno)));
+        if (errno != EINTR)
+          throw InternalError(fmt::format("flock {}: {}", lock_path.string(), errno_text(errno)));
       }
       connection = connect_socket(socket_path);  // another rank may have started it meanwhile
       if (!connection) {
@@ -324,9 +331,10 @@ struct NnsightEncoder::Impl {
         const auto until = Clock::now() + options.start_timeout;
         while (!(connection = connect_socket(socket_path))) {
           if (auto ended = child.ended()) {
-            throw InputError(fmt::format("the nnsight encoder (\"{} -m ndif_sweep.encoder\") {} before it served "
-                                         "its socket; what it wrote:{}",
-                                         options.python, *ended, child.output ? child.output->tail() : ""));
+            throw InputError(
+                fmt::format("the nnsight encoder (\"{} -m ndif_sweep.encoder\") {} before it served "
+                            "its socket; what it wrote:{}",
+                            options.python, *ended, child.output ? child.output->tail() : ""));
           }
           if (Clock::now() >= until) {
             child.stop();
@@ -341,7 +349,8 @@ struct NnsightEncoder::Impl {
   }
 
   void handshake() {
-    hello = wire::hello_reply(round_trip(json{{"op", "hello"}}, {}, options.start_timeout).body, socket_path.string());
+    hello = wire::hello_reply(round_trip(json{{"op", "hello"}}, {}, options.start_timeout).body,
+                              socket_path.string());
     json probes = json::array();
     for (const auto& p : job.probes) {
       probes.push_back({{"name", p.name},
@@ -355,7 +364,8 @@ struct NnsightEncoder::Impl {
                       {"model_key", job.model_key},
                       {"probes", probes},
                       {"dtype", dtype_name(job.dtype)}};
-    model = wire::open_reply(round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout).body);
+    model = wire::open_reply(
+        round_trip(json{{"op", "open"}, {"config", config}}, {}, options.start_timeout).body);
   }
 
   // One request and its reply, bounded by `timeout`. A broken or silent connection is closed and
@@ -385,7 +395,8 @@ struct NnsightEncoder::Impl {
         return fail(e.what());
       }
       if (!wait_for(POLLIN, deadline))
-        return fail(fmt::format("no answer within {} s", std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+        return fail(fmt::format("no answer within {} s",
+                                std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
       const ssize_t n = ::recv(connection.get(), chunk.data(), chunk.size(), 0);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n == 0) return fail("the encoder closed the connection (did it crash?)");
@@ -396,7 +407,8 @@ struct NnsightEncoder::Impl {
 
   bool wait_for(short events, Clock::time_point deadline) const {
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) return false;
       pollfd fd{connection.get(), events, 0};
       const int rc = ::poll(&fd, 1, static_cast<int>(std::min<long long>(left, 1000)));
@@ -409,7 +421,8 @@ struct NnsightEncoder::Impl {
   // rank started it) so that the next connection starts a fresh one.
   void discard_encoder() {
     connection.reset();
-    if (hello && hello->pid > 0 && hello->pid != static_cast<long>(::getpid())) ::kill(static_cast<pid_t>(hello->pid), SIGKILL);
+    if (hello && hello->pid > 0 && hello->pid != static_cast<long>(::getpid()))
+      ::kill(static_cast<pid_t>(hello->pid), SIGKILL);
     if (child.pid > 0) child.stop();
     hello.reset();
     // The socket file stays: a new encoder replaces it atomically, and another rank may already
@@ -462,10 +475,12 @@ std::vector<std::vector<std::int64_t>> NnsightEncoder::tokenize(const std::vecto
       throw EncoderFailure("the encoder's tokenize reply does not hold one id list per text");
     std::vector<std::vector<std::int64_t>> out;
     for (const auto& row : *ids) {
-      if (!row.is_array()) throw EncoderFailure("the encoder's tokenize reply holds a row that is not a list");
+      if (!row.is_array())
+        throw EncoderFailure("the encoder's tokenize reply holds a row that is not a list");
       auto& ids_row = out.emplace_back();
       for (const auto& id : row) {
-        if (!id.is_number_integer()) throw EncoderFailure("the encoder's tokenize reply holds a non-integer id");
+        if (!id.is_number_integer())
+          throw EncoderFailure("the encoder's tokenize reply holds a non-integer id");
         ids_row.push_back(id.get<std::int64_t>());
       }
     }
@@ -491,7 +506,8 @@ EncodedRequest NnsightEncoder::encode(const BatchRequest& request) {
                        {"seq", padded.seq},
                        {"positions", padded.positions},
                        {"position_ids", d.model->position_ids}};
-    return wire::encode_reply(d.round_trip(message, attachment, d.options.request_timeout), d.job.model_key, request);
+    return wire::encode_reply(d.round_trip(message, attachment, d.options.request_timeout), d.job.model_key,
+                              request);
   });
 }
 

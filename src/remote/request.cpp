@@ -291,11 +291,12 @@ EncodedRequest GraphRequestEncoder::encode(const BatchRequest& request) {
   auto built = build_graph(request, framing_ == spec::Protocol::g4);
   EncodedRequest encoded;
   if (framing_ == spec::Protocol::g4) {
-    encoded.envelope = Json{{"model_key", request.model_key.empty() ? model_key(request.model) : request.model_key},
-                            {"session_id", ""},
-                            {"compress", true},
-                            {"env", Json::object()}}
-                           .dump();
+    encoded.envelope = Json{
+        {"model_key", request.model_key.empty() ? model_key(request.model) : request.model_key},
+        {"session_id", ""},
+        {"compress", true},
+        {"env",
+         Json::object()}}.dump();
     encoded.body = zstd_compress(built.json.dump());
     encoded.headers = {{"nnsight-version", kNnsightVersion}};
     encoded.expected = expected_result(request, built.saved_node);
@@ -333,8 +334,10 @@ PaddedBatch pad_batch(const BatchRequest& request, std::int32_t pad_token_id) {
     const auto offset =
         plan::PaddingOffset::for_prompt(request.padded_len, static_cast<std::int32_t>(prompt.ids.size()));
     const std::size_t start = b * seq + (seq - prompt.ids.size());
-    std::copy(prompt.ids.begin(), prompt.ids.end(), out.input_ids.begin() + static_cast<std::ptrdiff_t>(start));
-    std::fill_n(out.attention_mask.begin() + static_cast<std::ptrdiff_t>(start), prompt.ids.size(), std::uint8_t{1});
+    std::copy(prompt.ids.begin(), prompt.ids.end(),
+              out.input_ids.begin() + static_cast<std::ptrdiff_t>(start));
+    std::fill_n(out.attention_mask.begin() + static_cast<std::ptrdiff_t>(start), prompt.ids.size(),
+                std::uint8_t{1});
     for (auto p : prompt.positions) out.positions_padded.push_back(offset.apply(p));
   }
   return out;

@@ -45,7 +45,8 @@ const torchsave::Value* find_key(const torchsave::Dict& dict, std::int64_t key) 
 const torchsave::Tensor& named_tensor(const torchsave::Value& root, const std::string& name) {
   const auto* dict = std::get_if<torchsave::Dict>(&root.v);
   if (dict == nullptr)
-    throw DecodeError(fmt::format("result file holds a {}, expected a dict of saved variables", kind_of(root)));
+    throw DecodeError(
+        fmt::format("result file holds a {}, expected a dict of saved variables", kind_of(root)));
   const torchsave::Value* saved = find_key(*dict, name);
   if (saved == nullptr) {
     std::vector<std::string> names;
@@ -53,12 +54,14 @@ const torchsave::Tensor& named_tensor(const torchsave::Value& root, const std::s
       const auto* key = std::get_if<std::string>(&item.first.v);
       names.push_back(key != nullptr ? "\"" + *key + "\"" : kind_of(item.first));
     }
-    throw DecodeError(fmt::format("result file has no saved variable \"{}\" (it holds {})", name,
-                                  names.empty() ? std::string("nothing") : fmt::format("{}", fmt::join(names, ", "))));
+    throw DecodeError(
+        fmt::format("result file has no saved variable \"{}\" (it holds {})", name,
+                    names.empty() ? std::string("nothing") : fmt::format("{}", fmt::join(names, ", "))));
   }
   const auto* tensor = std::get_if<torchsave::Tensor>(&saved->v);
   if (tensor == nullptr)
-    throw DecodeError(fmt::format("result variable \"{}\" is a {}, expected a tensor", name, kind_of(*saved)));
+    throw DecodeError(
+        fmt::format("result variable \"{}\" is a {}, expected a tensor", name, kind_of(*saved)));
   return *tensor;
 }
 
@@ -127,8 +130,8 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
   const auto file =
       torchsave::maybe_decompress_zstd(std::vector<std::byte>(bytes.begin(), bytes.end()), limit);
   const auto root = torchsave::load(file);
-  const auto& tensor =
-      expected.saved_name.empty() ? saved_tensor(root, expected.saved_node) : named_tensor(root, expected.saved_name);
+  const auto& tensor = expected.saved_name.empty() ? saved_tensor(root, expected.saved_node)
+                                                   : named_tensor(root, expected.saved_name);
 
   const auto want_dtype = expected.dtype;
   if (tensor.dtype() != want_dtype) {

@@ -87,7 +87,7 @@ std::chrono::milliseconds RetryPolicy::backoff(std::int64_t batch, int failures)
   const double full =
       std::min(options_.max_backoff_s, options_.initial_backoff_s * std::ldexp(1.0, doublings));
   const std::uint64_t draw = mix64(seed_ ^ mix64(static_cast<std::uint64_t>(batch) * 0x9E3779B97F4A7C15ULL +
-                                             static_cast<std::uint64_t>(failures)));
+                                                 static_cast<std::uint64_t>(failures)));
   const double unit = static_cast<double>(draw >> 11) * 0x1.0p-53;  // uniform in [0, 1)
   const double seconds = full / 2 + unit * full / 2;
   return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(seconds * 1000)));

@@ -53,7 +53,8 @@ std::optional<spec::ModelConfig> model_shape(const json& config) {
 ServerEnv parse_env(std::string_view body) {
   const auto root = json::parse(body, nullptr, false);
   if (!root.is_object() || !root.contains("python_version") || !root["python_version"].is_string()) {
-    throw DecodeError(fmt::format("GET /env: expected {{\"python_version\", \"packages\"}}, got \"{}\"", excerpt(body)));
+    throw DecodeError(
+        fmt::format("GET /env: expected {{\"python_version\", \"packages\"}}, got \"{}\"", excerpt(body)));
   }
   ServerEnv env;
   env.python_version = root["python_version"].get<std::string>();
@@ -72,7 +73,8 @@ bool Deployment::running() const noexcept {
 std::vector<Deployment> parse_deployments(std::string_view body) {
   const auto root = json::parse(body, nullptr, false);
   if (!root.is_object() || !root.contains("deployments") || !root["deployments"].is_object()) {
-    throw DecodeError(fmt::format("GET /status: the reply has no \"deployments\" object (\"{}\")", excerpt(body)));
+    throw DecodeError(
+        fmt::format("GET /status: the reply has no \"deployments\" object (\"{}\")", excerpt(body)));
   }
   std::vector<Deployment> out;
   for (const auto& [name, entry] : root["deployments"].items()) {
@@ -97,7 +99,8 @@ std::vector<Deployment> parse_deployments(std::string_view body) {
 }
 
 const Deployment& choose_deployment(const std::vector<Deployment>& deployments, const std::string& model,
-                                    const std::optional<std::string>& model_key, const std::string& base_url) {
+                                    const std::optional<std::string>& model_key,
+                                    const std::string& base_url) {
   std::vector<std::string> listed;
   for (const auto& d : deployments) {
     listed.push_back(fmt::format("\"{}\"{}", d.repo_id.empty() ? d.name : d.repo_id,
@@ -111,10 +114,12 @@ const Deployment& choose_deployment(const std::vector<Deployment>& deployments, 
     for (const auto& d : deployments)
       if (!d.model_key.empty() && (d.repo_id == model || d.repo_id == "*")) keys.push_back(d.model_key);
     throw InputError(fmt::format(
-        "the job's \"model_key\" {} is not a deployment at {}{}; use the key exactly as GET /status lists it, "
+        "the job's \"model_key\" {} is not a deployment at {}{}; use the key exactly as GET /status lists "
+        "it, "
         "or drop \"model_key\" to take it from there (deployments: {})",
         json(*model_key).dump(), base_url,
-        keys.empty() ? std::string() : fmt::format(" (for {} it lists {})", model, json(keys).dump()), served));
+        keys.empty() ? std::string() : fmt::format(" (for {} it lists {})", model, json(keys).dump()),
+        served));
   }
   const Deployment* wildcard = nullptr;
   for (const auto& d : deployments) {
@@ -122,8 +127,9 @@ const Deployment& choose_deployment(const std::vector<Deployment>& deployments, 
     if (wildcard == nullptr && (d.repo_id == "*" || d.name == "*")) wildcard = &d;
   }
   if (wildcard != nullptr) return *wildcard;
-  throw InputError(fmt::format("model \"{}\" is not deployed at {} (deployments: {}); check \"model\" in the job",
-                               model, base_url, served));
+  throw InputError(
+      fmt::format("model \"{}\" is not deployed at {} (deployments: {}); check \"model\" in the job", model,
+                  base_url, served));
 }
 
 }  // namespace ndif::remote

@@ -23,11 +23,16 @@ std::string excerpt(std::string_view body) {
 }
 
 constexpr std::pair<JobState, const char*> kStates[] = {
-    {JobState::received, "RECEIVED"},   {JobState::queued, "QUEUED"},
-    {JobState::provisioning, "PROVISIONING"}, {JobState::deploying, "DEPLOYING"},
-    {JobState::dispatched, "DISPATCHED"}, {JobState::running, "RUNNING"},
-    {JobState::log, "LOG"},             {JobState::completed, "COMPLETED"},
-    {JobState::error, "ERROR"},         {JobState::nnsight_error, "NNSIGHT_ERROR"},
+    {JobState::received, "RECEIVED"},
+    {JobState::queued, "QUEUED"},
+    {JobState::provisioning, "PROVISIONING"},
+    {JobState::deploying, "DEPLOYING"},
+    {JobState::dispatched, "DISPATCHED"},
+    {JobState::running, "RUNNING"},
+    {JobState::log, "LOG"},
+    {JobState::completed, "COMPLETED"},
+    {JobState::error, "ERROR"},
+    {JobState::nnsight_error, "NNSIGHT_ERROR"},
 };
 
 JobState state_of(const std::string& status) {

@@ -261,8 +261,8 @@ struct JobTransport::Impl {
     f.job_id = a.job_id;
     f.seconds = std::chrono::duration<double>(Clock::now() - a.started).count();
     f.failure = TransportFailure{verdict, cause, stage, status,
-                                 redact(fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch, a.ticket.attempt,
-                                                    path_of(a, stage), message),
+                                 redact(fmt::format("batch {} attempt {}: {}: {}", a.ticket.batch,
+                                                    a.ticket.attempt, path_of(a, stage), message),
                                         options.api_key)};
     return f;
   }
@@ -441,7 +441,8 @@ std::size_t JobTransport::in_flight() const noexcept { return impl_->attempts.si
 std::vector<JobState> JobTransport::in_flight_states() const {
   std::vector<JobState> states;
   states.reserve(impl_->attempts.size());
-  for (const auto& a : impl_->attempts) states.push_back(a.phase == Phase::downloading ? JobState::completed : a.state);
+  for (const auto& a : impl_->attempts)
+    states.push_back(a.phase == Phase::downloading ? JobState::completed : a.state);
   return states;
 }
 
@@ -469,8 +470,9 @@ Reply blocking_get(const std::string& url, const std::string* api_key, const spe
 }
 
 [[noreturn]] void unreachable(const std::string& url, const Reply& reply) {
-  throw Error(ExitCode::failure, fmt::format("GET {} failed: {} ({}); check the endpoint and that the service is up",
-                                             url, curl_easy_strerror(reply.rc), reply.error));
+  throw Error(ExitCode::failure,
+              fmt::format("GET {} failed: {} ({}); check the endpoint and that the service is up", url,
+                          curl_easy_strerror(reply.rc), reply.error));
 }
 
 }  // namespace
@@ -495,7 +497,8 @@ std::vector<Deployment> fetch_deployments(const std::string& base_url, const std
         fmt::format("GET {} was refused with HTTP {}: check the API key in the job's api_key_env variable",
                     url, reply.status));
   }
-  if (reply.status != 200) throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
+  if (reply.status != 200)
+    throw Error(ExitCode::failure, fmt::format("GET {} answered HTTP {}", url, reply.status));
   return parse_deployments(reply.body);
 }
 

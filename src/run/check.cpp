@@ -77,23 +77,31 @@ class Checklist {
     }
     return false;
   }
-  void warn(const std::string& name, std::string detail) { steps_.push_back({name, Outcome::warn, std::move(detail)}); }
-  void skip(const std::string& name, std::string detail) { steps_.push_back({name, Outcome::skip, std::move(detail)}); }
+  void warn(const std::string& name, std::string detail) {
+    steps_.push_back({name, Outcome::warn, std::move(detail)});
+  }
+  void skip(const std::string& name, std::string detail) {
+    steps_.push_back({name, Outcome::skip, std::move(detail)});
+  }
 
   [[nodiscard]] int exit_code() const noexcept { return code_; }
 
   void print(std::ostream& out, bool as_json, const std::filesystem::path& job_file) const {
     if (as_json) {
       json steps = json::array();
-      for (const auto& s : steps_) steps.push_back({{"name", s.name}, {"status", outcome_name(s.outcome)}, {"detail", s.detail}});
+      for (const auto& s : steps_)
+        steps.push_back({{"name", s.name}, {"status", outcome_name(s.outcome)}, {"detail", s.detail}});
       for (auto& s : steps) {
         if (s["status"] == "FAIL") s["status"] = "fail";
       }
-      out << json{{"job", job_file.string()}, {"ok", code_ == 0}, {"exit_code", code_}, {"checks", steps}}.dump(2) << '\n';
+      out << json{{"job", job_file.string()}, {"ok", code_ == 0}, {"exit_code", code_}, {"checks", steps}}
+                 .dump(2)
+          << '\n';
       return;
     }
     out << "ndif-sweep check " << job_file.string() << '\n';
-    for (const auto& s : steps_) out << fmt::format("  {:<5} {:<11} {}\n", outcome_name(s.outcome), s.name, s.detail);
+    for (const auto& s : steps_)
+      out << fmt::format("  {:<5} {:<11} {}\n", outcome_name(s.outcome), s.name, s.detail);
     out << (code_ == 0 ? "every check passed\n" : fmt::format("a check failed (exit code {})\n", code_));
   }
 
@@ -116,13 +124,17 @@ std::string env_or_empty(const std::string& name) {
 
 // One 1-prompt job end to end: submit, wait, download, decode; the result must have the shape
 // and dtype that was asked for.
-std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& encoder, const std::string& base_url,
-                             const std::string& api_key, const std::string& model_key) {
+std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& encoder,
+                             const std::string& base_url, const std::string& api_key,
+                             const std::string& model_key) {
   const auto started = Clock::now();
   const auto& prompt = job.encoded.front();
-  remote::BatchRequest request{job.spec.model,    model_key,
-                               {prompt},          static_cast<std::int32_t>(prompt.ids.size()),
-                               job.spec.probes,   job.spec.dtype,
+  remote::BatchRequest request{job.spec.model,
+                               model_key,
+                               {prompt},
+                               static_cast<std::int32_t>(prompt.ids.size()),
+                               job.spec.probes,
+                               job.spec.dtype,
                                job.model_config.hidden_size};
   auto encoded = encoder.encode(request);
   const auto expected = encoded.expected;
@@ -166,14 +178,16 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
     }
     base_url = spec->endpoint;
     if (!remote::ping(base_url, spec->timeouts))
-      throw Error(ExitCode::failure, fmt::format("{} does not answer GET /ping; check the endpoint and the network", base_url));
+      throw Error(ExitCode::failure,
+                  fmt::format("{} does not answer GET /ping; check the endpoint and the network", base_url));
     return fmt::format("{} answers GET /ping ({:.0f} ms)", base_url, ms_since(started));
   });
   if (remote) {
     list.step("api key", [&] {
       if (api_key.empty())
-        throw InputError(fmt::format("the environment variable {} (api_key_env) is not set; export your NDIF API key in it",
-                                     spec->api_key_env));
+        throw InputError(fmt::format(
+            "the environment variable {} (api_key_env) is not set; export your NDIF API key in it",
+            spec->api_key_env));
       return fmt::format("${} is set", spec->api_key_env);
     });
     list.step("deployment", [&] {
@@ -181,7 +195,8 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
       const auto& d = facts->deployment;
       return fmt::format("{} is {}{} with key {}", d.repo_id.empty() ? d.name : d.repo_id,
                          d.deployment_level.empty() ? d.application_state : d.deployment_level,
-                         d.running() ? "" : " (not running now: the first job waits for it to deploy)", facts->model_key);
+                         d.running() ? "" : " (not running now: the first job waits for it to deploy)",
+                         facts->model_key);
     });
     if (facts && facts->env) {
       list.step("server", [&] {
@@ -203,12 +218,14 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
   list.step("prompts", [&] {
     job = prepare_job(*spec, [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); });
     const auto summary = plan_summary_json(*job);
-    return fmt::format("{} prompts, {} tokens, {} batches, {} to download", summary["prompts"].get<std::int64_t>(),
-                       summary["tokens"].get<std::int64_t>(), summary["batches"].get<std::int64_t>(),
+    return fmt::format("{} prompts, {} tokens, {} batches, {} to download",
+                       summary["prompts"].get<std::int64_t>(), summary["tokens"].get<std::int64_t>(),
+                       summary["batches"].get<std::int64_t>(),
                        human_bytes(summary["download_bytes"].get<std::size_t>()));
   });
 
-  const std::string model_key = facts ? facts->model_key : (spec ? remote::model_key(spec->model) : std::string());
+  const std::string model_key =
+      facts ? facts->model_key : (spec ? remote::model_key(spec->model) : std::string());
   std::unique_ptr<remote::RequestEncoder> encoder;
   list.step("encoder", [&] {
     if (job->spec.encoder == spec::EncoderKind::graph) {
@@ -216,8 +233,8 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
       return std::string("ndif-sweep's graph (no Python needed)");
     }
     const auto started = Clock::now();
-    auto nnsight = std::make_unique<remote::NnsightEncoder>(encoder_options(job->spec, make_run_token(job->job_hash)),
-                                                            encoder_job(job->spec, model_key));
+    auto nnsight = std::make_unique<remote::NnsightEncoder>(
+        encoder_options(job->spec, make_run_token(job->job_hash)), encoder_job(job->spec, model_key));
     const auto hello = nnsight->hello();
     if (facts && facts->env) check_nnsight_versions(hello, *facts->env, base_url);
     check_encoder_model(nnsight->open(), *job);
@@ -234,17 +251,25 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
   }
   list.step("encode", [&] {
     const auto& batch = job->plan.batches.front();
-    remote::BatchRequest request{job->spec.model, model_key, {}, batch.padded_len, job->spec.probes, job->spec.dtype,
+    remote::BatchRequest request{job->spec.model,
+                                 model_key,
+                                 {},
+                                 batch.padded_len,
+                                 job->spec.probes,
+                                 job->spec.dtype,
                                  job->model_config.hidden_size};
     for (auto row : batch.rows) request.prompts.push_back(job->encoded[static_cast<std::size_t>(row)]);
     const auto started = Clock::now();
     const auto encoded = encoder->encode(request);
-    return fmt::format("batch 0 ({} prompts of up to {} tokens) in {:.0f} ms: {} request{}", batch.rows.size(),
-                       batch.padded_len, ms_since(started), human_bytes(encoded.body.size() + encoded.envelope.size()),
+    return fmt::format("batch 0 ({} prompts of up to {} tokens) in {:.0f} ms: {} request{}",
+                       batch.rows.size(), batch.padded_len, ms_since(started),
+                       human_bytes(encoded.body.size() + encoded.envelope.size()),
                        encoded.multipart() ? " (envelope and blob)" : "");
   });
   if (probe) {
-    list.step("probe", [&] { return probe_one_prompt(*job, *encoder, base_url, api_key.empty() ? "ndif-local" : api_key, model_key); });
+    list.step("probe", [&] {
+      return probe_one_prompt(*job, *encoder, base_url, api_key.empty() ? "ndif-local" : api_key, model_key);
+    });
   } else {
     list.skip("probe", "add --probe to run one 1-prompt job end to end");
   }

@@ -12,10 +12,11 @@ namespace ndif::run {
 void plan_command(const std::filesystem::path& job_file, const JobOverrides& overrides, bool as_json,
                   std::ostream& out) {
   const auto job = prepare_job(job_file, overrides, [&](const spec::JobSpec& spec) -> spec::ModelConfig {
-    throw InputError(fmt::format("{}: \"plan\" uses no network, so it needs the model's shape: add "
-                                 "\"model_config\": {{\"hidden_size\": H, \"num_hidden_layers\": L}} to the job "
-                                 "(endpoint is {})",
-                                 spec.job_file.string(), spec.endpoint));
+    throw InputError(
+        fmt::format("{}: \"plan\" uses no network, so it needs the model's shape: add "
+                    "\"model_config\": {{\"hidden_size\": H, \"num_hidden_layers\": L}} to the job "
+                    "(endpoint is {})",
+                    spec.job_file.string(), spec.endpoint));
   });
   if (as_json)
     out << plan_summary_json(job).dump(2) << '\n';
@@ -31,12 +32,12 @@ void status_command(const std::filesystem::path& file, bool as_json, std::ostrea
     out << status.to_text();
 }
 
-void export_command(const std::filesystem::path& file, const std::filesystem::path& dir, const std::string& format,
-                    std::ostream& out) {
+void export_command(const std::filesystem::path& file, const std::filesystem::path& dir,
+                    const std::string& format, std::ostream& out) {
   store::export_rows(file, dir, store::parse_export_format(format));
   const auto status = store::read_status(file);
-  out << fmt::format("exported {} of {} rows ({} of {} batches done) to {}\n", status.rows_done, status.rows_total,
-                     status.batches_done, status.batches_total, dir.string());
+  out << fmt::format("exported {} of {} rows ({} of {} batches done) to {}\n", status.rows_done,
+                     status.rows_total, status.batches_done, status.batches_total, dir.string());
 }
 
 int verify_command(const std::filesystem::path& file, std::ostream& out) {

@@ -65,7 +65,8 @@ int Communicator::min_all(int value) const {
 void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 void Communicator::send(int dest, Tag tag, const std::string& payload) const {
-  check(MPI_Send(payload.data(), static_cast<int>(payload.size()), MPI_CHAR, dest, static_cast<int>(tag), comm_),
+  check(MPI_Send(payload.data(), static_cast<int>(payload.size()), MPI_CHAR, dest, static_cast<int>(tag),
+                 comm_),
         "MPI_Send");
 }
 
@@ -80,7 +81,8 @@ std::optional<Message> Communicator::try_receive() const {
   m.source = status.MPI_SOURCE;
   m.tag = static_cast<Tag>(status.MPI_TAG);
   m.payload.resize(static_cast<size_t>(count));
-  check(MPI_Recv(m.payload.data(), count, MPI_CHAR, status.MPI_SOURCE, status.MPI_TAG, comm_, MPI_STATUS_IGNORE),
+  check(MPI_Recv(m.payload.data(), count, MPI_CHAR, status.MPI_SOURCE, status.MPI_TAG, comm_,
+                 MPI_STATUS_IGNORE),
         "MPI_Recv");
   return m;
 }

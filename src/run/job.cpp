@@ -14,9 +14,11 @@ void apply_overrides(spec::JobSpec& spec, const JobOverrides& overrides) {
   if (overrides.endpoint) {
     const auto& e = *overrides.endpoint;
     if (e != "local" && e.rfind("http://", 0) != 0 && e.rfind("https://", 0) != 0)
-      throw InputError(fmt::format("--endpoint: expected \"local\" or a base URL http(s)://host[:port], got \"{}\"", e));
+      throw InputError(
+          fmt::format("--endpoint: expected \"local\" or a base URL http(s)://host[:port], got \"{}\"", e));
     spec.endpoint = e;
-    if (!spec.encoder_given) spec.encoder = e == "local" ? spec::EncoderKind::graph : spec::EncoderKind::nnsight;
+    if (!spec.encoder_given)
+      spec.encoder = e == "local" ? spec::EncoderKind::graph : spec::EncoderKind::nnsight;
     if (spec.encoder == spec::EncoderKind::nnsight && spec.protocol == spec::Protocol::g2)
       throw InputError(fmt::format(
           "--endpoint {}: the job's \"protocol\": \"g2\" cannot carry the nnsight encoder that a remote "
@@ -74,7 +76,8 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
   for (const auto& e : job.encoded) job.n_tokens.push_back(static_cast<std::int32_t>(e.ids.size()));
 
   job.shape.hidden = job.model_config.hidden_size;
-  job.shape.positions = job.encoded.empty() ? 0 : static_cast<std::int64_t>(job.encoded.front().positions.size());
+  job.shape.positions =
+      job.encoded.empty() ? 0 : static_cast<std::int64_t>(job.encoded.front().positions.size());
   job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
   for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
   job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
@@ -122,8 +125,11 @@ nlohmann::json plan_summary_json(const PreparedJob& job) {
 std::string plan_summary_text(const PreparedJob& job) {
   const auto s = plan::summarize(job.plan, job.n_tokens, job.shape);
   std::string probes;
-  for (const auto& p : job.spec.probes) probes += fmt::format("{}{} ({} layers)", probes.empty() ? "" : ", ", p.name, p.layers.size());
-  const double waste = s.padded_tokens > 0 ? 100.0 * static_cast<double>(s.padded_tokens - s.tokens) / static_cast<double>(s.padded_tokens) : 0;
+  for (const auto& p : job.spec.probes)
+    probes += fmt::format("{}{} ({} layers)", probes.empty() ? "" : ", ", p.name, p.layers.size());
+  const double waste = s.padded_tokens > 0 ? 100.0 * static_cast<double>(s.padded_tokens - s.tokens) /
+                                                 static_cast<double>(s.padded_tokens)
+                                           : 0;
   return fmt::format(
       "job        {}\n"
       "model      {} (hidden {}, {} layers)\n"
@@ -134,10 +140,11 @@ std::string plan_summary_text(const PreparedJob& job) {
       "batches    {} NDIF jobs, largest {}\n"
       "download   {} in all ({} per row, dtype {})\n"
       "output     {} ({} of datasets)\n",
-      job.spec.job_file.string(), job.spec.model, job.model_config.hidden_size, job.model_config.num_hidden_layers,
-      job.spec.endpoint, s.prompts, s.tokens, s.padded_tokens, waste, job.shape.positions, probes, s.batches,
-      human_bytes(s.max_batch_bytes), human_bytes(s.download_bytes), human_bytes(job.shape.row_bytes()),
-      dtype_name(job.spec.dtype), job.spec.output.string(), human_bytes(s.file_bytes));
+      job.spec.job_file.string(), job.spec.model, job.model_config.hidden_size,
+      job.model_config.num_hidden_layers, job.spec.endpoint, s.prompts, s.tokens, s.padded_tokens, waste,
+      job.shape.positions, probes, s.batches, human_bytes(s.max_batch_bytes), human_bytes(s.download_bytes),
+      human_bytes(job.shape.row_bytes()), dtype_name(job.spec.dtype), job.spec.output.string(),
+      human_bytes(s.file_bytes));
 }
 
 }  // namespace ndif::run

@@ -22,7 +22,8 @@ namespace {
 
 std::filesystem::path make_temp_dir() {
   std::string templ = (std::filesystem::temp_directory_path() / "ndif-local-XXXXXX").string();
-  if (!mkdtemp(templ.data())) throw InternalError("cannot create a temporary directory for ndif-local's port file");
+  if (!mkdtemp(templ.data()))
+    throw InternalError("cannot create a temporary directory for ndif-local's port file");
   return templ;
 }
 
@@ -35,28 +36,39 @@ std::filesystem::path LocalServerProcess::default_binary() {
   return self.parent_path() / "ndif-local";
 }
 
-LocalServerProcess::LocalServerProcess(const std::filesystem::path& binary, const spec::LocalServerOptions& options)
+LocalServerProcess::LocalServerProcess(const std::filesystem::path& binary,
+                                       const spec::LocalServerOptions& options)
     : dir_(make_temp_dir()) {
   if (!std::filesystem::exists(binary))
-    throw InternalError(fmt::format("endpoint \"local\" needs the ndif-local binary, expected at {}", binary.string()));
+    throw InternalError(
+        fmt::format("endpoint \"local\" needs the ndif-local binary, expected at {}", binary.string()));
   const auto port_file = dir_ / "port";
   const auto log_file = dir_ / "ndif-local.log";
   std::vector<std::string> args{binary.string(),
-                                "--host", "127.0.0.1",
-                                "--port", "0",
-                                "--port-file", port_file.string(),
-                                "--layers", std::to_string(options.layers),
-                                "--hidden", std::to_string(options.hidden),
-                                "--seed", std::to_string(options.seed),
-                                "--model-dtype", options.model_dtype,
-                                "--workers", "2"};
+                                "--host",
+                                "127.0.0.1",
+                                "--port",
+                                "0",
+                                "--port-file",
+                                port_file.string(),
+                                "--layers",
+                                std::to_string(options.layers),
+                                "--hidden",
+                                std::to_string(options.hidden),
+                                "--seed",
+                                std::to_string(options.seed),
+                                "--model-dtype",
+                                options.model_dtype,
+                                "--workers",
+                                "2"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
   posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, log_file.c_str(), O_WRONLY | O_APPEND, 0600);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);

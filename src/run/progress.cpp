@@ -54,17 +54,20 @@ std::string ProgressReporter::line(Clock::time_point now) const {
   const double mb = static_cast<double>(bytes_) / 1e6;
   const double rate = elapsed > 0 ? mb / elapsed : 0;
   const auto new_batches = done_batches_ - start_batches_;
-  const double eta = new_batches > 0
-                         ? elapsed / static_cast<double>(new_batches) * static_cast<double>(total_batches_ - done_batches_)
-                         : NAN;
-  const double pct = total_batches_ > 0 ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_) : 100.0;
+  const double eta = new_batches > 0 ? elapsed / static_cast<double>(new_batches) *
+                                           static_cast<double>(total_batches_ - done_batches_)
+                                     : NAN;
+  const double pct = total_batches_ > 0
+                         ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_)
+                         : 100.0;
   std::string failed = failed_batches_ ? fmt::format("  failed {}", failed_batches_) : "";
   std::string flight;
   for (const auto& [state, n] : in_flight_)
     if (n > 0) flight += fmt::format("{}{} {}", flight.empty() ? "  in flight: " : ", ", state, n);
-  return fmt::format("batches {}/{} ({:.1f}%)  rows {}/{}  {:.1f} MB received  {:.2f} MB/s  elapsed {}  ETA {}{}{}",
-                     done_batches_, total_batches_, pct, done_rows_, total_rows_, mb, rate, format_duration(elapsed),
-                     format_duration(eta), failed, flight);
+  return fmt::format(
+      "batches {}/{} ({:.1f}%)  rows {}/{}  {:.1f} MB received  {:.2f} MB/s  elapsed {}  ETA {}{}{}",
+      done_batches_, total_batches_, pct, done_rows_, total_rows_, mb, rate, format_duration(elapsed),
+      format_duration(eta), failed, flight);
 }
 
 std::string ProgressReporter::json(Clock::time_point now, const std::string& event) const {
@@ -88,14 +91,21 @@ void ProgressReporter::tick(Clock::time_point now, bool force) {
   switch (mode_) {
     case ProgressMode::bar: {
       const int width = 30;
-      const int filled = total_batches_ > 0 ? static_cast<int>(width * done_batches_ / total_batches_) : width;
+      const int filled =
+          total_batches_ > 0 ? static_cast<int>(width * done_batches_ / total_batches_) : width;
       out_ << '\r' << '[' << std::string(static_cast<size_t>(filled), '#')
-           << std::string(static_cast<size_t>(width - filled), '.') << "] " << line(now) << "\x1b[K" << std::flush;
+           << std::string(static_cast<size_t>(width - filled), '.') << "] " << line(now) << "\x1b[K"
+           << std::flush;
       break;
     }
-    case ProgressMode::lines: out_ << line(now) << '\n' << std::flush; break;
-    case ProgressMode::jsonl: out_ << json(now, "progress") << '\n' << std::flush; break;
-    default: break;
+    case ProgressMode::lines:
+      out_ << line(now) << '\n' << std::flush;
+      break;
+    case ProgressMode::jsonl:
+      out_ << json(now, "progress") << '\n' << std::flush;
+      break;
+    default:
+      break;
   }
 }
 

@@ -32,7 +32,8 @@ std::uint64_t text_hash(std::string_view text) {
 std::string ids_excerpt(const std::vector<std::int64_t>& ids) {
   constexpr std::size_t kShown = 12;
   std::string out = "[";
-  for (std::size_t i = 0; i < std::min(ids.size(), kShown); ++i) out += (i ? ", " : "") + std::to_string(ids[i]);
+  for (std::size_t i = 0; i < std::min(ids.size(), kShown); ++i)
+    out += (i ? ", " : "") + std::to_string(ids[i]);
   if (ids.size() > kShown) out += fmt::format(", ... ({} ids)", ids.size());
   return out + "]";
 }
@@ -56,17 +57,20 @@ ServiceFacts query_service(const spec::JobSpec& spec, const std::string& api_key
 
 spec::ModelConfig deployment_shape(const spec::JobSpec& spec, const ServiceFacts& facts) {
   if (facts.deployment.config) return *facts.deployment.config;
-  throw InputError(fmt::format(
-      "{}: the deployment \"{}\" at {} does not report its config; set \"model_config\" "
-      "({{\"hidden_size\": H, \"num_hidden_layers\": L}}) in the job",
-      spec.job_file.string(), facts.deployment.name, spec.endpoint));
+  throw InputError(
+      fmt::format("{}: the deployment \"{}\" at {} does not report its config; set \"model_config\" "
+                  "({{\"hidden_size\": H, \"num_hidden_layers\": L}}) in the job",
+                  spec.job_file.string(), facts.deployment.name, spec.endpoint));
 }
 
-remote::KeyCheck require_api_key(const spec::JobSpec& spec, const std::string& base_url, const std::string& api_key,
-                                 const std::string& model_key) {
-  const std::string envelope =
-      nlohmann::json{{"model_key", model_key}, {"session_id", ""}, {"compress", true}, {"env", nlohmann::json::object()}}
-          .dump();
+remote::KeyCheck require_api_key(const spec::JobSpec& spec, const std::string& base_url,
+                                 const std::string& api_key, const std::string& model_key) {
+  const std::string envelope = nlohmann::json{
+      {"model_key", model_key},
+      {"session_id", ""},
+      {"compress", true},
+      {"env",
+       nlohmann::json::object()}}.dump();
   auto check = remote::check_api_key(base_url, api_key, envelope, spec.timeouts);
   if (check.outcome == remote::KeyCheck::Outcome::refused) {
     throw ServiceRefused(fmt::format(
@@ -85,20 +89,24 @@ void check_nnsight_versions(const remote::EncoderHello& hello, const remote::Ser
       "the encoder's nnsight {} ({}) differs from the nnsight {} that {} runs (GET /env); a G4 request is a "
       "pickle of nnsight's own objects, so they must match: install it with `{} -m pip install nnsight=={}`, "
       "or point the job's \"python\" key (or NDIF_SWEEP_PYTHON) at an interpreter that has it",
-      hello.nnsight_version.empty() ? "(unknown)" : hello.nnsight_version, hello.executable, *env.nnsight_version,
-      endpoint, hello.executable.empty() ? "python3" : hello.executable, *env.nnsight_version));
+      hello.nnsight_version.empty() ? "(unknown)" : hello.nnsight_version, hello.executable,
+      *env.nnsight_version, endpoint, hello.executable.empty() ? "python3" : hello.executable,
+      *env.nnsight_version));
 }
 
 void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& job) {
   const auto& config = job.model_config;
   if (model.hidden_size != config.hidden_size ||
       (model.num_hidden_layers != 0 && model.num_hidden_layers != config.num_hidden_layers)) {
-    throw InputError(fmt::format(
-        "{}: the model files the encoder read for {} have hidden size {} and {} layers, but the job is sized for "
-        "hidden {} and {} layers (from {}); they must describe the same model: check \"model\", \"revision\" and "
-        "\"model_config\"",
-        job.spec.job_file.string(), job.spec.model, model.hidden_size, model.num_hidden_layers, config.hidden_size,
-        config.num_hidden_layers, job.spec.model_config ? "\"model_config\"" : "the service's GET /status"));
+    throw InputError(
+        fmt::format("{}: the model files the encoder read for {} have hidden size {} and {} layers, but the "
+                    "job is sized for "
+                    "hidden {} and {} layers (from {}); they must describe the same model: check \"model\", "
+                    "\"revision\" and "
+                    "\"model_config\"",
+                    job.spec.job_file.string(), job.spec.model, model.hidden_size, model.num_hidden_layers,
+                    config.hidden_size, config.num_hidden_layers,
+                    job.spec.model_config ? "\"model_config\"" : "the service's GET /status"));
   }
   if (model.vocab_size > 0) {
     for (std::size_t row = 0; row < job.encoded.size(); ++row) {
@@ -107,7 +115,8 @@ void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& j
           throw InputError(fmt::format(
               "{}:{}: token id {} is outside the model's vocabulary of {}; \"tokenizer\" in {} is not this "
               "model's tokenizer",
-              job.spec.prompts.string(), job.prompts[row].line, id, model.vocab_size, job.spec.job_file.string()));
+              job.spec.prompts.string(), job.prompts[row].line, id, model.vocab_size,
+              job.spec.job_file.string()));
         }
       }
     }
@@ -124,7 +133,8 @@ std::filesystem::path encoder_node_dir(const std::string& run_token) {
   // A socket path has room for 107 bytes: a deep $TMPDIR falls back to /tmp.
   std::filesystem::path base = env_or("TMPDIR", "/tmp");
   if (base.string().size() > 60 || !base.is_absolute()) base = "/tmp";
-  return base / fmt::format("ndif-sweep-{}-{}-{}", ::geteuid(), run_token.substr(0, 12), hex64(text_hash(host)).substr(0, 8));
+  return base / fmt::format("ndif-sweep-{}-{}-{}", ::geteuid(), run_token.substr(0, 12),
+                            hex64(text_hash(host)).substr(0, 8));
 }
 
 std::string make_run_token(const std::string& job_hash) {
@@ -143,7 +153,8 @@ remote::EncoderOptions encoder_options(const std::string& python, const std::str
   options.scrub_env = api_key_env;
   options.request_timeout = std::chrono::milliseconds(static_cast<long long>(request_s * 1000));
   // Starting means importing torch and building the skeleton: slow file systems need minutes.
-  options.start_timeout = std::max(options.request_timeout, std::chrono::milliseconds(std::chrono::minutes(5)));
+  options.start_timeout =
+      std::max(options.request_timeout, std::chrono::milliseconds(std::chrono::minutes(5)));
   return options;
 }
 
@@ -155,7 +166,8 @@ remote::EncoderJob encoder_job(const spec::JobSpec& spec, const std::string& mod
   remote::EncoderJob job;
   job.model = spec.model;
   job.revision = spec.revision;
-  if (const char* dir = std::getenv("NDIF_SWEEP_MODEL_DIR"); dir != nullptr && *dir != '\0') job.model_dir = dir;
+  if (const char* dir = std::getenv("NDIF_SWEEP_MODEL_DIR"); dir != nullptr && *dir != '\0')
+    job.model_dir = dir;
   job.model_key = model_key;
   job.probes = spec.probes;
   job.dtype = spec.dtype;
@@ -172,7 +184,8 @@ std::vector<std::size_t> canary_rows(const std::vector<std::int32_t>& n_tokens, 
     return rows;
   }
   for (std::size_t k = 0; k < want; ++k) rows.push_back(k * n / want);
-  rows.push_back(static_cast<std::size_t>(std::max_element(n_tokens.begin(), n_tokens.end()) - n_tokens.begin()));
+  rows.push_back(
+      static_cast<std::size_t>(std::max_element(n_tokens.begin(), n_tokens.end()) - n_tokens.begin()));
   std::sort(rows.begin(), rows.end());
   rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
   return rows;
@@ -192,11 +205,12 @@ std::size_t run_tokenizer_canary(const PreparedJob& job, remote::NnsightEncoder&
     std::size_t at = 0;
     while (at < ours64.size() && at < theirs.size() && ours64[at] == theirs[at]) ++at;
     throw InputError(fmt::format(
-        "{}:{}: ndif-sweep's tokenizer ({}) gives {} but the model's own tokenizer gives {} (first difference at "
+        "{}:{}: ndif-sweep's tokenizer ({}) gives {} but the model's own tokenizer gives {} (first "
+        "difference at "
         "token {}); positions would be read from the wrong tokens. Use the model's own tokenizer.json as "
         "\"tokenizer\" in {}, with \"add_special_tokens\" as the model expects",
-        job.spec.prompts.string(), job.prompts[rows[k]].line, job.spec.tokenizer.string(), ids_excerpt(ours64),
-        ids_excerpt(theirs), at, job.spec.job_file.string()));
+        job.spec.prompts.string(), job.prompts[rows[k]].line, job.spec.tokenizer.string(),
+        ids_excerpt(ours64), ids_excerpt(theirs), at, job.spec.job_file.string()));
   }
   return rows.size();
 }

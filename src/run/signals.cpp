@@ -6,7 +6,7 @@
 namespace ndif::run {
 namespace {
 
-volatile std::sig_atomic_t g_drain = 0;   // 0 none, 1 finish in flight, 2 abandon
+volatile std::sig_atomic_t g_drain = 0;  // 0 none, 1 finish in flight, 2 abandon
 volatile std::sig_atomic_t g_signal = 0;
 
 extern "C" void on_signal(int sig) {
@@ -31,18 +31,25 @@ void install_drain_handlers() {
 
 DrainRequest drain_requested() noexcept {
   switch (g_drain) {
-    case 1: return DrainRequest::finish_in_flight;
-    case 2: return DrainRequest::abandon_in_flight;
-    default: return DrainRequest::none;
+    case 1:
+      return DrainRequest::finish_in_flight;
+    case 2:
+      return DrainRequest::abandon_in_flight;
+    default:
+      return DrainRequest::none;
   }
 }
 
 const char* last_signal_name() noexcept {
   switch (g_signal) {
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
-    case SIGUSR1: return "SIGUSR1";
-    default: return "";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    case SIGUSR1:
+      return "SIGUSR1";
+    default:
+      return "";
   }
 }
 

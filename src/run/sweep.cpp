@@ -226,14 +226,15 @@ class Coordinator {
   void invalid(std::int32_t batch, const std::string& why) {
     progress_.batch_failed();
     ++invalid_;
-    std::cerr << fmt::format("ndif-sweep: batch {} was rejected by the service and is not retried: {}\n", batch,
-                             why);
+    std::cerr << fmt::format("ndif-sweep: batch {} was rejected by the service and is not retried: {}\n",
+                             batch, why);
     // The same request built for other prompts: when batch after batch is rejected with nothing
     // done between, the rest would be rejected too. Stop sending them.
     if (++rejected_in_a_row_ == kRejectedInARowToStop) {
-      refused(fmt::format("{} batches in a row were rejected as invalid requests (the last: {}); stopping "
-                          "before sending the rest",
-                          kRejectedInARowToStop, why));
+      refused(
+          fmt::format("{} batches in a row were rejected as invalid requests (the last: {}); stopping "
+                      "before sending the rest",
+                      kRejectedInARowToStop, why));
     }
   }
   /// The states of `rank`'s jobs in flight, for the progress line.
@@ -277,7 +278,8 @@ class Coordinator {
 
 class Worker {
  public:
-  Worker(const RunContext& ctx, store::ParallelOutput& output, remote::RequestEncoder& encoder, std::uint64_t seed)
+  Worker(const RunContext& ctx, store::ParallelOutput& output, remote::RequestEncoder& encoder,
+         std::uint64_t seed)
       : ctx_(ctx),
         output_(output),
         transport_(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts}),
@@ -481,7 +483,8 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
     if (spec.model_key && !facts->deployment.repo_id.empty() && facts->deployment.repo_id != spec.model &&
         facts->deployment.repo_id != "*") {
       std::cerr << fmt::format(
-          "ndif-sweep: warning: the job's \"model_key\" names a deployment of \"{}\", not of \"model\" \"{}\"; "
+          "ndif-sweep: warning: the job's \"model_key\" names a deployment of \"{}\", not of \"model\" "
+          "\"{}\"; "
           "its requests are built from {}'s files\n",
           facts->deployment.repo_id, spec.model, spec.model);
     }
@@ -507,7 +510,8 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
     const auto job_for_encoder = encoder_job(final_spec, c.model_key);
     c.python = encoder_python(final_spec);
     c.model_dir = job_for_encoder.model_dir;
-    setup->encoder = std::make_unique<remote::NnsightEncoder>(encoder_options(final_spec, c.run_token), job_for_encoder);
+    setup->encoder =
+        std::make_unique<remote::NnsightEncoder>(encoder_options(final_spec, c.run_token), job_for_encoder);
     const auto hello = setup->encoder->hello();
     if (facts && facts->env) {
       check_nnsight_versions(hello, *facts->env, final_spec.endpoint);
@@ -544,10 +548,12 @@ void prepare_encoder(remote::RequestEncoder& encoder, const RunContext& c) {
   const auto hello = nnsight->hello();
   if (c.server_nnsight) check_nnsight_versions(hello, remote::ServerEnv{"", c.server_nnsight}, c.base_url);
   const auto& model = nnsight->model();
-  if (model.hidden_size != c.hidden || (model.num_hidden_layers != 0 && model.num_hidden_layers != c.num_hidden_layers))
-    throw InputError(fmt::format("this node's encoder reads {} as hidden {} with {} layers, rank 0's as hidden {} with {}; "
-                                 "every node must see the same model files",
-                                 c.model, model.hidden_size, model.num_hidden_layers, c.hidden, c.num_hidden_layers));
+  if (model.hidden_size != c.hidden ||
+      (model.num_hidden_layers != 0 && model.num_hidden_layers != c.num_hidden_layers))
+    throw InputError(fmt::format(
+        "this node's encoder reads {} as hidden {} with {} layers, rank 0's as hidden {} with {}; "
+        "every node must see the same model files",
+        c.model, model.hidden_size, model.num_hidden_layers, c.hidden, c.num_hidden_layers));
 }
 
 /// Runs `step` on every rank; when it fails anywhere, the lowest failing rank prints why and every
@@ -666,7 +672,8 @@ int run_sweep(const RunOptions& options) {
 
   std::unique_ptr<RootSetup> setup;
   if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
-  RunContext ctx = decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  RunContext ctx =
+      decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
   std::unique_ptr<remote::RequestEncoder> encoder;
   if (int code = all_ranks_step(comm, [&] {
         if (root && setup->encoder) {
@@ -831,7 +838,8 @@ int run_sweep(const RunOptions& options) {
       }
       // Queue states of the jobs in flight, for rank 0's progress line: sent when they change, at
       // most once a second.
-      if (auto states = worker.states(); states != reported_states && Clock::now() - states_sent > std::chrono::seconds(1)) {
+      if (auto states = worker.states();
+          states != reported_states && Clock::now() - states_sent > std::chrono::seconds(1)) {
         reported_states = states;
         states_sent = Clock::now();
         if (root)

@@ -15,8 +15,9 @@ using detail::fail;
 using detail::ObjectReader;
 using nlohmann::json;
 
-
-const char* encoder_name(EncoderKind kind) noexcept { return kind == EncoderKind::nnsight ? "nnsight" : "graph"; }
+const char* encoder_name(EncoderKind kind) noexcept {
+  return kind == EncoderKind::nnsight ? "nnsight" : "graph";
+}
 
 const char* protocol_name(Protocol protocol) noexcept { return protocol == Protocol::g2 ? "g2" : "g4"; }
 
@@ -24,7 +25,8 @@ std::string Probe::module_for(int layer) const {
   static constexpr std::string_view kPlaceholder = "{layer}";
   const std::string number = std::to_string(layer);
   std::string path = module;
-  for (auto at = path.find(kPlaceholder); at != std::string::npos; at = path.find(kPlaceholder, at + number.size())) {
+  for (auto at = path.find(kPlaceholder); at != std::string::npos;
+       at = path.find(kPlaceholder, at + number.size())) {
     path.replace(at, kPlaceholder.size(), number);
   }
   return path;
@@ -44,9 +46,8 @@ constexpr int kMaxLayer = 1 << 16;
 
 bool is_identifier(std::string_view text) {
   if (text.empty() || std::isdigit(static_cast<unsigned char>(text.front())) != 0) return false;
-  return std::all_of(text.begin(), text.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
-  });
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_'; });
 }
 
 bool is_digits(std::string_view text) {
@@ -80,8 +81,9 @@ bool is_endpoint(std::string_view text) {
       if (port.empty()) return false;
     }
     const std::string_view inside = host.substr(1, host.size() - 2);
-    if (!std::all_of(inside.begin(), inside.end(),
-                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0 || c == ':' || c == '.'; })) {
+    if (!std::all_of(inside.begin(), inside.end(), [](char c) {
+          return std::isxdigit(static_cast<unsigned char>(c)) != 0 || c == ':' || c == '.';
+        })) {
       return false;
     }
   } else {
@@ -116,7 +118,8 @@ std::optional<std::vector<int>> parse_layer_range(std::string_view text) {
   std::vector<std::string_view> parts;
   for (std::size_t begin = 0;;) {
     const auto colon = text.find(':', begin);
-    parts.push_back(text.substr(begin, colon == std::string_view::npos ? std::string_view::npos : colon - begin));
+    parts.push_back(
+        text.substr(begin, colon == std::string_view::npos ? std::string_view::npos : colon - begin));
     if (colon == std::string_view::npos) break;
     begin = colon + 1;
   }
@@ -155,14 +158,16 @@ Probe parse_probe(const json& value, const std::string& prefix, const std::strin
   if (const json* index = reader.find("output_index")) {
     if (index->is_null()) {
       probe.output_index.reset();
-    } else if (index->is_number_integer() && index->get<std::int64_t>() >= 0 && index->get<std::int64_t>() < 1024) {
+    } else if (index->is_number_integer() && index->get<std::int64_t>() >= 0 &&
+               index->get<std::int64_t>() < 1024) {
       probe.output_index = index->get<int>();
     } else {
       reader.wrong("output_index", "an integer >= 0 (element of a tuple output) or null (a tensor output)");
     }
   }
   const json* layers = reader.find("layers");
-  if (layers == nullptr) reader.missing("layers", "\"start:stop[:step]\" like \"0:32\", or a list like [8, 16]");
+  if (layers == nullptr)
+    reader.missing("layers", "\"start:stop[:step]\" like \"0:32\", or a list like [8, 16]");
   constexpr const char* kLayersExpected =
       "\"start:stop[:step]\" with non-negative integers selecting at least one layer, or a non-empty list of "
       "distinct non-negative integers";
@@ -174,8 +179,8 @@ Probe parse_probe(const json& value, const std::string& prefix, const std::strin
   } else if (layers->is_array() && !layers->empty()) {
     std::set<int> seen;
     for (const json& layer : *layers) {
-      if (!layer.is_number_integer() || layer.get<std::int64_t>() < 0 || layer.get<std::int64_t>() > kMaxLayer ||
-          !seen.insert(layer.get<int>()).second) {
+      if (!layer.is_number_integer() || layer.get<std::int64_t>() < 0 ||
+          layer.get<std::int64_t>() > kMaxLayer || !seen.insert(layer.get<int>()).second) {
         reader.wrong("layers", kLayersExpected);
       }
       probe.layers.push_back(layer.get<int>());
@@ -211,13 +216,16 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
   if (!root.is_object()) fail(prefix, "the job spec must be a JSON object, got " + detail::describe(root));
   if (root.contains("api_key")) {
     fail(prefix,
-         "\"api_key\" must not be in a job file: put the key in an environment variable and name that variable "
+         "\"api_key\" must not be in a job file: put the key in an environment variable and name that "
+         "variable "
          "with \"api_key_env\" (default NDIF_API_KEY)");
   }
   const ObjectReader reader(root, prefix, "",
-                            {"model", "revision", "endpoint", "local", "api_key_env", "tokenizer",
-                             "add_special_tokens", "prompts", "positions", "probes", "model_config", "dtype", "batch",
-                             "retry", "timeouts", "max_inflight", "output", "encoder", "protocol", "python",
+                            {"model",       "revision",  "endpoint",           "local",
+                             "api_key_env", "tokenizer", "add_special_tokens", "prompts",
+                             "positions",   "probes",    "model_config",       "dtype",
+                             "batch",       "retry",     "timeouts",           "max_inflight",
+                             "output",      "encoder",   "protocol",           "python",
                              "model_key"});
   JobSpec spec;
   spec.job_file = job_file;
@@ -246,11 +254,14 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
   }
   spec.api_key_env = reader.string("api_key_env", spec.api_key_env);
   if (!is_identifier(spec.api_key_env)) {
-    reader.wrong("api_key_env", "the name of an environment variable (letters, digits and _), e.g. \"NDIF_API_KEY\"");
+    reader.wrong("api_key_env",
+                 "the name of an environment variable (letters, digits and _), e.g. \"NDIF_API_KEY\"");
   }
-  spec.tokenizer = resolve_path(job_file, reader.required_string("tokenizer", "the path of the model's tokenizer.json"));
+  spec.tokenizer =
+      resolve_path(job_file, reader.required_string("tokenizer", "the path of the model's tokenizer.json"));
   spec.add_special_tokens = reader.boolean("add_special_tokens", spec.add_special_tokens);
-  spec.prompts = resolve_path(job_file, reader.required_string("prompts", "the path of a JSON Lines prompts file"));
+  spec.prompts =
+      resolve_path(job_file, reader.required_string("prompts", "the path of a JSON Lines prompts file"));
   if (const json* positions = reader.find("positions")) {
     spec.positions = detail::parse_positions(*positions, prefix, "positions");
   } else {
@@ -261,7 +272,9 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
 
   const json* probes = reader.find("probes");
   if (probes == nullptr) {
-    reader.missing("probes", "a list like [{\"name\": \"resid\", \"module\": \"model.layers.{layer}\", \"layers\": \"0:32\"}]");
+    reader.missing(
+        "probes",
+        "a list like [{\"name\": \"resid\", \"module\": \"model.layers.{layer}\", \"layers\": \"0:32\"}]");
   }
   if (!probes->is_array() || probes->empty()) reader.wrong("probes", "a non-empty list of probe objects");
   for (std::size_t i = 0; i < probes->size(); ++i) {
@@ -269,7 +282,8 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     Probe probe = parse_probe((*probes)[i], prefix, key);
     for (const Probe& earlier : spec.probes) {
       if (earlier.name == probe.name) {
-        fail(prefix, "\"" + key + ".name\" \"" + probe.name + "\" is used by another probe; names must be unique");
+        fail(prefix,
+             "\"" + key + ".name\" \"" + probe.name + "\" is used by another probe; names must be unique");
       }
     }
     spec.probes.push_back(std::move(probe));
@@ -277,7 +291,8 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
 
   if (const json* config = reader.find("model_config"); config != nullptr && !config->is_null()) {
     const ObjectReader config_reader(*config, prefix, "model_config", {"hidden_size", "num_hidden_layers"});
-    if (config_reader.find("hidden_size") == nullptr) config_reader.missing("hidden_size", "the model's hidden size");
+    if (config_reader.find("hidden_size") == nullptr)
+      config_reader.missing("hidden_size", "the model's hidden size");
     if (config_reader.find("num_hidden_layers") == nullptr) {
       config_reader.missing("num_hidden_layers", "the model's number of decoder layers");
     }
@@ -306,13 +321,16 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     spec.batch.sort_by_length = batch_reader.boolean("sort_by_length", spec.batch.sort_by_length);
   }
   if (const json* retry = reader.find("retry")) {
-    const ObjectReader retry_reader(*retry, prefix, "retry", {"max_attempts", "initial_backoff_s", "max_backoff_s"});
+    const ObjectReader retry_reader(*retry, prefix, "retry",
+                                    {"max_attempts", "initial_backoff_s", "max_backoff_s"});
     spec.retry.max_attempts = retry_reader.positive_int("max_attempts", spec.retry.max_attempts);
-    spec.retry.initial_backoff_s = retry_reader.positive_number("initial_backoff_s", spec.retry.initial_backoff_s);
+    spec.retry.initial_backoff_s =
+        retry_reader.positive_number("initial_backoff_s", spec.retry.initial_backoff_s);
     spec.retry.max_backoff_s = retry_reader.positive_number("max_backoff_s", spec.retry.max_backoff_s);
     if (spec.retry.max_backoff_s < spec.retry.initial_backoff_s) {
       fail(prefix, "\"retry.max_backoff_s\" must be at least \"retry.initial_backoff_s\" (" +
-                       json(spec.retry.initial_backoff_s).dump() + "), got " + json(spec.retry.max_backoff_s).dump());
+                       json(spec.retry.initial_backoff_s).dump() + "), got " +
+                       json(spec.retry.max_backoff_s).dump());
     }
   }
   if (const json* timeouts = reader.find("timeouts")) {
@@ -321,10 +339,12 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     spec.timeouts.connect_s = timeout_reader.positive_number("connect_s", spec.timeouts.connect_s);
     spec.timeouts.request_s = timeout_reader.positive_number("request_s", spec.timeouts.request_s);
     spec.timeouts.job_s = timeout_reader.positive_number("job_s", spec.timeouts.job_s);
-    spec.timeouts.poll_interval_s = timeout_reader.positive_number("poll_interval_s", spec.timeouts.poll_interval_s);
+    spec.timeouts.poll_interval_s =
+        timeout_reader.positive_number("poll_interval_s", spec.timeouts.poll_interval_s);
   }
   spec.max_inflight = reader.positive_int("max_inflight", spec.max_inflight);
-  spec.output = resolve_path(job_file, reader.required_string("output", "the HDF5 file to write, e.g. \"out/run.h5\""));
+  spec.output =
+      resolve_path(job_file, reader.required_string("output", "the HDF5 file to write, e.g. \"out/run.h5\""));
 
   spec.encoder = spec.endpoint == "local" ? EncoderKind::graph : EncoderKind::nnsight;
   if (reader.find("encoder") != nullptr) {
@@ -335,8 +355,9 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     } else if (encoder == "nnsight") {
       spec.encoder = EncoderKind::nnsight;
     } else {
-      reader.wrong("encoder", "\"nnsight\" (your nnsight builds each request: production NDIF) or \"graph\" "
-                              "(ndif-sweep's JSON graph: ndif-local and nnsight-0.4 servers)");
+      reader.wrong("encoder",
+                   "\"nnsight\" (your nnsight builds each request: production NDIF) or \"graph\" "
+                   "(ndif-sweep's JSON graph: ndif-local and nnsight-0.4 servers)");
     }
   }
   if (reader.find("protocol") != nullptr) {
@@ -346,12 +367,14 @@ JobSpec parse_job(const json& root, const std::filesystem::path& job_file) {
     } else if (protocol == "g2") {
       spec.protocol = Protocol::g2;
     } else {
-      reader.wrong("protocol", "\"g4\" (nnsight >= 0.8 servers and ndif-local) or \"g2\" (nnsight 0.4 servers)");
+      reader.wrong("protocol",
+                   "\"g4\" (nnsight >= 0.8 servers and ndif-local) or \"g2\" (nnsight 0.4 servers)");
     }
   }
   if (spec.encoder == EncoderKind::nnsight && spec.endpoint == "local") {
     fail(prefix,
-         "\"encoder\": \"nnsight\" cannot run against \"endpoint\": \"local\": the bundled ndif-local executes "
+         "\"encoder\": \"nnsight\" cannot run against \"endpoint\": \"local\": the bundled ndif-local "
+         "executes "
          "ndif-sweep's graph, so drop \"encoder\" (or set it to \"graph\") for a local rehearsal");
   }
   if (spec.encoder == EncoderKind::nnsight && spec.protocol == Protocol::g2) {
@@ -395,7 +418,10 @@ json JobSpec::canonical_json() const {
       {"revision", revision ? json(*revision) : json(nullptr)},
       {"endpoint", endpoint},
       {"local",
-       {{"layers", local.layers}, {"hidden", local.hidden}, {"seed", local.seed}, {"model_dtype", local.model_dtype}}},
+       {{"layers", local.layers},
+        {"hidden", local.hidden},
+        {"seed", local.seed},
+        {"model_dtype", local.model_dtype}}},
       {"api_key_env", api_key_env},
       {"tokenizer", as_written(job_file, tokenizer)},
       {"add_special_tokens", add_special_tokens},
@@ -434,11 +460,11 @@ void check_layers(const JobSpec& spec, const ModelConfig& config) {
     const Probe& probe = spec.probes[i];
     for (int layer : probe.layers) {
       if (layer >= config.num_hidden_layers) {
-        fail(spec.job_file.string() + ": ",
-             "probe \"" + probe.name + "\" (\"probes[" + std::to_string(i) + "].layers\" " + probe.layers_text +
-                 ") asks for layer " + std::to_string(layer) + ", but the model has " +
-                 std::to_string(config.num_hidden_layers) + " layers (0 to " +
-                 std::to_string(config.num_hidden_layers - 1) + ")");
+        fail(spec.job_file.string() + ": ", "probe \"" + probe.name + "\" (\"probes[" + std::to_string(i) +
+                                                "].layers\" " + probe.layers_text + ") asks for layer " +
+                                                std::to_string(layer) + ", but the model has " +
+                                                std::to_string(config.num_hidden_layers) + " layers (0 to " +
+                                                std::to_string(config.num_hidden_layers - 1) + ")");
       }
     }
   }
@@ -450,7 +476,8 @@ JobSpec parse_job_spec_text(const std::string& text, const std::filesystem::path
     root = detail::parse_unique_keys(text, job_file.string() + ": ");
   } catch (const json::parse_error& error) {
     const auto location = detail::locate_byte(text, error.byte);
-    fail(job_file.string() + ":" + std::to_string(location.line) + ":" + std::to_string(location.column) + ": ",
+    fail(job_file.string() + ":" + std::to_string(location.line) + ":" + std::to_string(location.column) +
+             ": ",
          "not valid JSON: " + detail::parse_error_reason(error));
   }
   return parse_job(root, job_file);

@@ -56,7 +56,8 @@ json parse_unique_keys(std::string_view text, const std::string& prefix) {
       open_objects.emplace_back();
     } else if (event == json::parse_event_t::object_end) {
       open_objects.pop_back();
-    } else if (event == json::parse_event_t::key && !open_objects.back().insert(parsed.get<std::string>()).second) {
+    } else if (event == json::parse_event_t::key &&
+               !open_objects.back().insert(parsed.get<std::string>()).second) {
       fail(prefix, "key \"" + parsed.get<std::string>() + "\" appears twice in one object; keep one");
     }
     return true;
@@ -65,11 +66,14 @@ json parse_unique_keys(std::string_view text, const std::string& prefix) {
     return json::parse(text, check);
   } catch (const json::out_of_range& error) {
     // A number literal beyond double's range (e.g. 1e999) is valid JSON text that nlohmann cannot hold.
-    fail(prefix, "a number is out of range (" + parse_error_reason_text(error.what()) + "); use a smaller value");
+    fail(prefix,
+         "a number is out of range (" + parse_error_reason_text(error.what()) + "); use a smaller value");
   }
 }
 
-std::string parse_error_reason(const json::parse_error& error) { return parse_error_reason_text(error.what()); }
+std::string parse_error_reason(const json::parse_error& error) {
+  return parse_error_reason_text(error.what());
+}
 
 ObjectReader::ObjectReader(const json& value, std::string prefix, std::string path,
                            std::initializer_list<const char*> allowed)
@@ -87,8 +91,8 @@ ObjectReader::ObjectReader(const json& value, std::string prefix, std::string pa
     }
     if (!known) {
       const std::string where = path_.empty() ? key : path_ + "." + key;
-      fail(prefix_, "unknown key \"" + where + "\"; allowed keys" + (path_.empty() ? "" : " in \"" + path_ + "\"") +
-                        " are " + allowed_list);
+      fail(prefix_, "unknown key \"" + where + "\"; allowed keys" +
+                        (path_.empty() ? "" : " in \"" + path_ + "\"") + " are " + allowed_list);
     }
   }
 }
@@ -147,7 +151,8 @@ double ObjectReader::positive_number(const char* key, double fallback) const {
   return value->get<double>();
 }
 
-void wrong_type(const std::string& prefix, const std::string& key, const std::string& expected, const json& value) {
+void wrong_type(const std::string& prefix, const std::string& key, const std::string& expected,
+                const json& value) {
   fail(prefix, "\"" + key + "\" must be " + expected + ", got " + describe(value));
 }
 
@@ -161,7 +166,8 @@ std::int64_t integer_value(const json& value, const std::string& prefix, const s
   }
   const auto number = value.get<std::int64_t>();
   // Token indices are int32 in the output file; anything beyond cannot index a prompt.
-  if (number > std::numeric_limits<std::int32_t>::max() || number < -std::numeric_limits<std::int32_t>::max()) {
+  if (number > std::numeric_limits<std::int32_t>::max() ||
+      number < -std::numeric_limits<std::int32_t>::max()) {
     wrong_type(prefix, key, expected, value);
   }
   return number;
@@ -191,7 +197,8 @@ PositionSpec parse_span(const json& value, const std::string& prefix, const std:
 
 }  // namespace
 
-std::vector<PositionSpec> parse_positions(const json& value, const std::string& prefix, const std::string& key) {
+std::vector<PositionSpec> parse_positions(const json& value, const std::string& prefix,
+                                          const std::string& key) {
   constexpr const char* kExpected = "a non-empty list of token indices or {\"span\": ...} objects";
   if (!value.is_array() || value.empty()) wrong_type(prefix, key, kExpected, value);
   std::vector<PositionSpec> positions;
@@ -202,7 +209,8 @@ std::vector<PositionSpec> parse_positions(const json& value, const std::string& 
       positions.push_back(parse_span(item, prefix, item_key));
     } else {
       PositionSpec position;
-      position.index = integer_value(item, prefix, item_key, "an integer token index or a {\"span\": ...} object");
+      position.index =
+          integer_value(item, prefix, item_key, "an integer token index or a {\"span\": ...} object");
       positions.push_back(position);
     }
   }

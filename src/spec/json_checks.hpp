@@ -6,12 +6,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/spec/job_spec.hpp"
 
@@ -27,7 +26,6 @@ using nlohmann::json;
 
 /// Byte index of the first invalid UTF-8 sequence in `text`, or nullopt when it is valid
 /// (strict: no overlong forms, no surrogates, nothing above U+10FFFF).
-
 
 /// The "(line L, column C)" location of a 1-based byte index reported by nlohmann's parse_error.
 struct TextLocation {
@@ -46,9 +44,10 @@ struct TextLocation {
 
 /// An object whose keys are checked against an allowed list on construction.
 class ObjectReader {
-public:
+ public:
   /// Throws when `value` is not an object or holds a key outside `allowed`.
-  ObjectReader(const json& value, std::string prefix, std::string path, std::initializer_list<const char*> allowed);
+  ObjectReader(const json& value, std::string prefix, std::string path,
+               std::initializer_list<const char*> allowed);
 
   /// The value of `key`, or nullptr when absent.
   [[nodiscard]] const json* find(const char* key) const;
@@ -67,7 +66,7 @@ public:
   [[nodiscard]] int positive_int(const char* key, int fallback) const;
   [[nodiscard]] double positive_number(const char* key, double fallback) const;
 
-private:
+ private:
   const json& value_;
   std::string prefix_;
   std::string path_;

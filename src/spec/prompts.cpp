@@ -4,9 +4,9 @@
 #include <unordered_map>
 
 #include "json_checks.hpp"
-#include "ndif_sweep/core/utf8.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
+#include "ndif_sweep/core/utf8.hpp"
 
 namespace ndif::spec {
 
@@ -15,14 +15,13 @@ using nlohmann::json;
 
 namespace {
 
-bool is_blank(std::string_view line) {
-  return line.find_first_not_of(" \t\r") == std::string_view::npos;
-}
+bool is_blank(std::string_view line) { return line.find_first_not_of(" \t\r") == std::string_view::npos; }
 
 PromptRecord parse_line(std::string_view line, std::size_t line_number, const std::string& prefix,
                         const std::vector<PositionSpec>& default_positions) {
   if (const auto bad = first_invalid_utf8(line)) {
-    fail(prefix, "invalid UTF-8 at byte " + std::to_string(*bad + 1) + " of the line; the file must be UTF-8");
+    fail(prefix,
+         "invalid UTF-8 at byte " + std::to_string(*bad + 1) + " of the line; the file must be UTF-8");
   }
   json value;
   try {
@@ -88,7 +87,8 @@ std::vector<PromptRecord> parse_prompts(const std::string& text, const std::file
     ++line_number;
     const std::string prefix = name + ":" + std::to_string(line_number) + ": ";
     if (is_blank(line)) {
-      fail(prefix, "blank line; remove it (line i holds row i-1 of the output, so every line must be a prompt)");
+      fail(prefix,
+           "blank line; remove it (line i holds row i-1 of the output, so every line must be a prompt)");
     }
     PromptRecord record = parse_line(line, line_number, prefix, default_positions);
     const auto [it, inserted] = line_of_id.emplace(record.id, line_number);

@@ -1,14 +1,13 @@
-#include "ndif_sweep/store/output_file.hpp"
-
-#include "h5.hpp"
-#include "ndif_sweep/core/error.hpp"
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <ctime>
 #include <set>
 #include <system_error>
+
+#include "h5.hpp"
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/store/output_file.hpp"
 
 namespace ndif::store {
 
@@ -31,7 +30,8 @@ void check_output_path(const std::filesystem::path& path) {
     throw InputError("output " + path.string() + " is a directory; give a file name such as " +
                      (path / "sweep.h5").string());
   if (fs::exists(path, ec))
-    throw InternalError("create_output_file: " + path.string() + " already exists; check_existing decides first");
+    throw InternalError("create_output_file: " + path.string() +
+                        " already exists; check_existing decides first");
   const fs::path parent = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   if (!fs::exists(parent, ec))
     throw InputError("output " + path.string() + ": directory " + parent.string() +
@@ -76,7 +76,8 @@ Handle create_group(hid_t loc, const std::string& name, bool track_order = false
   if (track_order)
     check(H5Pset_link_creation_order(gcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
           "track creation order of " + name);
-  return Handle(check_id(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), "create group " + name));
+  return Handle(
+      check_id(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), "create group " + name));
 }
 
 /// A contiguous dataset allocated at creation and written whole from `data`.
@@ -86,8 +87,9 @@ void create_filled(hid_t loc, const std::string& name, hid_t file_type, hid_t me
                         "create the dataspace of " + name));
   Handle dcpl(check_id(H5Pcreate(H5P_DATASET_CREATE), "create a dataset creation property list"));
   check(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "set early allocation for " + name);
-  Handle dataset(check_id(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-                          "create dataset " + name));
+  Handle dataset(
+      check_id(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+               "create dataset " + name));
   check(H5Dwrite(dataset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "write " + name);
   dataset.close("close " + name);
 }
@@ -114,7 +116,8 @@ void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout&
   const std::size_t row_bytes =
       probe.layers.size() * layout.positions_per_row * layout.hidden * element_size(layout.dtype);
   if (row_bytes > kMaxChunkBytes)
-    throw InputError("probe \"" + probe.name + "\": one prompt's activations are " + std::to_string(row_bytes) +
+    throw InputError("probe \"" + probe.name + "\": one prompt's activations are " +
+                     std::to_string(row_bytes) +
                      " bytes, over HDF5's 4 GiB chunk limit; split the probe's layers into several probes");
   const hsize_t rows_per_chunk = std::clamp<hsize_t>(kTargetChunkBytes / row_bytes, 1, n);
   const std::vector<hsize_t> chunk{rows_per_chunk, dims[1], dims[2], dims[3]};
@@ -127,9 +130,9 @@ void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout&
   check(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "set early allocation for " + name);
   check(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "turn off fill values for " + name);
   Handle type = h5::activation_type(layout.dtype);
-  Handle dataset(check_id(H5Dcreate2(acts, probe.name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(),
-                                     H5P_DEFAULT),
-                          "create dataset " + name));
+  Handle dataset(check_id(
+      H5Dcreate2(acts, probe.name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+      "create dataset " + name));
   h5::write_attribute(dataset.get(), "module", probe.module);
   h5::write_attribute(dataset.get(), "output_index", std::int64_t{probe.output_index.value_or(-1)});
   h5::write_attribute(dataset.get(), "layers", probe.layers);
@@ -156,7 +159,8 @@ void write_contents(hid_t file, const FileLayout& layout) {
     create_strings(prompts.get(), "id", layout.id);
     create_strings(prompts.get(), "meta", layout.meta);
     create_numbers(prompts.get(), "n_tokens", H5T_STD_I32LE, layout.n_tokens);
-    create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions, {n, layout.positions_per_row});
+    create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions,
+                   {n, layout.positions_per_row});
     create_numbers(prompts.get(), "batch", H5T_STD_I32LE, layout.batch_of_row);
     prompts.close("close /prompts");
   }
@@ -198,7 +202,8 @@ void create_output_file(const std::filesystem::path& path, const FileLayout& lay
   check_output_path(path);
   check_layout(layout);
   if (!is_activation_dtype(layout.dtype))
-    throw InputError(std::string("dtype \"") + dtype_name(layout.dtype) + "\" is not one of float16, bfloat16, float32");
+    throw InputError(std::string("dtype \"") + dtype_name(layout.dtype) +
+                     "\" is not one of float16, bfloat16, float32");
 
   const std::filesystem::path temporary = path.string() + ".creating";
   try {
@@ -214,7 +219,8 @@ void create_output_file(const std::filesystem::path& path, const FileLayout& lay
   }
   std::error_code ec;
   std::filesystem::rename(temporary, path, ec);
-  if (ec) throw StorageError("cannot rename " + temporary.string() + " to " + path.string() + ": " + ec.message());
+  if (ec)
+    throw StorageError("cannot rename " + temporary.string() + " to " + path.string() + ": " + ec.message());
 }
 
 }  // namespace ndif::store

@@ -1,11 +1,11 @@
-#include "h5.hpp"
-#include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/store/output_file.hpp"
-
 #include <array>
 #include <cstring>
 #include <fstream>
 #include <system_error>
+
+#include "h5.hpp"
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/store/output_file.hpp"
 
 namespace ndif::store {
 
@@ -18,7 +18,8 @@ bool has_hdf5_signature(const std::filesystem::path& path, std::uintmax_t size) 
   static constexpr std::array<char, 8> kSignature{'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
   std::ifstream in(path, std::ios::binary);
   if (!in) throw SpecMismatch("output file " + path.string() + " cannot be read; check its permissions");
-  for (std::uintmax_t offset = 0; offset + kSignature.size() <= size; offset = offset == 0 ? 512 : offset * 2) {
+  for (std::uintmax_t offset = 0; offset + kSignature.size() <= size;
+       offset = offset == 0 ? 512 : offset * 2) {
     std::array<char, 8> head{};
     in.seekg(static_cast<std::streamoff>(offset));
     if (!in.read(head.data(), head.size())) return false;
@@ -47,8 +48,8 @@ Existing check_existing(const std::filesystem::path& path, const std::string& jo
   try {
     handle = h5::open_file_read(path);
   } catch (const StorageError& e) {
-    throw SpecMismatch(file + " is an HDF5 file that cannot be opened (truncated or damaged)" + fix +
-                       "\n" + e.what());
+    throw SpecMismatch(file + " is an HDF5 file that cannot be opened (truncated or damaged)" + fix + "\n" +
+                       e.what());
   }
   if (!h5::attribute_exists(handle.get(), "format"))
     throw SpecMismatch(file + " has no \"format\" attribute, so another tool made it" + fix);

@@ -1,13 +1,12 @@
-#include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/core/zip_writer.hpp"
-#include "ndif_sweep/store/readers.hpp"
-#include "reading.hpp"
-
-
 #include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/zip_writer.hpp"
+#include "ndif_sweep/store/readers.hpp"
+#include "reading.hpp"
 
 namespace ndif::store {
 
@@ -29,8 +28,10 @@ std::string numpy_descr(DType dtype) {
 std::string npy_header(const std::string& descr, const std::vector<std::uint64_t>& shape) {
   std::string dims;
   for (const std::uint64_t d : shape) dims += std::to_string(d) + ", ";
-  if (shape.size() > 1) dims.resize(dims.size() - 2);
-  else dims.pop_back();
+  if (shape.size() > 1)
+    dims.resize(dims.size() - 2);
+  else
+    dims.pop_back();
   std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
   // Magic (6) + version (2) + length (2) + dict + padding + '\n' is a multiple of 64 bytes.
   const std::size_t unpadded = 10 + dict.size() + 1;
@@ -55,8 +56,8 @@ void finish(std::ofstream& out, const std::filesystem::path& path) {
   if (!out) throw StorageError("writing " + path.string() + " failed (disk full?)");
 }
 
-void write_npy(const std::filesystem::path& path, const std::string& descr, const std::vector<std::uint64_t>& shape,
-               const void* data, std::size_t bytes) {
+void write_npy(const std::filesystem::path& path, const std::string& descr,
+               const std::vector<std::uint64_t>& shape, const void* data, std::size_t bytes) {
   std::ofstream out = open_output_file(path);
   out << npy_header(descr, shape);
   out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
@@ -69,7 +70,10 @@ void append_entry(ZipWriter& zip, const std::string& name, const std::filesystem
   std::ifstream in(part, std::ios::binary);
   if (!in) throw StorageError("cannot read back " + part.string());
   std::vector<char> buffer(std::size_t{1} << 20);
-  const auto block = [&] { return std::span(reinterpret_cast<const std::byte*>(buffer.data()), static_cast<std::size_t>(in.gcount())); };
+  const auto block = [&] {
+    return std::span(reinterpret_cast<const std::byte*>(buffer.data()),
+                     static_cast<std::size_t>(in.gcount()));
+  };
   std::uint32_t crc = 0;
   while (in) {
     in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
@@ -88,7 +92,8 @@ void append_entry(ZipWriter& zip, const std::string& name, const std::filesystem
 /// Writes one probe as `<dir>/<probe>_layer<L>.npy` files, streaming blocks of rows.
 std::vector<std::filesystem::path> export_probe_layers(const reading::ProbeReader& probe,
                                                        const std::vector<std::int64_t>& rows,
-                                                       const std::filesystem::path& dir, const std::string& prefix) {
+                                                       const std::filesystem::path& dir,
+                                                       const std::string& prefix) {
   const std::uint64_t positions = probe.dims[2];
   const std::uint64_t hidden = probe.dims[3];
   const std::size_t slice_bytes = positions * hidden * probe.element_bytes;
@@ -116,7 +121,8 @@ std::vector<std::filesystem::path> export_probe_layers(const reading::ProbeReade
   return paths;
 }
 
-nlohmann::json meta_json(hid_t file, const std::string& where, const std::vector<reading::ProbeReader>& probes,
+nlohmann::json meta_json(hid_t file, const std::string& where,
+                         const std::vector<reading::ProbeReader>& probes,
                          const std::vector<std::int64_t>& rows, ExportFormat format) {
   const auto ids = h5::read_strings(file, "prompts/id");
   const auto metas = h5::read_strings(file, "prompts/meta");
@@ -129,25 +135,28 @@ nlohmann::json meta_json(hid_t file, const std::string& where, const std::vector
   nlohmann::json probes_json = nlohmann::json::array();
   for (const reading::ProbeReader& probe : probes) {
     nlohmann::json files = nlohmann::json::array();
-    if (format == ExportFormat::npz) files.push_back(probe.status.name + ".npz");
+    if (format == ExportFormat::npz)
+      files.push_back(probe.status.name + ".npz");
     else
       for (const int layer : probe.status.layers)
         files.push_back(probe.status.name + "_layer" + std::to_string(layer) + ".npy");
-    probes_json.push_back({{"name", probe.status.name},
-                           {"module", probe.status.module},
-                           {"output_index", probe.status.output_index < 0 ? nlohmann::json()
-                                                                          : nlohmann::json(probe.status.output_index)},
-                           {"layers", probe.status.layers},
-                           {"shape", {rows.size(), probe.dims[2], probe.dims[3]}},
-                           {"files", files}});
+    probes_json.push_back(
+        {{"name", probe.status.name},
+         {"module", probe.status.module},
+         {"output_index",
+          probe.status.output_index < 0 ? nlohmann::json() : nlohmann::json(probe.status.output_index)},
+         {"layers", probe.status.layers},
+         {"shape", {rows.size(), probe.dims[2], probe.dims[3]}},
+         {"files", files}});
   }
   nlohmann::json ids_json = nlohmann::json::array(), positions_json = nlohmann::json::array(),
                  tokens_json = nlohmann::json::array(), metas_json = nlohmann::json::array();
   for (const std::int64_t row : rows) {
     const auto r = static_cast<std::size_t>(row);
     ids_json.push_back(ids.at(r));
-    positions_json.push_back(std::vector<std::int32_t>(positions.begin() + static_cast<std::ptrdiff_t>(r * p),
-                                                       positions.begin() + static_cast<std::ptrdiff_t>((r + 1) * p)));
+    positions_json.push_back(
+        std::vector<std::int32_t>(positions.begin() + static_cast<std::ptrdiff_t>(r * p),
+                                  positions.begin() + static_cast<std::ptrdiff_t>((r + 1) * p)));
     tokens_json.push_back(n_tokens.at(r));
     nlohmann::json meta = nlohmann::json::parse(metas.at(r), nullptr, false);
     metas_json.push_back(meta.is_discarded() ? nlohmann::json(metas[r]) : meta);

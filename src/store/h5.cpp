@@ -1,9 +1,9 @@
 #include "h5.hpp"
 
-#include "ndif_sweep/core/error.hpp"
-
 #include <array>
 #include <mutex>
+
+#include "ndif_sweep/core/error.hpp"
 
 namespace ndif::store::h5 {
 
@@ -107,17 +107,20 @@ Handle activation_type(DType dtype) {
   if (dtype == DType::float16) return float16_type();
   if (dtype == DType::bfloat16) return Handle(check_id(H5Tcopy(H5T_STD_U16LE), "copy the uint16 type"));
   if (dtype == DType::float32) return Handle(check_id(H5Tcopy(H5T_IEEE_F32LE), "copy the float32 type"));
-  throw InputError(std::string("dtype \"") + dtype_name(dtype) + "\" is not one of float16, bfloat16, float32");
+  throw InputError(std::string("dtype \"") + dtype_name(dtype) +
+                   "\" is not one of float16, bfloat16, float32");
 }
 
 Handle open_file_read(const std::filesystem::path& path) {
   Handle fapl = serial_access(true);
-  return Handle(check_id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), "open " + path.string() + " for reading"));
+  return Handle(
+      check_id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), "open " + path.string() + " for reading"));
 }
 
 Handle open_file_write(const std::filesystem::path& path) {
   Handle fapl = serial_access(false);
-  return Handle(check_id(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), "open " + path.string() + " for writing"));
+  return Handle(
+      check_id(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), "open " + path.string() + " for writing"));
 }
 
 Handle open_group(hid_t loc, const std::string& name) {
@@ -138,7 +141,8 @@ bool attribute_exists(hid_t obj, const std::string& name) {
 
 std::vector<hsize_t> dataset_shape(hid_t dataset, const std::string& name) {
   Handle space(check_id(H5Dget_space(dataset), "get the dataspace of " + name));
-  const int rank = static_cast<int>(check_size(H5Sget_simple_extent_ndims(space.get()), "get the rank of " + name));
+  const int rank =
+      static_cast<int>(check_size(H5Sget_simple_extent_ndims(space.get()), "get the rank of " + name));
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
   check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), "get the extent of " + name);
   return dims;
@@ -169,7 +173,8 @@ void write_attribute(hid_t obj, const std::string& name, std::int64_t value) {
 
 void write_attribute(hid_t obj, const std::string& name, const std::vector<int>& values) {
   const hsize_t n = values.size();
-  Handle space(check_id(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), "create a dataspace"));
+  Handle space(
+      check_id(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), "create a dataspace"));
   write_attribute_raw(obj, name, H5T_NATIVE_INT, space.get(), values.data());
 }
 
@@ -216,20 +221,31 @@ std::vector<int> read_int_array_attribute(hid_t obj, const std::string& name, co
   Handle space(check_id(H5Aget_space(attr.get()), "get the dataspace of attribute " + name));
   const auto n = check_size(H5Sget_simple_extent_npoints(space.get()), "count attribute " + name);
   std::vector<int> values(static_cast<std::size_t>(n));
-  if (n > 0) check(H5Aread(attr.get(), H5T_NATIVE_INT, values.data()), "read attribute " + name + " of " + where);
+  if (n > 0)
+    check(H5Aread(attr.get(), H5T_NATIVE_INT, values.data()), "read attribute " + name + " of " + where);
   return values;
 }
 
 template <>
-hid_t native_type<std::uint8_t>() { return H5T_NATIVE_UINT8; }
+hid_t native_type<std::uint8_t>() {
+  return H5T_NATIVE_UINT8;
+}
 template <>
-hid_t native_type<std::int32_t>() { return H5T_NATIVE_INT32; }
+hid_t native_type<std::int32_t>() {
+  return H5T_NATIVE_INT32;
+}
 template <>
-hid_t native_type<std::int64_t>() { return H5T_NATIVE_INT64; }
+hid_t native_type<std::int64_t>() {
+  return H5T_NATIVE_INT64;
+}
 template <>
-hid_t native_type<std::uint64_t>() { return H5T_NATIVE_UINT64; }
+hid_t native_type<std::uint64_t>() {
+  return H5T_NATIVE_UINT64;
+}
 template <>
-hid_t native_type<double>() { return H5T_NATIVE_DOUBLE; }
+hid_t native_type<double>() {
+  return H5T_NATIVE_DOUBLE;
+}
 
 template <typename T>
 std::vector<T> read_all(hid_t loc, const std::string& name) {
@@ -238,7 +254,8 @@ std::vector<T> read_all(hid_t loc, const std::string& name) {
   for (const hsize_t d : dataset_shape(dataset.get(), name)) count *= d;
   std::vector<T> values(count);
   if (count > 0)
-    check(H5Dread(dataset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), "read " + name);
+    check(H5Dread(dataset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+          "read " + name);
   return values;
 }
 

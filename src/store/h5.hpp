@@ -6,13 +6,13 @@
 
 #include <hdf5.h>
 
-#include "ndif_sweep/core/dtype.hpp"
-
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "ndif_sweep/core/dtype.hpp"
 
 namespace ndif::store::h5 {
 
@@ -31,7 +31,7 @@ std::int64_t check_size(std::int64_t size, std::string_view what);
 
 /// Owner of one HDF5 identifier. Move-only; the destructor closes quietly, `close()` reports.
 class Handle {
-public:
+ public:
   Handle() = default;
   /// Takes ownership of `id` (which must be valid, e.g. from `check_id`).
   explicit Handle(hid_t id) noexcept : id_(id) {}
@@ -46,7 +46,7 @@ public:
   /// Closes the identifier, throwing StorageError naming `what` if HDF5 reports a failure.
   void close(std::string_view what);
 
-private:
+ private:
   hid_t release() noexcept {
     const hid_t id = id_;
     id_ = H5I_INVALID_HID;

@@ -1,7 +1,5 @@
 #include "ndif_sweep/store/output_lock.hpp"
 
-#include "ndif_sweep/core/error.hpp"
-
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -11,6 +9,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "ndif_sweep/core/error.hpp"
 
 namespace ndif::store {
 
@@ -55,9 +55,12 @@ void broadcast_outcome(Outcome& outcome, std::string& message, MPI_Comm comm) {
 
 [[noreturn]] void rethrow(Outcome outcome, const std::string& message) {
   switch (outcome) {
-    case Outcome::held: throw SpecMismatch(message);
-    case Outcome::bad_path: throw InputError(message);
-    default: throw StorageError(message);
+    case Outcome::held:
+      throw SpecMismatch(message);
+    case Outcome::bad_path:
+      throw InputError(message);
+    default:
+      throw StorageError(message);
   }
 }
 
@@ -65,7 +68,8 @@ void broadcast_outcome(Outcome& outcome, std::string& message, MPI_Comm comm) {
 
 std::filesystem::path lock_path(const std::filesystem::path& output) { return output.string() + ".lock"; }
 
-OutputLock OutputLock::acquire_exclusive(const std::filesystem::path& output, std::chrono::milliseconds patience) {
+OutputLock OutputLock::acquire_exclusive(const std::filesystem::path& output,
+                                         std::chrono::milliseconds patience) {
   const int fd = open_lock_file(output);
   OutputLock lock(output, fd);
   const auto deadline = std::chrono::steady_clock::now() + patience;
@@ -76,7 +80,8 @@ OutputLock OutputLock::acquire_exclusive(const std::filesystem::path& output, st
   return lock;
 }
 
-OutputLock OutputLock::acquire(const std::filesystem::path& output, MPI_Comm comm, std::chrono::milliseconds patience) {
+OutputLock OutputLock::acquire(const std::filesystem::path& output, MPI_Comm comm,
+                               std::chrono::milliseconds patience) {
   int rank = 0;
   MPI_Comm_rank(comm, &rank);
   OutputLock lock(output, -1);
@@ -119,8 +124,8 @@ OutputLock OutputLock::acquire(const std::filesystem::path& output, MPI_Comm com
   MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm);
   if (any_failed != 0) {
     lock.release();
-    throw SpecMismatch(failed != 0 ? message
-                                   : "a rank of this run could not share the lock " + lock_path(output).string());
+    throw SpecMismatch(
+        failed != 0 ? message : "a rank of this run could not share the lock " + lock_path(output).string());
   }
   return lock;
 }

@@ -1,9 +1,5 @@
 #include "ndif_sweep/store/parallel_output.hpp"
 
-#include "h5.hpp"
-#include "reading.hpp"
-#include "ndif_sweep/core/error.hpp"
-
 #include <xxhash.h>
 
 #include <algorithm>
@@ -12,6 +8,10 @@
 #include <new>
 #include <numeric>
 #include <string>
+
+#include "h5.hpp"
+#include "ndif_sweep/core/error.hpp"
+#include "reading.hpp"
 
 namespace ndif::store {
 
@@ -151,8 +151,8 @@ void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_
                         std::to_string(s.start.size() - 1) + " of " + s.path.string());
   const auto b = static_cast<std::size_t>(batch);
   const std::string label = "batch " + std::to_string(batch);
-  const auto expected = read_range(s.order.get(), static_cast<hsize_t>(s.start[b]), static_cast<hsize_t>(s.count[b]),
-                                   "/batches/order of " + label);
+  const auto expected = read_range(s.order.get(), static_cast<hsize_t>(s.start[b]),
+                                   static_cast<hsize_t>(s.count[b]), "/batches/order of " + label);
   if (!std::equal(rows.begin(), rows.end(), expected.begin(), expected.end()))
     throw InternalError("write_batch: the rows given for " + label + " differ from its /batches/order slice");
   if (per_probe_data.size() != s.probes.size())
@@ -168,7 +168,8 @@ void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_
   // put in ascending order and written as runs of consecutive rows, one H5Dwrite per run.
   std::vector<std::size_t> ascending(rows.size());
   std::iota(ascending.begin(), ascending.end(), std::size_t{0});
-  std::sort(ascending.begin(), ascending.end(), [&](std::size_t a, std::size_t c) { return rows[a] < rows[c]; });
+  std::sort(ascending.begin(), ascending.end(),
+            [&](std::size_t a, std::size_t c) { return rows[a] < rows[c]; });
   const bool in_order = std::is_sorted(rows.begin(), rows.end());
 
   std::vector<std::byte> sorted;
@@ -178,7 +179,8 @@ void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_
     if (!in_order) {
       sorted.resize(per_probe_data[p].size());
       for (std::size_t k = 0; k < ascending.size(); ++k)
-        std::memcpy(sorted.data() + k * probe.row_bytes, data + ascending[k] * probe.row_bytes, probe.row_bytes);
+        std::memcpy(sorted.data() + k * probe.row_bytes, data + ascending[k] * probe.row_bytes,
+                    probe.row_bytes);
       data = sorted.data();
     }
     Handle file_space(check_id(H5Dget_space(probe.dataset.get()), "get the dataspace of " + probe.name));
@@ -187,11 +189,14 @@ void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_
       while (last + 1 < ascending.size() && rows[ascending[last + 1]] == rows[ascending[last]] + 1) ++last;
       const std::array<hsize_t, 4> offset{static_cast<hsize_t>(rows[ascending[first]]), 0, 0, 0};
       const std::array<hsize_t, 4> extent{last - first + 1, probe.dims[1], probe.dims[2], probe.dims[3]};
-      const std::string what = "rows " + std::to_string(offset[0]) + ".." + std::to_string(offset[0] + extent[0] - 1) +
-                               " of " + probe.name + " (" + label + ")";
-      check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr),
+      const std::string what = "rows " + std::to_string(offset[0]) + ".." +
+                               std::to_string(offset[0] + extent[0] - 1) + " of " + probe.name + " (" +
+                               label + ")";
+      check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, extent.data(),
+                                nullptr),
             "select " + what);
-      Handle mem_space(check_id(H5Screate_simple(4, extent.data(), nullptr), "create the memory space for " + what));
+      Handle mem_space(
+          check_id(H5Screate_simple(4, extent.data(), nullptr), "create the memory space for " + what));
       check(H5Dwrite(probe.dataset.get(), probe.type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT,
                      data + first * probe.row_bytes),
             "write " + what);

@@ -1,14 +1,14 @@
 #include "ndif_sweep/store/readers.hpp"
 
-#include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
-#include "reading.hpp"
-
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+#include "reading.hpp"
 
 namespace ndif::store {
 
@@ -68,7 +68,8 @@ std::vector<ProbeReader> open_probes(hid_t file, const std::string& where) {
     probe.row_bytes = probe.dims[1] * probe.dims[2] * probe.dims[3] * probe.element_bytes;
     probe.status.name = name;
     probe.status.module = h5::read_string_attribute(probe.dataset.get(), "module", object);
-    probe.status.output_index = static_cast<int>(h5::read_int_attribute(probe.dataset.get(), "output_index", object));
+    probe.status.output_index =
+        static_cast<int>(h5::read_int_attribute(probe.dataset.get(), "output_index", object));
     probe.status.layers = h5::read_int_array_attribute(probe.dataset.get(), "layers", object);
     const std::string dtype = h5::read_string_attribute(probe.dataset.get(), "dtype", object);
     const auto parsed = dtype_from_name(dtype);
@@ -80,18 +81,22 @@ std::vector<ProbeReader> open_probes(hid_t file, const std::string& where) {
   return probes;
 }
 
-void read_rows(const ProbeReader& probe, std::span<const std::int64_t> ascending_rows, std::span<std::byte> out) {
-  Handle file_space(check_id(H5Dget_space(probe.dataset.get()), "get the dataspace of /acts/" + probe.status.name));
+void read_rows(const ProbeReader& probe, std::span<const std::int64_t> ascending_rows,
+               std::span<std::byte> out) {
+  Handle file_space(
+      check_id(H5Dget_space(probe.dataset.get()), "get the dataspace of /acts/" + probe.status.name));
   for (std::size_t first = 0; first < ascending_rows.size();) {
     std::size_t last = first;
     while (last + 1 < ascending_rows.size() && ascending_rows[last + 1] == ascending_rows[last] + 1) ++last;
     const std::array<hsize_t, 4> offset{static_cast<hsize_t>(ascending_rows[first]), 0, 0, 0};
     const std::array<hsize_t, 4> extent{last - first + 1, probe.dims[1], probe.dims[2], probe.dims[3]};
-    const std::string what = "rows " + std::to_string(offset[0]) + ".." + std::to_string(offset[0] + extent[0] - 1) +
-                             " of /acts/" + probe.status.name;
-    check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr),
-          "select " + what);
-    Handle mem_space(check_id(H5Screate_simple(4, extent.data(), nullptr), "create the memory space for " + what));
+    const std::string what = "rows " + std::to_string(offset[0]) + ".." +
+                             std::to_string(offset[0] + extent[0] - 1) + " of /acts/" + probe.status.name;
+    check(
+        H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr),
+        "select " + what);
+    Handle mem_space(
+        check_id(H5Screate_simple(4, extent.data(), nullptr), "create the memory space for " + what));
     check(H5Dread(probe.dataset.get(), probe.type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT,
                   out.data() + first * probe.row_bytes),
           "read " + what);
@@ -128,7 +133,8 @@ FileStatus read_status(const std::filesystem::path& path) {
       status.missing_batches.emplace_back(static_cast<std::int64_t>(b), static_cast<std::int64_t>(b));
     }
   }
-  for (reading::ProbeReader& probe : reading::open_probes(file.get(), where)) status.probes.push_back(probe.status);
+  for (reading::ProbeReader& probe : reading::open_probes(file.get(), where))
+    status.probes.push_back(probe.status);
   file.close("close " + where);
   status.runs = read_run_records(path);
   return status;
@@ -137,11 +143,12 @@ FileStatus read_status(const std::filesystem::path& path) {
 nlohmann::json FileStatus::to_json() const {
   nlohmann::json probes_json = nlohmann::json::array();
   for (const ProbeStatus& probe : probes)
-    probes_json.push_back({{"name", probe.name},
-                           {"module", probe.module},
-                           {"output_index", probe.output_index < 0 ? nlohmann::json() : nlohmann::json(probe.output_index)},
-                           {"layers", probe.layers},
-                           {"dtype", dtype_name(probe.dtype)}});
+    probes_json.push_back(
+        {{"name", probe.name},
+         {"module", probe.module},
+         {"output_index", probe.output_index < 0 ? nlohmann::json() : nlohmann::json(probe.output_index)},
+         {"layers", probe.layers},
+         {"dtype", dtype_name(probe.dtype)}});
   nlohmann::json runs_json = nlohmann::json::array();
   for (const RunRecord& run : runs)
     runs_json.push_back({{"time_utc", run.time_utc},
@@ -169,8 +176,8 @@ nlohmann::json FileStatus::to_json() const {
 std::string FileStatus::to_text() const {
   std::ostringstream out;
   out << path << ": " << format << ", model " << model << "\n";
-  out << "batches " << batches_done << "/" << batches_total << " done, rows " << rows_done << "/" << rows_total
-      << (batches_done == batches_total ? " (complete)" : "") << "\n";
+  out << "batches " << batches_done << "/" << batches_total << " done, rows " << rows_done << "/"
+      << rows_total << (batches_done == batches_total ? " (complete)" : "") << "\n";
   if (!missing_batches.empty()) {
     out << "missing batches:";
     for (const auto& [first, last] : missing_batches) {
@@ -187,7 +194,8 @@ std::string FileStatus::to_text() const {
   for (std::size_t k = 0; k < runs.size(); ++k) {
     const RunRecord& run = runs[k];
     out << "run " << k << ": " << run.time_utc << ", " << run.ranks << " ranks on " << run.host;
-    if (!run.slurm_job_id.empty()) out << ", SLURM job " << run.slurm_job_id << " restart " << run.slurm_restart_count;
+    if (!run.slurm_job_id.empty())
+      out << ", SLURM job " << run.slurm_job_id << " restart " << run.slurm_restart_count;
     out << ", " << run.outcome << "\n";
   }
   return out.str();
@@ -208,11 +216,13 @@ VerifyReport verify(const std::filesystem::path& path) {
   std::vector<std::vector<std::byte>> buffers(probes.size());
   for (std::size_t b = 0; b < done.size(); ++b) {
     if (done[b] == 0) continue;
-    const std::span<const std::int64_t> rows(order.data() + start.at(b), static_cast<std::size_t>(count.at(b)));
+    const std::span<const std::int64_t> rows(order.data() + start.at(b),
+                                             static_cast<std::size_t>(count.at(b)));
     // Read in ascending order (runs of rows), then lay the rows out in batch order as written.
     std::vector<std::size_t> ascending(rows.size());
     for (std::size_t k = 0; k < ascending.size(); ++k) ascending[k] = k;
-    std::sort(ascending.begin(), ascending.end(), [&](std::size_t x, std::size_t y) { return rows[x] < rows[y]; });
+    std::sort(ascending.begin(), ascending.end(),
+              [&](std::size_t x, std::size_t y) { return rows[x] < rows[y]; });
     std::vector<std::int64_t> sorted_rows(rows.size());
     for (std::size_t k = 0; k < ascending.size(); ++k) sorted_rows[k] = rows[ascending[k]];
 
@@ -228,7 +238,8 @@ VerifyReport verify(const std::filesystem::path& path) {
     }
     const std::uint64_t computed = batch_checksum(spans);
     ++report.batches_checked;
-    if (computed != stored.at(b)) report.mismatches.push_back({static_cast<std::int64_t>(b), stored[b], computed});
+    if (computed != stored.at(b))
+      report.mismatches.push_back({static_cast<std::int64_t>(b), stored[b], computed});
   }
   file.close("close " + where);
   return report;
@@ -238,7 +249,10 @@ nlohmann::json VerifyReport::to_json() const {
   nlohmann::json bad = nlohmann::json::array();
   for (const ChecksumMismatch& m : mismatches)
     bad.push_back({{"batch", m.batch}, {"stored", m.stored}, {"computed", m.computed}});
-  return {{"ok", ok()}, {"batches_checked", batches_checked}, {"batches_total", batches_total}, {"mismatches", bad}};
+  return {{"ok", ok()},
+          {"batches_checked", batches_checked},
+          {"batches_total", batches_total},
+          {"mismatches", bad}};
 }
 
 std::string VerifyReport::to_text() const {
@@ -250,8 +264,8 @@ std::string VerifyReport::to_text() const {
   }
   out << mismatches.size() << " do not match\n";
   for (const ChecksumMismatch& m : mismatches)
-    out << "batch " << m.batch << ": stored checksum " << std::hex << m.stored << ", data gives " << m.computed
-        << std::dec << "\n";
+    out << "batch " << m.batch << ": stored checksum " << std::hex << m.stored << ", data gives "
+        << m.computed << std::dec << "\n";
   return out.str();
 }
 

@@ -2,15 +2,15 @@
 /// \file
 /// Pieces shared by the serial readers (status, export, verify); private to the store module.
 
-#include "h5.hpp"
-#include "ndif_sweep/store/readers.hpp"
-
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "h5.hpp"
+#include "ndif_sweep/store/readers.hpp"
 
 namespace ndif::store::reading {
 
@@ -34,6 +34,7 @@ struct ProbeReader {
 
 /// Reads rows `ascending_rows` (strictly increasing) of a probe into `out` (rows x row_bytes), one
 /// H5Dread per run of consecutive rows.
-void read_rows(const ProbeReader& probe, std::span<const std::int64_t> ascending_rows, std::span<std::byte> out);
+void read_rows(const ProbeReader& probe, std::span<const std::int64_t> ascending_rows,
+               std::span<std::byte> out);
 
 }  // namespace ndif::store::reading

@@ -1,8 +1,8 @@
+#include <array>
+
 #include "h5.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/store/output_file.hpp"
-
-#include <array>
 
 namespace ndif::store {
 
@@ -17,7 +17,8 @@ constexpr std::array<const char*, 5> kOutcomes{"running", "complete", "incomplet
 void require_outcome(const std::string& outcome) {
   for (const char* known : kOutcomes)
     if (outcome == known) return;
-  throw InternalError("run outcome \"" + outcome + "\" is not one of running, complete, incomplete, failed, drained");
+  throw InternalError("run outcome \"" + outcome +
+                      "\" is not one of running, complete, incomplete, failed, drained");
 }
 
 std::size_t run_count(hid_t runs) {

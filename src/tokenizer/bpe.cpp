@@ -20,7 +20,8 @@ namespace ndif::tokenizer::detail {
 namespace {
 
 std::uint64_t pair_key(std::int32_t left, std::int32_t right) noexcept {
-  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) | static_cast<std::uint32_t>(right);
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) |
+         static_cast<std::uint32_t>(right);
 }
 
 std::uint64_t hash_bytes(std::string_view bytes) noexcept { return XXH3_64bits(bytes.data(), bytes.size()); }
@@ -45,7 +46,7 @@ std::size_t table_size_for(std::size_t count) noexcept {
 // cache is direct-mapped (a word's hash picks its one slot, a newcomer replaces the occupant), so it
 // stays bounded with no eviction bookkeeping; shards with their own locks keep threads apart.
 class Bpe::WordCache {
-public:
+ public:
   // Longer words seldom repeat; caching them would only churn the slots.
   static constexpr std::size_t max_word_bytes = 64;
 
@@ -67,7 +68,7 @@ public:
     slot.tokens.assign(first, last);
   }
 
-private:
+ private:
   static constexpr std::size_t shard_count = 32;
   static constexpr std::size_t slots_per_shard = 1024;
   static std::size_t shard_of(std::uint64_t hash) noexcept { return hash >> 59; }
@@ -92,9 +93,10 @@ void Vocabulary::assign(std::string_view token, std::int32_t id) {
   for (std::size_t slot = hash & mask;; slot = (slot + 1) & mask) {
     const std::uint32_t index = slots_[slot];
     if (index == 0) {
-      if (bytes_.size() + token.size() > UINT32_MAX) throw InputError("model.vocab holds more than 4 GiB of token text");
-      entries_.push_back({static_cast<std::uint32_t>(bytes_.size()), static_cast<std::uint32_t>(token.size()), id,
-                          static_cast<std::uint32_t>(hash)});
+      if (bytes_.size() + token.size() > UINT32_MAX)
+        throw InputError("model.vocab holds more than 4 GiB of token text");
+      entries_.push_back({static_cast<std::uint32_t>(bytes_.size()), static_cast<std::uint32_t>(token.size()),
+                          id, static_cast<std::uint32_t>(hash)});
       bytes_.append(token);
       slots_[slot] = static_cast<std::uint32_t>(entries_.size());
       return;
@@ -131,7 +133,8 @@ void Vocabulary::grow() {
 }
 
 void TokenPairs::add(std::string_view left, std::string_view right) {
-  if (bytes_.size() + left.size() + right.size() > UINT32_MAX) throw InputError("model.merges hold more than 4 GiB of token text");
+  if (bytes_.size() + left.size() + right.size() > UINT32_MAX)
+    throw InputError("model.merges hold more than 4 GiB of token text");
   bytes_.append(left);
   ends_.push_back(static_cast<std::uint32_t>(bytes_.size()));
   bytes_.append(right);
@@ -164,7 +167,8 @@ Bpe::Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const s
     const auto [left, right] = merges[rank];
     merged.assign(left);
     merged.append(right.substr(right.starts_with(prefix) ? prefix.size() : 0));
-    const Merge merge{pair_key(id_of(left, rank), id_of(right, rank)), static_cast<std::uint32_t>(rank), id_of(merged, rank)};
+    const Merge merge{pair_key(id_of(left, rank), id_of(right, rank)), static_cast<std::uint32_t>(rank),
+                      id_of(merged, rank)};
     std::size_t slot = hash_pair(merge.pair) & mask;
     while (merges_[slot].pair != empty_pair && merges_[slot].pair != merge.pair) slot = (slot + 1) & mask;
     // A repeated merge keeps its last rank, as the reference's map does.
@@ -172,14 +176,16 @@ Bpe::Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const s
   }
   if (options_.unk_token) {
     unk_id_ = vocab_.find(*options_.unk_token);
-    if (!unk_id_) throw InputError(where + ": model.unk_token \"" + *options_.unk_token + "\" is not in model.vocab");
+    if (!unk_id_)
+      throw InputError(where + ": model.unk_token \"" + *options_.unk_token + "\" is not in model.vocab");
   }
   if (options_.byte_fallback) {
     byte_ids_.assign(256, -1);
     for (int b = 0; b < 256; ++b) {
       std::array<char, 8> name{};
       std::snprintf(name.data(), name.size(), "<0x%02X>", b);
-      if (const auto id = vocab_.find(std::string_view(name.data()))) byte_ids_[static_cast<std::size_t>(b)] = *id;
+      if (const auto id = vocab_.find(std::string_view(name.data())))
+        byte_ids_[static_cast<std::size_t>(b)] = *id;
     }
   }
 }

@@ -16,7 +16,7 @@ namespace ndif::tokenizer::detail {
 /// loading a 262,144-token vocabulary makes no allocation per token and a lookup by string_view
 /// allocates nothing.
 class Vocabulary {
-public:
+ public:
   /// Sets the id of `token`; a repeated token keeps its last id, as the reference's map does.
   void assign(std::string_view token, std::int32_t id);
   /// The id of `token`, or nullopt.
@@ -29,7 +29,7 @@ public:
     for (const Entry& entry : entries_) visit(token_of(entry), entry.id);
   }
 
-private:
+ private:
   struct Entry {
     std::uint32_t offset;
     std::uint32_t length;
@@ -49,12 +49,12 @@ private:
 /// The merges of model.merges in file order (highest priority first), as pairs of token strings
 /// kept in one buffer.
 class TokenPairs {
-public:
+ public:
   void add(std::string_view left, std::string_view right);
   [[nodiscard]] std::size_t size() const noexcept { return ends_.size() / 2; }
   [[nodiscard]] std::pair<std::string_view, std::string_view> operator[](std::size_t index) const noexcept;
 
-private:
+ private:
   std::string bytes_;
   std::vector<std::uint32_t> ends_;  // end offset of each left and right token
 };
@@ -76,7 +76,7 @@ struct BpeOptions {
 };
 
 class Bpe {
-public:
+ public:
   /// Builds the model from `vocab` and `merges` (highest priority first). Throws InputError naming
   /// `where` if a merge or the unknown token is not in the vocabulary.
   Bpe(Vocabulary vocab, const TokenPairs& merges, BpeOptions options, const std::string& where);
@@ -91,7 +91,7 @@ public:
 
   [[nodiscard]] const Vocabulary& vocab() const noexcept { return vocab_; }
 
-private:
+ private:
   struct Merge {
     std::uint64_t pair;  // left id << 32 | right id; `empty_pair` marks a free slot
     std::uint32_t rank;

@@ -75,7 +75,8 @@ void NormalizedString::replace(const Regex& pattern, std::string_view content) {
     last_end = last;
   }
   text.append(text_, last_end);
-  alignments.insert(alignments.end(), alignments_.begin() + static_cast<std::ptrdiff_t>(last_end), alignments_.end());
+  alignments.insert(alignments.end(), alignments_.begin() + static_cast<std::ptrdiff_t>(last_end),
+                    alignments_.end());
   text_ = std::move(text);
   alignments_ = std::move(alignments);
 }
@@ -138,7 +139,8 @@ NormalizedString NormalizedString::slice(std::size_t first, std::size_t last) co
   return piece;
 }
 
-std::vector<NormalizedString> NormalizedString::split(const Regex& pattern, SplitBehavior behavior, bool invert) const {
+std::vector<NormalizedString> NormalizedString::split(const Regex& pattern, SplitBehavior behavior,
+                                                      bool invert) const {
   struct Piece {
     ByteRange range;
     bool is_match;

@@ -17,14 +17,16 @@ namespace ndif::tokenizer::detail {
 enum class SplitBehavior { removed, isolated, merged_with_previous, merged_with_next, contiguous };
 
 class NormalizedString {
-public:
+ public:
   /// The piece [first, last) of `original`, not yet normalized.
   NormalizedString(std::string_view original, std::size_t first, std::size_t last);
 
   [[nodiscard]] const std::string& text() const noexcept { return text_; }
   [[nodiscard]] bool empty() const noexcept { return text_.empty(); }
   /// First original byte this piece stands for (0 for an empty piece).
-  [[nodiscard]] std::size_t original_start() const noexcept { return alignments_.empty() ? 0 : alignments_[0].first; }
+  [[nodiscard]] std::size_t original_start() const noexcept {
+    return alignments_.empty() ? 0 : alignments_[0].first;
+  }
 
   /// Original byte range of the normalized bytes [first, last); empty ranges map to themselves.
   [[nodiscard]] ByteRange original_range(std::size_t first, std::size_t last) const noexcept;
@@ -39,11 +41,12 @@ public:
   void to_byte_level();
 
   /// Splits on the matches of `pattern` (or on what lies between them, with `invert`).
-  [[nodiscard]] std::vector<NormalizedString> split(const Regex& pattern, SplitBehavior behavior, bool invert) const;
+  [[nodiscard]] std::vector<NormalizedString> split(const Regex& pattern, SplitBehavior behavior,
+                                                    bool invert) const;
   /// The piece of normalized bytes [first, last).
   [[nodiscard]] NormalizedString slice(std::size_t first, std::size_t last) const;
 
-private:
+ private:
   NormalizedString() = default;
   std::string text_;
   std::vector<ByteRange> alignments_;  // per byte of text_: the original bytes it stands for

@@ -37,10 +37,11 @@ Regex::Regex(const std::string& pattern, const std::string& where) : code_(std::
   PCRE2_SIZE error_offset = 0;
   // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts.
   code_->code.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                  PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset, nullptr));
+                                  PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset,
+                                  nullptr));
   if (!code_->code) {
-    throw InputError(where + ": regex " + pattern + " does not compile at offset " + std::to_string(error_offset) +
-                     ": " + pcre2_message(error_code));
+    throw InputError(where + ": regex " + pattern + " does not compile at offset " +
+                     std::to_string(error_offset) + ": " + pcre2_message(error_code));
   }
   // Without JIT support the interpreter gives the same matches, only slower.
   code_->jit = pcre2_jit_compile(code_->code.get(), PCRE2_JIT_COMPLETE) == 0;
@@ -63,14 +64,16 @@ Regex::~Regex() = default;
 
 std::vector<ByteRange> Regex::find_all(std::string_view subject) const {
   std::vector<ByteRange> matches;
-  std::unique_ptr<pcre2_match_data, MatchDataDeleter> data(pcre2_match_data_create_from_pattern(code_->code.get(), nullptr));
+  std::unique_ptr<pcre2_match_data, MatchDataDeleter> data(
+      pcre2_match_data_create_from_pattern(code_->code.get(), nullptr));
   if (!data) throw std::bad_alloc();
   const auto* bytes = reinterpret_cast<PCRE2_SPTR>(subject.data());
   std::size_t start = 0;
   while (start <= subject.size()) {
-    const int rc = code_->jit ? pcre2_jit_match(code_->code.get(), bytes, subject.size(), start, 0, data.get(), nullptr)
-                              : pcre2_match(code_->code.get(), bytes, subject.size(), start, PCRE2_NO_UTF_CHECK,
-                                            data.get(), nullptr);
+    const int rc =
+        code_->jit ? pcre2_jit_match(code_->code.get(), bytes, subject.size(), start, 0, data.get(), nullptr)
+                   : pcre2_match(code_->code.get(), bytes, subject.size(), start, PCRE2_NO_UTF_CHECK,
+                                 data.get(), nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) throw InputError("tokenizer regex failed while matching: " + pcre2_message(rc));
     const PCRE2_SIZE* vector = pcre2_get_ovector_pointer(data.get());

@@ -16,7 +16,7 @@ namespace ndif::tokenizer::detail {
 using ByteRange = std::pair<std::size_t, std::size_t>;
 
 class Regex {
-public:
+ public:
   /// Compiles `pattern`. Throws InputError naming `where` (file and key) and PCRE2's message.
   Regex(const std::string& pattern, const std::string& where);
   /// A pattern that matches `literal` exactly.
@@ -29,7 +29,7 @@ public:
   Regex& operator=(Regex&&) noexcept;
   ~Regex();
 
-private:
+ private:
   struct Code;
   std::unique_ptr<Code> code_;
 };

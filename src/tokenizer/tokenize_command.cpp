@@ -1,8 +1,7 @@
 #include "ndif_sweep/tokenizer/tokenize_command.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <istream>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 
@@ -11,8 +10,8 @@
 
 namespace ndif::tokenizer {
 
-int run_tokenize_command(const std::filesystem::path& tokenizer_path, bool special, bool offsets, std::istream& in,
-                         std::ostream& out) {
+int run_tokenize_command(const std::filesystem::path& tokenizer_path, bool special, bool offsets,
+                         std::istream& in, std::ostream& out) {
   const Tokenizer tokenizer = Tokenizer::from_file(tokenizer_path);
   std::string line;
   std::string printed;
@@ -26,7 +25,8 @@ int run_tokenize_command(const std::filesystem::path& tokenizer_path, bool speci
       // parse_error for text that is not JSON, out_of_range for a number beyond double's range
       throw InputError(where + ": expected a JSON string, got text that is not JSON");
     }
-    if (!parsed.is_string()) throw InputError(where + ": expected a JSON string, got " + std::string(parsed.type_name()));
+    if (!parsed.is_string())
+      throw InputError(where + ": expected a JSON string, got " + std::string(parsed.type_name()));
     Encoding encoding;
     try {
       encoding = tokenizer.encode(parsed.get_ref<const std::string&>(), special);
@@ -44,7 +44,8 @@ int run_tokenize_command(const std::filesystem::path& tokenizer_path, bool speci
       printed += ",\"offsets\":[";
       for (std::size_t i = 0; i < encoding.offsets.size(); ++i) {
         if (i > 0) printed += ',';
-        printed += '[' + std::to_string(encoding.offsets[i].first) + ',' + std::to_string(encoding.offsets[i].second) + ']';
+        printed += '[' + std::to_string(encoding.offsets[i].first) + ',' +
+                   std::to_string(encoding.offsets[i].second) + ']';
       }
       printed += "]}";
     }

@@ -1,8 +1,7 @@
 #include "ndif_sweep/tokenizer/tokenizer.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <variant>
 
@@ -66,7 +65,7 @@ struct AddedToken {
 
 // Leftmost-longest matching of added tokens, as the reference's Aho-Corasick automaton does.
 class AddedTokenMatcher {
-public:
+ public:
   void add(std::string_view content, std::size_t token) {
     if (content.empty()) return;
     std::size_t node = 0;
@@ -116,7 +115,7 @@ public:
     return matches;
   }
 
-private:
+ private:
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   struct Node {
     std::vector<std::pair<char, std::size_t>> children;
@@ -203,7 +202,8 @@ struct Tokenizer::Impl {
   void load_normalizer(const json& node, const std::string& where);
   void load_pre_tokenizer(const json& node, const std::string& where);
   void load_post_processor(const json& node, const std::string& where);
-  void load_model(const json& node, std::optional<detail::Vocabulary>& vocab, const std::optional<detail::TokenPairs>& merges);
+  void load_model(const json& node, std::optional<detail::Vocabulary>& vocab,
+                  const std::optional<detail::TokenPairs>& merges);
   void load_added_tokens(const json& node);
 
   void split_added(std::vector<Split>& splits, const AddedTokenMatcher& matcher, bool normalize_first) const;
@@ -217,7 +217,8 @@ void Tokenizer::Impl::load_normalizer(const json& node, const std::string& where
   const std::string type = type_of(node, where);
   if (type == "Sequence") {
     const auto& list = node.at("normalizers");
-    for (std::size_t i = 0; i < list.size(); ++i) load_normalizer(list[i], where + ".normalizers[" + std::to_string(i) + "]");
+    for (std::size_t i = 0; i < list.size(); ++i)
+      load_normalizer(list[i], where + ".normalizers[" + std::to_string(i) + "]");
   } else if (type == "NFC") {
     normalizers.emplace_back(UnicodeForm{detail::NormalForm::nfc});
   } else if (type == "NFD") {
@@ -229,7 +230,8 @@ void Tokenizer::Impl::load_normalizer(const json& node, const std::string& where
   } else if (type == "Prepend") {
     normalizers.emplace_back(Prepend{node.at("prepend").get<std::string>()});
   } else if (type == "Replace") {
-    normalizers.emplace_back(Replace{pattern_of(node.at("pattern"), where + ".pattern"), node.at("content").get<std::string>()});
+    normalizers.emplace_back(
+        Replace{pattern_of(node.at("pattern"), where + ".pattern"), node.at("content").get<std::string>()});
   } else {
     throw InputError(where + ": normalizer type \"" + type + "\" is not supported");
   }
@@ -240,30 +242,45 @@ void Tokenizer::Impl::load_pre_tokenizer(const json& node, const std::string& wh
   const std::string type = type_of(node, where);
   if (type == "Sequence") {
     const auto& list = node.at("pretokenizers");
-    for (std::size_t i = 0; i < list.size(); ++i) load_pre_tokenizer(list[i], where + ".pretokenizers[" + std::to_string(i) + "]");
+    for (std::size_t i = 0; i < list.size(); ++i)
+      load_pre_tokenizer(list[i], where + ".pretokenizers[" + std::to_string(i) + "]");
   } else if (type == "Split") {
     const std::string behavior = node.at("behavior").get<std::string>();
     SplitBehavior parsed{};
-    if (behavior == "Removed") parsed = SplitBehavior::removed;
-    else if (behavior == "Isolated") parsed = SplitBehavior::isolated;
-    else if (behavior == "MergedWithPrevious") parsed = SplitBehavior::merged_with_previous;
-    else if (behavior == "MergedWithNext") parsed = SplitBehavior::merged_with_next;
-    else if (behavior == "Contiguous") parsed = SplitBehavior::contiguous;
-    else throw InputError(where + ".behavior: split behavior \"" + behavior + "\" is not supported");
-    pre_tokenizers.emplace_back(SplitStep{pattern_of(node.at("pattern"), where + ".pattern"), parsed, value_or(node, "invert", false)});
+    if (behavior == "Removed")
+      parsed = SplitBehavior::removed;
+    else if (behavior == "Isolated")
+      parsed = SplitBehavior::isolated;
+    else if (behavior == "MergedWithPrevious")
+      parsed = SplitBehavior::merged_with_previous;
+    else if (behavior == "MergedWithNext")
+      parsed = SplitBehavior::merged_with_next;
+    else if (behavior == "Contiguous")
+      parsed = SplitBehavior::contiguous;
+    else
+      throw InputError(where + ".behavior: split behavior \"" + behavior + "\" is not supported");
+    pre_tokenizers.emplace_back(SplitStep{pattern_of(node.at("pattern"), where + ".pattern"), parsed,
+                                          value_or(node, "invert", false)});
   } else if (type == "ByteLevel") {
-    pre_tokenizers.emplace_back(ByteLevelStep{value_or(node, "add_prefix_space", true), value_or(node, "use_regex", true)});
+    pre_tokenizers.emplace_back(
+        ByteLevelStep{value_or(node, "add_prefix_space", true), value_or(node, "use_regex", true)});
   } else if (type == "Metaspace") {
     const std::string replacement = value_or<std::string>(node, "replacement", "\xE2\x96\x81");
-    PrependScheme scheme = value_or(node, "add_prefix_space", true) ? PrependScheme::always : PrependScheme::never;
+    PrependScheme scheme =
+        value_or(node, "add_prefix_space", true) ? PrependScheme::always : PrependScheme::never;
     if (node.contains("prepend_scheme")) {
       const std::string value = node["prepend_scheme"].get<std::string>();
-      if (value == "always") scheme = PrependScheme::always;
-      else if (value == "first") scheme = PrependScheme::first;
-      else if (value == "never") scheme = PrependScheme::never;
-      else throw InputError(where + ".prepend_scheme: \"" + value + "\" is not one of always, first, never");
+      if (value == "always")
+        scheme = PrependScheme::always;
+      else if (value == "first")
+        scheme = PrependScheme::first;
+      else if (value == "never")
+        scheme = PrependScheme::never;
+      else
+        throw InputError(where + ".prepend_scheme: \"" + value + "\" is not one of always, first, never");
     }
-    pre_tokenizers.emplace_back(MetaspaceStep{replacement, Regex::literal(replacement, where), scheme, value_or(node, "split", true)});
+    pre_tokenizers.emplace_back(MetaspaceStep{replacement, Regex::literal(replacement, where), scheme,
+                                              value_or(node, "split", true)});
   } else {
     throw InputError(where + ": pre_tokenizer type \"" + type + "\" is not supported");
   }
@@ -274,7 +291,8 @@ void Tokenizer::Impl::load_post_processor(const json& node, const std::string& w
   const std::string type = type_of(node, where);
   if (type == "Sequence") {
     const auto& list = node.at("processors");
-    for (std::size_t i = 0; i < list.size(); ++i) load_post_processor(list[i], where + ".processors[" + std::to_string(i) + "]");
+    for (std::size_t i = 0; i < list.size(); ++i)
+      load_post_processor(list[i], where + ".processors[" + std::to_string(i) + "]");
   } else if (type == "ByteLevel") {
     // Without trim_offsets this processor leaves a single sequence unchanged.
     if (value_or(node, "trim_offsets", false)) {
@@ -291,13 +309,15 @@ void Tokenizer::Impl::load_post_processor(const json& node, const std::string& w
         single_template.push_back({true, {}});
       } else if (piece.contains("SpecialToken")) {
         const std::string id = piece["SpecialToken"].at("id").get<std::string>();
-        if (!specials.contains(id)) throw InputError(where + ".special_tokens: \"" + id + "\" is used by the template but not defined");
+        if (!specials.contains(id))
+          throw InputError(where + ".special_tokens: \"" + id + "\" is used by the template but not defined");
         single_template.push_back({false, specials[id].at("ids").get<std::vector<std::int32_t>>()});
       } else {
         throw InputError(where + ".single: each piece must be a Sequence or a SpecialToken");
       }
     }
-    if (std::none_of(single_template.begin(), single_template.end(), [](const auto& p) { return p.is_sequence; })) {
+    if (std::none_of(single_template.begin(), single_template.end(),
+                     [](const auto& p) { return p.is_sequence; })) {
       throw InputError(where + ".single: the template must contain the sequence \"A\"");
     }
   } else {
@@ -308,12 +328,14 @@ void Tokenizer::Impl::load_post_processor(const json& node, const std::string& w
 void Tokenizer::Impl::load_model(const json& node, std::optional<detail::Vocabulary>& vocab,
                                  const std::optional<detail::TokenPairs>& merges) {
   const std::string type = type_of(node, at("model"));
-  if (type != "BPE") throw InputError(at("model") + ": model type \"" + type + "\" is not supported (only BPE)");
+  if (type != "BPE")
+    throw InputError(at("model") + ": model type \"" + type + "\" is not supported (only BPE)");
   if (node.contains("dropout") && !node["dropout"].is_null()) {
     throw InputError(at("model.dropout") + ": BPE dropout is not supported; set it to null");
   }
   detail::BpeOptions options;
-  if (node.contains("unk_token") && !node["unk_token"].is_null()) options.unk_token = node["unk_token"].get<std::string>();
+  if (node.contains("unk_token") && !node["unk_token"].is_null())
+    options.unk_token = node["unk_token"].get<std::string>();
   options.continuing_subword_prefix = value_or<std::string>(node, "continuing_subword_prefix", "");
   options.end_of_word_suffix = value_or<std::string>(node, "end_of_word_suffix", "");
   options.fuse_unk = value_or(node, "fuse_unk", false);
@@ -321,10 +343,12 @@ void Tokenizer::Impl::load_model(const json& node, std::optional<detail::Vocabul
   options.ignore_merges = value_or(node, "ignore_merges", false);
 
   if (!vocab) {
-    throw InputError(at("model.vocab") + (node.contains("vocab") ? " must be an object of token -> id" : " is missing"));
+    throw InputError(at("model.vocab") +
+                     (node.contains("vocab") ? " must be an object of token -> id" : " is missing"));
   }
   if (!merges) {
-    throw InputError(at("model.merges") + (node.contains("merges") ? " must be a list of merges" : " is missing"));
+    throw InputError(at("model.merges") +
+                     (node.contains("merges") ? " must be a list of merges" : " is missing"));
   }
   model.emplace(std::move(*vocab), *merges, std::move(options), name);
 }
@@ -371,7 +395,8 @@ void Tokenizer::Impl::load(detail::TokenizerDocument& document) {
 void Tokenizer::Impl::normalize(NormalizedString& text) const {
   for (const auto& normalizer : normalizers) {
     if (const auto* form = std::get_if<UnicodeForm>(&normalizer)) {
-      if (!detail::is_normalization_stable(text.text(), form->form)) text.transform(detail::normalize(text.text(), form->form));
+      if (!detail::is_normalization_stable(text.text(), form->form))
+        text.transform(detail::normalize(text.text(), form->form));
     } else if (const auto* prepend = std::get_if<Prepend>(&normalizer)) {
       text.prepend(prepend->prefix);
     } else if (const auto* replace = std::get_if<Replace>(&normalizer)) {
@@ -382,7 +407,8 @@ void Tokenizer::Impl::normalize(NormalizedString& text) const {
 
 // Cuts every untokenized split at the added tokens found in it. lstrip/rstrip widen a match over
 // neighbouring whitespace; single_word skips matches inside a word.
-void Tokenizer::Impl::split_added(std::vector<Split>& splits, const AddedTokenMatcher& matcher, bool normalize_first) const {
+void Tokenizer::Impl::split_added(std::vector<Split>& splits, const AddedTokenMatcher& matcher,
+                                  bool normalize_first) const {
   std::vector<Split> out;
   out.reserve(splits.size());
   for (auto& split : splits) {
@@ -402,15 +428,18 @@ void Tokenizer::Impl::split_added(std::vector<Split>& splits, const AddedTokenMa
       std::size_t last = match.last;
       if (token.single_word) {
         const bool space_before = first == 0 || !ends_with_word(std::string_view(text).substr(0, first));
-        const bool space_after = last == text.size() || !starts_with_word(std::string_view(text).substr(last));
+        const bool space_after =
+            last == text.size() || !starts_with_word(std::string_view(text).substr(last));
         if (!space_before || !space_after) continue;
       }
-      if (token.lstrip) first = std::max(whitespace_start_at_end(std::string_view(text).substr(0, first)), start_offset);
+      if (token.lstrip)
+        first = std::max(whitespace_start_at_end(std::string_view(text).substr(0, first)), start_offset);
       if (token.rstrip) last += whitespace_length_at_start(std::string_view(text).substr(last));
       if (first > start_offset) keep_text(start_offset, first);
       const ByteRange original = split.text.original_range(first, last);
       Split found{split.text.slice(first, last), {}, true};
-      found.tokens.push_back({token.id, static_cast<std::uint32_t>(original.first), static_cast<std::uint32_t>(original.second)});
+      found.tokens.push_back({token.id, static_cast<std::uint32_t>(original.first),
+                              static_cast<std::uint32_t>(original.second)});
       out.push_back(std::move(found));
       start_offset = last;
     }
@@ -435,7 +464,8 @@ void Tokenizer::Impl::pre_tokenize(std::vector<Split>& splits) const {
         for (auto& piece : split.text.split(s->pattern, s->behavior, s->invert)) emit(std::move(piece));
       } else if (const auto* b = std::get_if<ByteLevelStep>(&step)) {
         static const Regex gpt2_words(
-            R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)", "ByteLevel pre-tokenizer");
+            R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)",
+            "ByteLevel pre-tokenizer");
         if (b->add_prefix_space && split.text.text().rfind(' ', 0) != 0) split.text.prepend(" ");
         if (b->use_regex) {
           for (auto& piece : split.text.split(gpt2_words, SplitBehavior::isolated, false)) {
@@ -455,7 +485,8 @@ void Tokenizer::Impl::pre_tokenize(std::vector<Split>& splits) const {
           split.text.prepend(m->replacement);
         }
         if (m->split) {
-          for (auto& piece : split.text.split(m->replacement_pattern, SplitBehavior::merged_with_next, false)) emit(std::move(piece));
+          for (auto& piece : split.text.split(m->replacement_pattern, SplitBehavior::merged_with_next, false))
+            emit(std::move(piece));
         } else {
           emit(std::move(split.text));
         }
@@ -507,7 +538,8 @@ Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens) const
       impl.model->tokenize(split.text.text(), word);
       for (const auto& token : word) {
         const ByteRange original = split.text.original_range(token.first, token.last);
-        split.tokens.push_back({token.id, static_cast<std::uint32_t>(original.first), static_cast<std::uint32_t>(original.second)});
+        split.tokens.push_back({token.id, static_cast<std::uint32_t>(original.first),
+                                static_cast<std::uint32_t>(original.second)});
       }
     }
     for (const auto& token : split.tokens) {

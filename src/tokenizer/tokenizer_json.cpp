@@ -17,7 +17,7 @@ using json = nlohmann::json;
 // model.merges, whose hundreds of thousands of entries would otherwise each become a tree node
 // and a map node before being copied into the model's tables.
 class DocumentReader {
-public:
+ public:
   explicit DocumentReader(const std::string& name) : name_(name) {}
 
   TokenizerDocument take() { return std::move(document_); }
@@ -25,16 +25,20 @@ public:
   bool null() { return value(json(nullptr), "null"); }
   bool boolean(bool v) { return value(json(v), "a boolean"); }
   bool number_integer(json::number_integer_t v) {
-    if (section_ == Section::vocab) return vocab_id(v >= 0 && v <= std::numeric_limits<std::int32_t>::max(), v);
+    if (section_ == Section::vocab)
+      return vocab_id(v >= 0 && v <= std::numeric_limits<std::int32_t>::max(), v);
     return value(json(v), "a number");
   }
   bool number_unsigned(json::number_unsigned_t v) {
     if (section_ == Section::vocab) {
-      return vocab_id(v <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()), static_cast<std::int64_t>(v));
+      return vocab_id(v <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()),
+                      static_cast<std::int64_t>(v));
     }
     return value(json(v), "a number");
   }
-  bool number_float(json::number_float_t v, const std::string& /*text*/) { return value(json(v), "a number"); }
+  bool number_float(json::number_float_t v, const std::string& /*text*/) {
+    return value(json(v), "a number");
+  }
   bool binary(json::binary_t& v) { return value(json::binary(std::move(v)), "binary data"); }
 
   bool string(std::string& v) {
@@ -47,7 +51,8 @@ public:
       return true;
     }
     if (section_ == Section::merge_pair) {
-      if (pair_.size() == 2) throw InputError(merge_where() + " must be \"a b\" or [\"a\", \"b\"]: it has more than two tokens");
+      if (pair_.size() == 2)
+        throw InputError(merge_where() + " must be \"a b\" or [\"a\", \"b\"]: it has more than two tokens");
       pair_.push_back(v);
       return true;
     }
@@ -73,8 +78,10 @@ public:
       return true;
     }
     if (stack_.size() == 2 && stack_.back() == model_) {
-      if (k == "vocab") pending_ = Pending::vocab;
-      else if (k == "merges") pending_ = Pending::merges;
+      if (k == "vocab")
+        pending_ = Pending::vocab;
+      else if (k == "merges")
+        pending_ = Pending::merges;
     }
     key_.swap(k);
     return true;
@@ -107,7 +114,8 @@ public:
 
   bool end_array() {
     if (section_ == Section::merge_pair) {
-      if (pair_.size() != 2) throw InputError(merge_where() + " must be \"a b\" or [\"a\", \"b\"]: it has fewer than two tokens");
+      if (pair_.size() != 2)
+        throw InputError(merge_where() + " must be \"a b\" or [\"a\", \"b\"]: it has fewer than two tokens");
       document_.merges->add(pair_[0], pair_[1]);
       section_ = Section::merges;
       return true;
@@ -124,7 +132,7 @@ public:
     throw InputError(name_ + ": not valid JSON: " + e.what());
   }
 
-private:
+ private:
   enum class Section { tree, vocab, merges, merge_pair };
   enum class Pending { none, vocab, merges };
 
@@ -134,7 +142,8 @@ private:
 
   bool vocab_id(bool in_range, std::int64_t id) {
     if (!in_range) {
-      throw InputError(name_ + ": model.vocab[\"" + token_ + "\"] = " + std::to_string(id) + " is not an id in [0, 2^31)");
+      throw InputError(name_ + ": model.vocab[\"" + token_ + "\"] = " + std::to_string(id) +
+                       " is not an id in [0, 2^31)");
     }
     document_.vocab->assign(token_, static_cast<std::int32_t>(id));
     return true;

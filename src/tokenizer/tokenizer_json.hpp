@@ -4,7 +4,6 @@
 /// large file) go straight into their compact tables; only the small rest becomes a JSON tree.
 
 #include <nlohmann/json.hpp>
-
 #include <optional>
 #include <string>
 #include <string_view>

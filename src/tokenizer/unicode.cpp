@@ -2,10 +2,10 @@
 
 #include <utf8proc.h>
 
-#include "ndif_sweep/core/utf8.hpp"
-
 #include <algorithm>
 #include <array>
+
+#include "ndif_sweep/core/utf8.hpp"
 
 namespace ndif::tokenizer::detail {
 
@@ -24,21 +24,24 @@ int combining_class(char32_t c) noexcept {
 void decompose_char(char32_t c, bool compatible, std::vector<char32_t>& out) {
   std::array<utf8proc_int32_t, 32> buffer{};
   int last_boundclass = 0;
-  const auto options = static_cast<utf8proc_option_t>(UTF8PROC_DECOMPOSE | (compatible ? UTF8PROC_COMPAT : 0));
+  const auto options =
+      static_cast<utf8proc_option_t>(UTF8PROC_DECOMPOSE | (compatible ? UTF8PROC_COMPAT : 0));
   const auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buffer.data(), buffer.size(),
                                          options, &last_boundclass);
   if (n <= 0 || static_cast<std::size_t>(n) > buffer.size()) {
     out.push_back(c);
     return;
   }
-  for (utf8proc_ssize_t k = 0; k < n; ++k) out.push_back(static_cast<char32_t>(buffer[static_cast<std::size_t>(k)]));
+  for (utf8proc_ssize_t k = 0; k < n; ++k)
+    out.push_back(static_cast<char32_t>(buffer[static_cast<std::size_t>(k)]));
 }
 
 // The primary composite of `first` and `second`, or 0 when they do not compose.
 char32_t compose_pair(char32_t first, char32_t second) {
   // Every second element of a canonical composition lies at or above U+0300.
   if (second < 0x300) return 0;
-  std::array<utf8proc_int32_t, 2> pair{static_cast<utf8proc_int32_t>(first), static_cast<utf8proc_int32_t>(second)};
+  std::array<utf8proc_int32_t, 2> pair{static_cast<utf8proc_int32_t>(first),
+                                       static_cast<utf8proc_int32_t>(second)};
   const auto n = utf8proc_normalize_utf32(pair.data(), 2, UTF8PROC_COMPOSE);
   return n == 1 ? static_cast<char32_t>(pair[0]) : 0;
 }
@@ -57,7 +60,8 @@ std::vector<ChangedChar> decompose(std::string_view text, bool compatible) {
   std::vector<Pending> pending;
   std::vector<char32_t> parts;
   auto flush = [&] {
-    std::stable_sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) { return a.ccc < b.ccc; });
+    std::stable_sort(pending.begin(), pending.end(),
+                     [](const Pending& a, const Pending& b) { return a.ccc < b.ccc; });
     for (const auto& p : pending) out.push_back({p.c, p.change});
     pending.clear();
   };
@@ -151,8 +155,20 @@ bool is_normalization_stable(std::string_view text, NormalForm) noexcept {
 
 bool is_whitespace(char32_t c) noexcept {
   switch (c) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0x85: case 0xA0:
-    case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return c >= 0x2000 && c <= 0x200A;
@@ -161,9 +177,14 @@ bool is_whitespace(char32_t c) noexcept {
 
 bool is_alphanumeric(char32_t c) noexcept {
   switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_NO:
       return true;
     default:
       return false;

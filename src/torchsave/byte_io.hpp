@@ -3,14 +3,14 @@
 /// Little-endian integer access to untrusted byte ranges: every read is bounds-checked and a
 /// short read is a DecodeError naming what was being read.
 
+#include <fmt/format.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "ndif_sweep/core/error.hpp"
 
@@ -29,8 +29,7 @@ template <typename T>
 [[nodiscard]] T read_le(std::span<const std::byte> bytes, std::uint64_t offset, std::string_view what) {
   require_range(bytes.size(), offset, sizeof(T), what);
   std::uint64_t v = 0;
-  for (std::size_t i = 0; i < sizeof(T); ++i)
-    v |= static_cast<std::uint64_t>(bytes[offset + i]) << (8 * i);
+  for (std::size_t i = 0; i < sizeof(T); ++i) v |= static_cast<std::uint64_t>(bytes[offset + i]) << (8 * i);
   return static_cast<T>(v);
 }
 

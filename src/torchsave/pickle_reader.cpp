@@ -1,10 +1,10 @@
+#include <fmt/format.h>
+
 #include <bit>
 #include <cstring>
 #include <deque>
 #include <unordered_map>
 #include <variant>
-
-#include <fmt/format.h>
 
 #include "byte_io.hpp"
 #include "ndif_sweep/core/error.hpp"
@@ -16,9 +16,9 @@ namespace ndif::torchsave::detail {
 namespace {
 
 constexpr std::pair<DType, const char*> kStorageTypes[] = {
-    {DType::float16, "HalfStorage"}, {DType::bfloat16, "BFloat16Storage"}, {DType::float32, "FloatStorage"},
-    {DType::float64, "DoubleStorage"}, {DType::int64, "LongStorage"},       {DType::int32, "IntStorage"},
-    {DType::int16, "ShortStorage"},   {DType::int8, "CharStorage"},         {DType::uint8, "ByteStorage"},
+    {DType::float16, "HalfStorage"},   {DType::bfloat16, "BFloat16Storage"}, {DType::float32, "FloatStorage"},
+    {DType::float64, "DoubleStorage"}, {DType::int64, "LongStorage"},        {DType::int32, "IntStorage"},
+    {DType::int16, "ShortStorage"},    {DType::int8, "CharStorage"},         {DType::uint8, "ByteStorage"},
     {DType::bool_, "BoolStorage"},
 };
 
@@ -66,7 +66,7 @@ struct Obj {
 };
 
 class Unpickler {
-public:
+ public:
   Unpickler(std::span<const std::byte> pickle, const StorageLoader& load_storage)
       : in_(pickle), load_storage_(load_storage) {}
 
@@ -86,15 +86,15 @@ public:
     return to_value(stack_.back(), 0);
   }
 
-private:
+ private:
   [[noreturn]] void fail(const std::string& why) const {
     throw DecodeError(fmt::format("torch.save data.pkl: opcode 0x{:02x} at byte {}: {}", op_, op_pos_, why));
   }
 
   std::span<const std::byte> take(std::size_t n) {
     if (n > in_.size() - pos_)
-      throw DecodeError(fmt::format("torch.save data.pkl: truncated at byte {} (opcode 0x{:02x} needs {} more bytes)",
-                                    pos_, op_, n));
+      throw DecodeError(fmt::format(
+          "torch.save data.pkl: truncated at byte {} (opcode 0x{:02x} needs {} more bytes)", pos_, op_, n));
     auto s = in_.subspan(pos_, n);
     pos_ += n;
     return s;
@@ -156,11 +156,21 @@ private:
         if (proto < 2 || proto > 5) fail(fmt::format("unsupported pickle protocol {}", proto));
         return;
       }
-      case 0x95: (void)take_le(8); return;  // FRAME: framing only groups the opcodes that follow
-      case '}': push({DictObj{}}); return;
-      case ']': push({ListObj{}}); return;
-      case ')': push({TupleObj{}}); return;
-      case '(': marks_.push_back(stack_.size()); return;
+      case 0x95:
+        (void)take_le(8);
+        return;  // FRAME: framing only groups the opcodes that follow
+      case '}':
+        push({DictObj{}});
+        return;
+      case ']':
+        push({ListObj{}});
+        return;
+      case ')':
+        push({TupleObj{}});
+        return;
+      case '(':
+        marks_.push_back(stack_.size());
+        return;
       case 0x85:
       case 0x86:
       case 0x87: {  // TUPLE1..3
@@ -171,8 +181,12 @@ private:
         push({std::move(t)});
         return;
       }
-      case 't': push({TupleObj{pop_mark()}}); return;
-      case 'l': push({ListObj{pop_mark()}}); return;
+      case 't':
+        push({TupleObj{pop_mark()}});
+        return;
+      case 'l':
+        push({ListObj{pop_mark()}});
+        return;
       case 'a': {
         const Ref item = pop();
         as<ListObj>(top(), "a list to APPEND to").items.push_back(item);
@@ -197,9 +211,15 @@ private:
         for (std::size_t i = 0; i < items.size(); i += 2) dict.emplace_back(items[i], items[i + 1]);
         return;
       }
-      case 'J': push({static_cast<std::int64_t>(static_cast<std::int32_t>(take_le(4)))}); return;
-      case 'K': push({static_cast<std::int64_t>(take_le(1))}); return;
-      case 'M': push({static_cast<std::int64_t>(take_le(2))}); return;
+      case 'J':
+        push({static_cast<std::int64_t>(static_cast<std::int32_t>(take_le(4)))});
+        return;
+      case 'K':
+        push({static_cast<std::int64_t>(take_le(1))});
+        return;
+      case 'M':
+        push({static_cast<std::int64_t>(take_le(2))});
+        return;
       case 0x8a: {  // LONG1: little-endian two's complement of n bytes
         const auto n = take_le(1);
         if (n > 8) fail(fmt::format("integer of {} bytes does not fit 64 bits", n));
@@ -215,12 +235,24 @@ private:
         push({std::bit_cast<double>(bits)});
         return;
       }
-      case 'X': push({to_string(take(take_le(4)))}); return;
-      case 0x8c: push({to_string(take(take_le(1)))}); return;
-      case 0x8d: push({to_string(take(take_le(8)))}); return;
-      case 'N': push({None{}}); return;
-      case 0x88: push({true}); return;
-      case 0x89: push({false}); return;
+      case 'X':
+        push({to_string(take(take_le(4)))});
+        return;
+      case 0x8c:
+        push({to_string(take(take_le(1)))});
+        return;
+      case 0x8d:
+        push({to_string(take(take_le(8)))});
+        return;
+      case 'N':
+        push({None{}});
+        return;
+      case 0x88:
+        push({true});
+        return;
+      case 0x89:
+        push({false});
+        return;
       case 'c': {
         auto module = take_line();
         auto name = take_line();
@@ -230,32 +262,49 @@ private:
       case 'R': {
         const Ref args = pop();
         const Ref fn = pop();
-        push(reduce(as<Global>(fn, "an allowed callable for REDUCE"), as<TupleObj>(args, "an argument tuple").items));
+        push(reduce(as<Global>(fn, "an allowed callable for REDUCE"),
+                    as<TupleObj>(args, "an argument tuple").items));
         return;
       }
-      case 'Q': push(persistent_load(as<TupleObj>(pop(), "a persistent id tuple").items)); return;
-      case 'q': memo_put(take_le(1)); return;
-      case 'r': memo_put(take_le(4)); return;
-      case 0x94: memo_put(memo_.size()); return;  // MEMOIZE
-      case 'h': memo_get(take_le(1)); return;
-      case 'j': memo_get(take_le(4)); return;
+      case 'Q':
+        push(persistent_load(as<TupleObj>(pop(), "a persistent id tuple").items));
+        return;
+      case 'q':
+        memo_put(take_le(1));
+        return;
+      case 'r':
+        memo_put(take_le(4));
+        return;
+      case 0x94:
+        memo_put(memo_.size());
+        return;  // MEMOIZE
+      case 'h':
+        memo_get(take_le(1));
+        return;
+      case 'j':
+        memo_get(take_le(4));
+        return;
       case 'b': {  // BUILD: only the (empty) state of an OrderedDict, which carries nothing we keep
         (void)pop();
         as<DictObj>(top(), "an OrderedDict to BUILD");
         return;
       }
-      default: fail("opcode outside the torch.save subset this reader supports");
+      default:
+        fail("opcode outside the torch.save subset this reader supports");
     }
   }
 
   Obj resolve_global(const std::string& module, const std::string& name) {
-    if (module == "torch._utils" && name == "_rebuild_tensor_v2") return {Global{Callable::rebuild_tensor_v2}};
-    if (module == "torch._utils" && name == "_rebuild_parameter") return {Global{Callable::rebuild_parameter}};
+    if (module == "torch._utils" && name == "_rebuild_tensor_v2")
+      return {Global{Callable::rebuild_tensor_v2}};
+    if (module == "torch._utils" && name == "_rebuild_parameter")
+      return {Global{Callable::rebuild_parameter}};
     if (module == "collections" && name == "OrderedDict") return {Global{Callable::ordered_dict}};
     if (module == "torch") {
       if (auto dtype = dtype_of_storage_type(name)) return {Global{Callable::storage_type, *dtype}};
     }
-    fail(fmt::format("GLOBAL {}.{} is not in the allow-list of torch.save tensors and containers", module, name));
+    fail(fmt::format("GLOBAL {}.{} is not in the allow-list of torch.save tensors and containers", module,
+                     name));
   }
 
   std::int64_t int_arg(Ref r, const char* what) { return as<std::int64_t>(r, what); }
@@ -274,8 +323,10 @@ private:
       case Callable::rebuild_parameter:
         if (args.size() != 3) fail(fmt::format("_rebuild_parameter takes 3 arguments, got {}", args.size()));
         return {as<Tensor>(args[0], "a tensor for _rebuild_parameter")};
-      case Callable::rebuild_tensor_v2: return rebuild_tensor(args);
-      case Callable::storage_type: break;
+      case Callable::rebuild_tensor_v2:
+        return rebuild_tensor(args);
+      case Callable::storage_type:
+        break;
     }
     fail("a storage type is not callable");
   }
@@ -289,7 +340,8 @@ private:
     t.shape = int_tuple(args[2], "a tuple of integer sizes");
     t.stride = int_tuple(args[3], "a tuple of integer strides");
     as<bool>(args[4], "a bool requires_grad");
-    const auto storage_numel = static_cast<std::int64_t>(storage->bytes.size() / element_size(storage->dtype));
+    const auto storage_numel =
+        static_cast<std::int64_t>(storage->bytes.size() / element_size(storage->dtype));
     if (auto err = view_error(storage_numel, t.offset, t.shape, t.stride)) fail("bad tensor view: " + *err);
     t.storage = storage;
     return {std::move(t)};
@@ -316,7 +368,8 @@ private:
   }
 
   Value to_value(Ref r, int depth) {
-    if (depth > kMaxDepth) fail(fmt::format("values nest deeper than {} levels (or refer to themselves)", kMaxDepth));
+    if (depth > kMaxDepth)
+      fail(fmt::format("values nest deeper than {} levels (or refer to themselves)", kMaxDepth));
     if (budget_ == 0) fail("shared references expand beyond the size the input can justify");
     --budget_;
     const Obj& obj = arena_[r];
@@ -337,7 +390,8 @@ private:
             return {std::move(out)};
           } else if constexpr (std::is_same_v<T, DictObj>) {
             Dict out;
-            for (auto [k, v] : x.items) out.items.emplace_back(to_value(k, depth + 1), to_value(v, depth + 1));
+            for (auto [k, v] : x.items)
+              out.items.emplace_back(to_value(k, depth + 1), to_value(v, depth + 1));
             return {std::move(out)};
           } else if constexpr (std::is_same_v<T, Global> || std::is_same_v<T, StorageRef>) {
             fail("a callable or bare storage is left in the result");

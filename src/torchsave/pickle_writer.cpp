@@ -1,7 +1,7 @@
+#include <fmt/format.h>
+
 #include <bit>
 #include <unordered_map>
-
-#include <fmt/format.h>
 
 #include "byte_io.hpp"
 #include "ndif_sweep/core/error.hpp"
@@ -19,7 +19,7 @@ namespace {
 constexpr std::size_t kBatch = 1000;
 
 class Pickler {
-public:
+ public:
   Pickled run(const Value& value) {
     op(0x80);
     op(2);  // protocol 2, as torch.save writes by default
@@ -28,7 +28,7 @@ public:
     return {std::move(out_), std::move(storages_)};
   }
 
-private:
+ private:
   void op(std::uint8_t b) { out_.push_back(static_cast<std::byte>(b)); }
 
   void write_int(std::int64_t v) {
@@ -84,7 +84,8 @@ private:
                                       t.storage->bytes.size(), dtype_name(t.storage->dtype)));
     const auto storage_numel = static_cast<std::int64_t>(t.storage->bytes.size() / es);
     if (auto err = view_error(storage_numel, t.offset, t.shape, t.stride))
-      throw InternalError(fmt::format("torchsave: cannot save a tensor whose view does not fit its storage: {}", *err));
+      throw InternalError(
+          fmt::format("torchsave: cannot save a tensor whose view does not fit its storage: {}", *err));
 
     auto [it, fresh] = keys_.try_emplace(t.storage.get(), storages_.size());
     if (fresh) storages_.push_back(t.storage);

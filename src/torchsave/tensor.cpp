@@ -1,6 +1,6 @@
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/value.hpp"

@@ -1,9 +1,9 @@
 #include "ndif_sweep/torchsave/torchsave.hpp"
 
+#include <fmt/format.h>
+
 #include <string_view>
 #include <unordered_map>
-
-#include <fmt/format.h>
 
 #include "archive_layout.hpp"
 #include "byte_io.hpp"
@@ -32,7 +32,8 @@ std::string find_archive_folder(const std::vector<detail::ZipEntry>& entries) {
     ++found;
   }
   if (found != 1)
-    throw DecodeError(fmt::format("torch.save: expected one <archive>/data.pkl entry in the ZIP, found {}", found));
+    throw DecodeError(
+        fmt::format("torch.save: expected one <archive>/data.pkl entry in the ZIP, found {}", found));
   return folder;
 }
 
@@ -56,9 +57,10 @@ Value load(std::span<const std::byte> bytes) {
     auto it = records.find(name);
     if (it == records.end()) throw DecodeError(fmt::format("torch.save: storage entry {} is missing", name));
     const std::size_t es = element_size(dtype);
-    if (static_cast<std::uint64_t>(numel) > it->second.size() / es || it->second.size() != static_cast<std::size_t>(numel) * es)
-      throw DecodeError(fmt::format("torch.save: storage {} holds {} bytes, but {} elements of {} need {}", name,
-                                    it->second.size(), numel, dtype_name(dtype),
+    if (static_cast<std::uint64_t>(numel) > it->second.size() / es ||
+        it->second.size() != static_cast<std::size_t>(numel) * es)
+      throw DecodeError(fmt::format("torch.save: storage {} holds {} bytes, but {} elements of {} need {}",
+                                    name, it->second.size(), numel, dtype_name(dtype),
                                     static_cast<std::uint64_t>(numel) * es));
     return std::make_shared<const Storage>(Storage{dtype, {it->second.begin(), it->second.end()}});
   };
@@ -73,9 +75,11 @@ std::vector<std::byte> save(const Value& value, const std::string& archive) {
 
 namespace detail {
 
-std::vector<std::byte> save_archive(const Value& value, const std::string& archive, std::uint64_t zip64_threshold) {
+std::vector<std::byte> save_archive(const Value& value, const std::string& archive,
+                                    std::uint64_t zip64_threshold) {
   if (archive.empty() || archive.find('/') != std::string::npos)
-    throw InternalError(fmt::format("torchsave: archive folder name \"{}\" must be one non-empty path component", archive));
+    throw InternalError(
+        fmt::format("torchsave: archive folder name \"{}\" must be one non-empty path component", archive));
   const Pickled pickled = pickle_value(value);
   ZipBuffer zip(zip64_threshold);
   zip.add(archive + "/data.pkl", pickled.pickle);

@@ -1,10 +1,9 @@
 #include "zip_archive.hpp"
 
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "byte_io.hpp"
 #include "ndif_sweep/core/error.hpp"
@@ -81,8 +80,9 @@ EndRecord find_end(std::span<const std::byte> zip) {
     throw DecodeError("torch.save: multi-disk ZIP archives are not supported");
   }
   if (end.dir_offset > end.dir_limit || end.dir_size > end.dir_limit - end.dir_offset)
-    throw DecodeError(fmt::format("torch.save: ZIP central directory (byte {}, {} bytes) overlaps its end record",
-                                  end.dir_offset, end.dir_size));
+    throw DecodeError(
+        fmt::format("torch.save: ZIP central directory (byte {}, {} bytes) overlaps its end record",
+                    end.dir_offset, end.dir_size));
   if (end.entries > end.dir_size / kCentralHeaderSize)
     throw DecodeError(fmt::format("torch.save: ZIP claims {} entries in a {}-byte central directory",
                                   end.entries, end.dir_size));
@@ -136,7 +136,8 @@ std::vector<ZipEntry> read_zip(std::span<const std::byte> zip) {
     const std::uint64_t record = kCentralHeaderSize + name_len + extra_len + comment_len;
     require_range(dir_end, p, record, "ZIP central directory entry");
     std::string name = to_string(zip.subspan(p + kCentralHeaderSize, name_len));
-    apply_zip64_extra(zip.subspan(p + kCentralHeaderSize + name_len, extra_len), name, size, compressed, offset);
+    apply_zip64_extra(zip.subspan(p + kCentralHeaderSize + name_len, extra_len), name, size, compressed,
+                      offset);
     p += record;
 
     if ((flags & 0x1) != 0) throw DecodeError(fmt::format("torch.save: ZIP entry {} is encrypted", name));
@@ -145,9 +146,10 @@ std::vector<ZipEntry> read_zip(std::span<const std::byte> zip) {
           "torch.save: ZIP entry {} is compressed (method {}); torch.save writes stored entries only", name,
           method));
     if (compressed != size)
-      throw DecodeError(fmt::format("torch.save: stored ZIP entry {} has compressed size {} but size {}", name,
-                                    compressed, size));
-    if (!names.insert(name).second) throw DecodeError(fmt::format("torch.save: duplicate ZIP entry {}", name));
+      throw DecodeError(fmt::format("torch.save: stored ZIP entry {} has compressed size {} but size {}",
+                                    name, compressed, size));
+    if (!names.insert(name).second)
+      throw DecodeError(fmt::format("torch.save: duplicate ZIP entry {}", name));
 
     require_range(zip.size(), offset, kLocalHeaderSize, "local header of " + name);
     if (read_le<std::uint32_t>(zip, offset, "local header") != kLocalHeaderSig)
@@ -161,7 +163,8 @@ std::vector<ZipEntry> read_zip(std::span<const std::byte> zip) {
     require_range(zip.size(), data, size, "data of ZIP entry " + name);
     auto bytes = zip.subspan(data, size);
     if (crc32_of(bytes) != crc)
-      throw DecodeError(fmt::format("torch.save: CRC-32 mismatch in ZIP entry {}; the file is damaged", name));
+      throw DecodeError(
+          fmt::format("torch.save: CRC-32 mismatch in ZIP entry {}; the file is damaged", name));
     entries.push_back({std::move(name), bytes});
   }
   return entries;

@@ -29,7 +29,7 @@ struct ZipEntry {
 /// entry data aligned to 64 bytes as torch aligns it. Not copyable or movable: the writer appends
 /// to this object's buffer.
 class ZipBuffer {
-public:
+ public:
   explicit ZipBuffer(std::uint64_t zip64_threshold = 0xFFFFFFFFu)
       : writer_([this](std::span<const std::byte> b) { bytes_.insert(bytes_.end(), b.begin(), b.end()); },
                 ZipWriter::Options{zip64_threshold, 64}) {}
@@ -45,7 +45,7 @@ public:
     return std::move(bytes_);
   }
 
-private:
+ private:
   std::vector<std::byte> bytes_;
   ZipWriter writer_;
 };

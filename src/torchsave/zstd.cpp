@@ -1,9 +1,8 @@
+#include <fmt/format.h>
 #include <zstd.h>
 
 #include <array>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
@@ -16,7 +15,8 @@ struct DStreamDeleter {
 };
 using DStream = std::unique_ptr<ZSTD_DStream, DStreamDeleter>;
 
-constexpr std::array<std::byte, 4> kZstdMagic{std::byte{0x28}, std::byte{0xB5}, std::byte{0x2F}, std::byte{0xFD}};
+constexpr std::array<std::byte, 4> kZstdMagic{std::byte{0x28}, std::byte{0xB5}, std::byte{0x2F},
+                                              std::byte{0xFD}};
 
 std::size_t check(std::size_t ret, const char* what) {
   if (ZSTD_isError(ret) != 0) throw DecodeError(fmt::format("zstd: {}: {}", what, ZSTD_getErrorName(ret)));

@@ -41,7 +41,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (!message->body.is_object()) __builtin_trap();
         try {
           const auto encoded = ndif::remote::wire::encode_reply(std::move(*message), "k", batch());
-          if (!encoded.multipart() || encoded.body.empty() || encoded.expected.saved_name != ndif::remote::kSaveName)
+          if (!encoded.multipart() || encoded.body.empty() ||
+              encoded.expected.saved_name != ndif::remote::kSaveName)
             __builtin_trap();
           for (const auto& [name, value] : encoded.headers) {
             for (char c : name + value)

@@ -18,9 +18,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       static_cast<void>(d.running());
     }
     try {
-      static_cast<void>(ndif::remote::choose_deployment(deployments, "meta-llama/Llama-3.1-70B", std::nullopt, "x"));
+      static_cast<void>(
+          ndif::remote::choose_deployment(deployments, "meta-llama/Llama-3.1-70B", std::nullopt, "x"));
       if (!deployments.empty())
-        static_cast<void>(ndif::remote::choose_deployment(deployments, "m", deployments.front().model_key, "x"));
+        static_cast<void>(
+            ndif::remote::choose_deployment(deployments, "m", deployments.front().model_key, "x"));
     } catch (const ndif::InputError&) {
     }
   } catch (const ndif::DecodeError&) {

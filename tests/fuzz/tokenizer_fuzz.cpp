@@ -13,13 +13,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view input(reinterpret_cast<const char*>(data), size);
   const auto split = input.find('\0');
   const std::string_view json = input.substr(0, split);
-  const std::string_view text = split == std::string_view::npos ? std::string_view() : input.substr(split + 1);
+  const std::string_view text =
+      split == std::string_view::npos ? std::string_view() : input.substr(split + 1);
   try {
     const auto tokenizer = ndif::tokenizer::Tokenizer::from_json(json, "fuzz.json");
     try {
       const auto plain = tokenizer.encode(text, false);
       const auto special = tokenizer.encode(text, true);
-      if (plain.ids.size() != plain.offsets.size() || special.ids.size() != special.offsets.size()) __builtin_trap();
+      if (plain.ids.size() != plain.offsets.size() || special.ids.size() != special.offsets.size())
+        __builtin_trap();
     } catch (const ndif::InputError&) {
       // invalid UTF-8 text
     }

@@ -2,13 +2,6 @@
 // "run" with the ranks in reverse resumes the missing batches, and then every value, flag and
 // checksum is checked. Exits 0 only when every rank's checks passed.
 
-#include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/store/output_file.hpp"
-#include "ndif_sweep/store/output_lock.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
-#include "ndif_sweep/store/readers.hpp"
-#include "store_fixture.hpp"
-
 #include <mpi.h>
 #include <unistd.h>
 
@@ -17,6 +10,13 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/store/output_file.hpp"
+#include "ndif_sweep/store/output_lock.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/readers.hpp"
+#include "store_fixture.hpp"
 
 namespace {
 
@@ -50,7 +50,9 @@ bool first_phase(std::size_t b) { return b % 5 != 4; }
 void check_file(const fs::path& file, const FileLayout& layout, bool all_done) {
   const auto done = read_raw(file.string(), "/batches/done");
   for (std::size_t b = 0; b < done.size(); ++b)
-    expect(static_cast<int>(done[b]) == ((all_done || first_phase(b)) ? 1 : 0), "flag of batch " + std::to_string(b) + (all_done ? " after resume" : " after the first run") + " is " + std::to_string(static_cast<int>(done[b])));
+    expect(static_cast<int>(done[b]) == ((all_done || first_phase(b)) ? 1 : 0),
+           "flag of batch " + std::to_string(b) + (all_done ? " after resume" : " after the first run") +
+               " is " + std::to_string(static_cast<int>(done[b])));
   for (std::size_t p = 0; p < layout.probes.size(); ++p) {
     const auto stored = read_raw(file.string(), "/acts/" + layout.probes[p].name);
     const std::size_t bytes = row_bytes(layout, p);
@@ -65,7 +67,8 @@ void check_file(const fs::path& file, const FileLayout& layout, bool all_done) {
   expect(report.ok(), "verify: " + report.to_text());
   const FileStatus status = read_status(file);
   std::int64_t expected_done = 0;
-  for (std::size_t b = 0; b < layout.batch_start.size(); ++b) expected_done += (all_done || first_phase(b)) ? 1 : 0;
+  for (std::size_t b = 0; b < layout.batch_start.size(); ++b)
+    expected_done += (all_done || first_phase(b)) ? 1 : 0;
   expect(status.batches_done == expected_done, "status batches done");
   expect(report.batches_checked == expected_done, "verify checked every done batch");
 }
@@ -82,7 +85,8 @@ void run(const fs::path& dir) {
     if (rank == 0) {
       expect(check_existing(file, layout.job_hash) == Existing::absent, "file absent before create");
       create_output_file(file, layout);
-      append_run_record(file, RunRecord{"2025-01-31T12:00:00Z", size, "localhost", "", 0, "0.1.0", "running"});
+      append_run_record(file,
+                        RunRecord{"2025-01-31T12:00:00Z", size, "localhost", "", 0, "0.1.0", "running"});
       try {
         (void)OutputLock::acquire_exclusive(file, std::chrono::milliseconds(100));
         expect(false, "a second run got the lock");
@@ -100,9 +104,10 @@ void run(const fs::path& dir) {
       expect(flags[b] == (first_phase(b) ? 1 : 0), "flag seen by every rank, batch " + std::to_string(b));
     if (rank == 0 && std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") == 0) {
       // A separate serial reader (h5py) sees the flags while every rank still has the file open.
-      const std::string command = "/usr/bin/python3 -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
-                                  "sys.exit(0 if int(f['batches/done'][:].sum())==" +
-                                  std::to_string(flags.size() - batches / 5) + " else 1)\" " + file.string();
+      const std::string command =
+          "/usr/bin/python3 -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+          "sys.exit(0 if int(f['batches/done'][:].sum())==" +
+          std::to_string(flags.size() - batches / 5) + " else 1)\" " + file.string();
       expect(std::system(command.c_str()) == 0, "h5py reads the live file's flags");
     }
     output.close();
@@ -117,7 +122,8 @@ void run(const fs::path& dir) {
   // Resume: the same job, ranks taking the missing batches in reverse order.
   {
     OutputLock lock = OutputLock::acquire(file, MPI_COMM_WORLD);
-    if (rank == 0) expect(check_existing(file, layout.job_hash) == Existing::same_job, "resume sees the same job");
+    if (rank == 0)
+      expect(check_existing(file, layout.job_hash) == Existing::same_job, "resume sees the same job");
     MPI_Barrier(MPI_COMM_WORLD);
     ParallelOutput output = ParallelOutput::open(file, MPI_COMM_WORLD);
     const auto flags = output.read_done_flags();

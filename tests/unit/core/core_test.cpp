@@ -23,9 +23,7 @@ TEST(Hash, Sha256OfFileEqualsSha256OfItsBytes) {
   std::filesystem::remove(path);
 }
 
-TEST(Hash, Xxh3OfEmptyInputIsTheReferenceValue) {
-  EXPECT_EQ(xxh3_64({}), 0x2D06800538D394C2ULL);
-}
+TEST(Hash, Xxh3OfEmptyInputIsTheReferenceValue) { EXPECT_EQ(xxh3_64({}), 0x2D06800538D394C2ULL); }
 
 TEST(Files, MissingFileIsAnInputErrorNamingThePath) {
   try {

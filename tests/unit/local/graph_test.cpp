@@ -1,9 +1,10 @@
+#include "ndif_sweep/local/graph.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/local/graph.hpp"
 #include "request_builder.hpp"
 
 namespace ndif::local {
@@ -19,7 +20,8 @@ const std::vector<std::vector<std::int64_t>> kPrompts = {{5, 6, 7}, {1, 2, 3, 4,
 std::pair<std::int64_t, torchsave::Tensor> only_saved(const torchsave::Value& result) {
   const auto& dict = std::get<torchsave::Dict>(result.v);
   EXPECT_EQ(dict.items.size(), 1U);
-  return {std::get<std::int64_t>(dict.items.at(0).first.v), std::get<torchsave::Tensor>(dict.items.at(0).second.v)};
+  return {std::get<std::int64_t>(dict.items.at(0).first.v),
+          std::get<torchsave::Tensor>(dict.items.at(0).second.v)};
 }
 
 std::vector<std::uint16_t> bits16(const torchsave::Tensor& tensor) {
@@ -55,7 +57,8 @@ TEST(Graph, SweepRequestReturnsPaddingAdjustedHalfValues) {
     for (const int layer : layers) {
       for (const auto p : positions) {
         for (int j = 0; j < 8; ++j) {
-          EXPECT_EQ(bits[n++], float_to_half_bits(expected(prompt, "model.layers." + std::to_string(layer), p, j)));
+          EXPECT_EQ(bits[n++],
+                    float_to_half_bits(expected(prompt, "model.layers." + std::to_string(layer), p, j)));
         }
       }
     }
@@ -122,7 +125,7 @@ TEST(Graph, StackAndCatPlaceTheNewDimension) {
   RequestBuilder b;
   auto x0 = b.getitem(b.module("model.embed_tokens", 0), 0);  // (5, 8)
   auto x1 = b.getitem(b.module("model.embed_tokens", 1), 0);
-  b.save(b.stack({x0, x1}, -1));  // (5, 8, 2)
+  b.save(b.stack({x0, x1}, -1));                                                             // (5, 8, 2)
   b.save(b.node("torch.cat", json::array({RequestBuilder::list({x0, x1})}), {{"dim", 0}}));  // (10, 8)
   const auto result = run_request(parse_request(b.finish(kPrompts)), kModel);
   const auto& dict = std::get<torchsave::Dict>(result.v);
@@ -134,17 +137,21 @@ TEST(Graph, StackAndCatPlaceTheNewDimension) {
   EXPECT_EQ(stacked.dtype(), DType::bfloat16);
   const auto s = bits16(stacked);
   // element [4, 3, 1]: invoke 1, position 4 (no padding), hidden 3
-  EXPECT_EQ(s[(4 * 8 + 3) * 2 + 1], float_to_bfloat16_bits(expected(kPrompts[1], "model.embed_tokens", 4, 3)));
+  EXPECT_EQ(s[(4 * 8 + 3) * 2 + 1],
+            float_to_bfloat16_bits(expected(kPrompts[1], "model.embed_tokens", 4, 3)));
   // element [4, 3, 0]: invoke 0 is padded by 2, so position 4 is its token 2
-  EXPECT_EQ(s[(4 * 8 + 3) * 2 + 0], float_to_bfloat16_bits(expected(kPrompts[0], "model.embed_tokens", 2, 3)));
+  EXPECT_EQ(s[(4 * 8 + 3) * 2 + 0],
+            float_to_bfloat16_bits(expected(kPrompts[0], "model.embed_tokens", 2, 3)));
   const auto c = bits16(joined);
   EXPECT_EQ(c[(5 + 4) * 8 + 3], s[(4 * 8 + 3) * 2 + 1]);
 }
 
 /// The InvalidRequest message of running a graph with one module access and a getitem key.
-std::string run_error(const std::string& path, const json& key = 0, const std::string& function = "_operator.getitem") {
+std::string run_error(const std::string& path, const json& key = 0,
+                      const std::string& function = "_operator.getitem") {
   RequestBuilder b;
-  auto out = b.node("nnsight.intervention.protocols.intervention.InterventionProtocol", json::array({path, 0, 0}));
+  auto out =
+      b.node("nnsight.intervention.protocols.intervention.InterventionProtocol", json::array({path, 0, 0}));
   b.save(b.node(function, json::array({out, key})));
   try {
     (void)run_request(parse_request(b.finish(kPrompts)), kModel);
@@ -155,15 +162,21 @@ std::string run_error(const std::string& path, const json& key = 0, const std::s
 }
 
 TEST(Graph, RequestsThatCannotRunSayWhyWithTheInvalidRequestPrefix) {
-  EXPECT_EQ(run_error(".model.layerz.3.output").rfind("InvalidRequest: unknown module path \"model.layerz.3\"", 0), 0U);
-  EXPECT_NE(run_error(".model.layers.4.output").find("unknown module path \"model.layers.4\""), std::string::npos);
+  EXPECT_EQ(
+      run_error(".model.layerz.3.output").rfind("InvalidRequest: unknown module path \"model.layerz.3\"", 0),
+      0U);
+  EXPECT_NE(run_error(".model.layers.4.output").find("unknown module path \"model.layers.4\""),
+            std::string::npos);
   EXPECT_NE(run_error(".model.layers.1.input").find("module inputs are not supported"), std::string::npos);
   EXPECT_NE(run_error(".model.layers.1.output", 1).find("tuple index 1 out of range"), std::string::npos);
-  EXPECT_NE(run_error(".model.layers.1.mlp.output", RequestBuilder::tuple({0, 9})).find("index 9 is out of range for dimension 1 of size 5"),
+  EXPECT_NE(run_error(".model.layers.1.mlp.output", RequestBuilder::tuple({0, 9}))
+                .find("index 9 is out of range for dimension 1 of size 5"),
             std::string::npos);
-  EXPECT_NE(run_error(".model.norm.output", 0, "torch.frobnicate").find("unknown function \"torch.frobnicate\""),
-            std::string::npos);
-  for (const auto& message : {run_error(".model.layers.4.output"), run_error(".model.norm.output", 0, "x.y")}) {
+  EXPECT_NE(
+      run_error(".model.norm.output", 0, "torch.frobnicate").find("unknown function \"torch.frobnicate\""),
+      std::string::npos);
+  for (const auto& message :
+       {run_error(".model.layers.4.output"), run_error(".model.norm.output", 0, "x.y")}) {
     EXPECT_EQ(message.rfind(kInvalidRequestPrefix, 0), 0U) << message;
   }
 }
@@ -178,15 +191,18 @@ TEST(Graph, StackOfDifferentShapesIsInvalid) {
     (void)run_request(parse_request(b.finish(kPrompts)), kModel);
     FAIL() << "stack of (2, 8) and (3, 8) ran";
   } catch (const InputError& e) {
-    EXPECT_STREQ(e.what(), "InvalidRequest: torch.stack: tensor 1 has shape (3, 8) but tensor 0 has shape (2, 8)");
+    EXPECT_STREQ(e.what(),
+                 "InvalidRequest: torch.stack: tensor 1 has shape (3, 8) but tensor 0 has shape (2, 8)");
   }
 }
 
 TEST(Graph, ParseRejectsBodiesWithoutTheG2Shape) {
   EXPECT_THROW((void)parse_request(json::array()), InputError);
-  EXPECT_THROW((void)parse_request(json{{"graph", {{"type_name", "GRAPH"}, {"nodes", json::array()}}}}), InputError);
-  EXPECT_THROW((void)parse_request(json{{"graph", {{"type_name", "REFERENCE"}, {"id", 3}}}, {"memo", json::object()}}),
+  EXPECT_THROW((void)parse_request(json{{"graph", {{"type_name", "GRAPH"}, {"nodes", json::array()}}}}),
                InputError);
+  EXPECT_THROW(
+      (void)parse_request(json{{"graph", {{"type_name", "REFERENCE"}, {"id", 3}}}, {"memo", json::object()}}),
+      InputError);
   EXPECT_THROW((void)parse_request(json{{"graph", {{"type_name", "GRAPH"}, {"nodes", json::array({1})}}},
                                         {"memo", json::object()}}),
                InputError);

@@ -3,15 +3,14 @@
 // every node memoized and referenced by id, the InterleavingTracer last.
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace ndif::local::testing {
 
 class RequestBuilder {
-public:
+ public:
   using json = nlohmann::json;
 
   /// Memoizes `value` and returns a REFERENCE to it.
@@ -86,7 +85,7 @@ public:
     return {{"graph", {{"type_name", "GRAPH"}, {"nodes", nodes_}}}, {"memo", memo_}};
   }
 
-private:
+ private:
   json memo_ = json::object();
   json nodes_ = json::array();
   int next_id_ = 140000000;

@@ -1,5 +1,6 @@
-#include <gtest/gtest.h>
+#include "ndif_sweep/local/server.hpp"
 
+#include <gtest/gtest.h>
 #include <httplib.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -9,7 +10,6 @@
 #include <thread>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/local/server.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
 #include "request_builder.hpp"
 
@@ -25,8 +25,8 @@ const std::vector<std::int64_t> kPositions = {0, 0};  // the one-token prompt al
 std::string zlib_compress(const std::string& text) {
   uLongf size = compressBound(text.size());
   std::string out(size, '\0');
-  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
-                      text.size(), 6),
+  EXPECT_EQ(compress2(reinterpret_cast<Bytef*>(out.data()), &size,
+                      reinterpret_cast<const Bytef*>(text.data()), text.size(), 6),
             Z_OK);
   out.resize(size);
   return out;
@@ -52,7 +52,7 @@ ServerOptions options_with(std::optional<FaultKind> fault = std::nullopt) {
 }
 
 class Server : public ::testing::Test {
-protected:
+ protected:
   void start(ServerOptions options) {
     server_ = std::make_unique<LocalServer>(std::move(options));
     const int port = server_->start();
@@ -162,8 +162,12 @@ httplib::MultipartFormDataItems g4_items(bool with_blob = true, bool compress = 
   auto [graph, saved] = testing::sweep_request(kPrompts, kLayers, kPositions, "half");
   graph["saved"] = {{std::to_string(saved), "ndif_sweep_acts"}};
   httplib::MultipartFormDataItems items{
-      {"data", json{{"model_key", "k"}, {"session_id", ""}, {"compress", compress}, {"env", json::object()}}.dump(), "", ""}};
-  if (with_blob) items.push_back({"blob", compress ? zstd_bytes(graph.dump()) : graph.dump(), "request", "application/octet-stream"});
+      {"data",
+       json{{"model_key", "k"}, {"session_id", ""}, {"compress", compress}, {"env", json::object()}}.dump(),
+       "", ""}};
+  if (with_blob)
+    items.push_back(
+        {"blob", compress ? zstd_bytes(graph.dump()) : graph.dump(), "request", "application/octet-stream"});
   return items;
 }
 
@@ -201,12 +205,14 @@ TEST_F(Server, G4JobIsStoredAfterA404AndCompletesWithAnExpiringUrlToAResultKeyed
   ASSERT_EQ(std::memcmp(result->body.data(), "\x28\xb5\x2f\xfd", 4), 0);  // zstd, as the envelope asked
   std::string file(ZSTD_getFrameContentSize(result->body.data(), result->body.size()), '\0');
   file.resize(ZSTD_decompress(file.data(), file.size(), result->body.data(), result->body.size()));
-  const auto loaded = torchsave::load(std::vector<std::byte>(reinterpret_cast<const std::byte*>(file.data()),
-                                                             reinterpret_cast<const std::byte*>(file.data()) + file.size()));
+  const auto loaded =
+      torchsave::load(std::vector<std::byte>(reinterpret_cast<const std::byte*>(file.data()),
+                                             reinterpret_cast<const std::byte*>(file.data()) + file.size()));
   const auto& top = std::get<torchsave::Dict>(loaded.v);
   ASSERT_EQ(top.items.size(), 1U);
   EXPECT_EQ(std::get<std::string>(top.items[0].first.v), "ndif_sweep_acts");
-  expect_sweep_tensor(std::get<torchsave::Tensor>(top.items[0].second.v), SyntheticModel(options_with().model));
+  expect_sweep_tensor(std::get<torchsave::Tensor>(top.items[0].second.v),
+                      SyntheticModel(options_with().model));
 
   const auto stats = json::parse(client_->Get("/stats")->body);
   EXPECT_EQ(stats["submitted"], 1);
@@ -216,7 +222,8 @@ TEST_F(Server, G4JobIsStoredAfterA404AndCompletesWithAnExpiringUrlToAResultKeyed
 
 TEST_F(Server, G4IngressChecksTheEnvelopeThenTheKeyThenTheBlob) {
   start(options_with());
-  const auto no_data = client_->Post("/request", g4_headers(), httplib::MultipartFormDataItems{{"blob", "x", "request", ""}});
+  const auto no_data =
+      client_->Post("/request", g4_headers(), httplib::MultipartFormDataItems{{"blob", "x", "request", ""}});
   ASSERT_TRUE(no_data);
   EXPECT_EQ(no_data->status, 422);
   const auto bad_key = client_->Post("/request", g4_headers("wrong"), g4_items(false));
@@ -266,7 +273,8 @@ TEST_F(Server, IngressRejectsMissingKeysOldClientsAndBadBodies) {
     const auto res = submit(request, headers(key));
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 401);
-    EXPECT_EQ(json::parse(res->body)["detail"].get<std::string>().rfind("Missing or invalid API key.", 0), 0U);
+    EXPECT_EQ(json::parse(res->body)["detail"].get<std::string>().rfind("Missing or invalid API key.", 0),
+              0U);
   }
   auto old = headers();
   old.erase("nnsight-version");
@@ -293,7 +301,9 @@ TEST_F(Server, UnknownModuleEndsInAnInvalidRequestError) {
   ASSERT_EQ(res->status, 200);
   const auto done = wait(json::parse(res->body)["id"].get<std::string>());
   EXPECT_EQ(done["status"], "ERROR");
-  EXPECT_EQ(done["description"].get<std::string>().rfind("InvalidRequest: unknown module path \"model.layerz.3\"", 0), 0U);
+  EXPECT_EQ(done["description"].get<std::string>().rfind(
+                "InvalidRequest: unknown module path \"model.layerz.3\"", 0),
+            0U);
 }
 
 TEST_F(Server, UrlDeliveryAndZstdResults) {

@@ -1,19 +1,17 @@
+#include "ndif_sweep/local/synthetic_model.hpp"
+
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "ndif_sweep/local/synthetic_model.hpp"
-
 namespace ndif::local {
 namespace {
-
 
 const std::vector<std::int64_t> kTokens = {128000, 791, 8415};
 
@@ -57,14 +55,14 @@ TEST(SyntheticModel, ValuesMatchConstantsFromTheNumpyImplementation) {
 }
 
 TEST(SyntheticModel, HalfConversionRoundsToNearestEvenWithSubnormals) {
-  EXPECT_EQ(float_to_half_bits(0x1p-24F), 0x0001U);          // smallest subnormal
-  EXPECT_EQ(float_to_half_bits(0x1p-25F), 0x0000U);          // tie to even: zero
-  EXPECT_EQ(float_to_half_bits(0x1.8p-25F), 0x0001U);        // above the tie
-  EXPECT_EQ(float_to_half_bits(0x3p-25F), 0x0002U);          // 1.5 units: tie to even 2
-  EXPECT_EQ(float_to_half_bits(-0x1p-23F), 0x8002U);         // -2^-23, the value next to -0
-  EXPECT_EQ(float_to_half_bits(0x1.ffcp-15F), 0x0400U);      // rounds up into the first normal
-  EXPECT_EQ(float_to_half_bits(1.0F + 0x1p-11F), 0x3C00U);   // tie to even, down
-  EXPECT_EQ(float_to_half_bits(1.0F + 0x3p-11F), 0x3C02U);   // tie to even, up
+  EXPECT_EQ(float_to_half_bits(0x1p-24F), 0x0001U);         // smallest subnormal
+  EXPECT_EQ(float_to_half_bits(0x1p-25F), 0x0000U);         // tie to even: zero
+  EXPECT_EQ(float_to_half_bits(0x1.8p-25F), 0x0001U);       // above the tie
+  EXPECT_EQ(float_to_half_bits(0x3p-25F), 0x0002U);         // 1.5 units: tie to even 2
+  EXPECT_EQ(float_to_half_bits(-0x1p-23F), 0x8002U);        // -2^-23, the value next to -0
+  EXPECT_EQ(float_to_half_bits(0x1.ffcp-15F), 0x0400U);     // rounds up into the first normal
+  EXPECT_EQ(float_to_half_bits(1.0F + 0x1p-11F), 0x3C00U);  // tie to even, down
+  EXPECT_EQ(float_to_half_bits(1.0F + 0x3p-11F), 0x3C02U);  // tie to even, up
   EXPECT_EQ(float_to_half_bits(65504.0F), 0x7BFFU);
   EXPECT_EQ(float_to_half_bits(65520.0F), 0x7C00U);
   EXPECT_EQ(half_bits_to_float(0x0001U), 0x1p-24F);
@@ -101,8 +99,8 @@ std::vector<std::vector<std::vector<std::uint32_t>>> run_python(const nlohmann::
       out << query.dump() << '\n';
     }
   }
-  const std::string command = "/usr/bin/python3 " NDIF_SOURCE_DIR "/tests/tools/synthetic_model.py < " +
-                              in.string();
+  const std::string command =
+      "/usr/bin/python3 " NDIF_SOURCE_DIR "/tests/tools/synthetic_model.py < " + in.string();
   FILE* pipe = ::popen(command.c_str(), "r");
   EXPECT_NE(pipe, nullptr);
   std::string output;
@@ -134,8 +132,12 @@ TEST(SyntheticModel, AgreesBitForBitWithTheNumpyImplementation) {
   for (const auto& [module, seed] : cases) {
     for (const auto& held : dtypes) {
       for (const auto& target : dtypes) {
-        queries.push_back({{"tokens", long_prompt}, {"module", module}, {"seed", seed}, {"hidden", 64},
-                           {"model_dtype", held}, {"target_dtype", target}});
+        queries.push_back({{"tokens", long_prompt},
+                           {"module", module},
+                           {"seed", seed},
+                           {"hidden", 64},
+                           {"model_dtype", held},
+                           {"target_dtype", target}});
       }
     }
   }
@@ -155,7 +157,7 @@ TEST(SyntheticModel, AgreesBitForBitWithTheNumpyImplementation) {
     for (std::size_t i = 0; i < states.size(); ++i) {
       for (std::uint64_t j = 0; j < 64; ++j) {
         const float held = model.value(states[i], code, j);
-        const std::uint32_t bits = target == DType::float32  ? std::bit_cast<std::uint32_t>(held)
+        const std::uint32_t bits = target == DType::float32   ? std::bit_cast<std::uint32_t>(held)
                                    : target == DType::float16 ? float_to_half_bits(held)
                                                               : float_to_bfloat16_bits(held);
         ASSERT_EQ(bits, expected[q][i][j]) << query.dump() << " i=" << i << " j=" << j;

@@ -4,10 +4,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/plan/batch_plan.hpp"
@@ -41,7 +40,9 @@ std::string utf8(std::uint32_t code_point) {
 // The byte-to-character table of byte-level BPE: printable bytes stand for themselves, the
 // others are numbered from U+0100 in byte order.
 std::string byte_char(int byte) {
-  const auto printable = [](int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); };
+  const auto printable = [](int b) {
+    return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+  };
   if (printable(byte)) return utf8(static_cast<std::uint32_t>(byte));
   std::uint32_t shifted = 256;
   for (int b = 0; b < byte; ++b) shifted += printable(b) ? 0 : 1;
@@ -66,14 +67,23 @@ tokenizer::Tokenizer tiny_tokenizer() {
       {"truncation", nullptr},
       {"padding", nullptr},
       {"added_tokens",
-       {{{"id", kBos}, {"content", "<s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-         {"normalized", false}, {"special", true}}}},
+       {{{"id", kBos},
+         {"content", "<s>"},
+         {"single_word", false},
+         {"lstrip", false},
+         {"rstrip", false},
+         {"normalized", false},
+         {"special", true}}}},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
       {"post_processor",
        {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"single",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {kBos}}, {"tokens", {"<s>"}}}}}}}},
       {"decoder", nullptr},
       {"model",
@@ -105,7 +115,8 @@ spec::PositionSpec span(const std::string& text, std::int64_t occurrence, bool l
   return position;
 }
 
-spec::PromptRecord record(std::size_t line, const std::string& text, std::vector<spec::PositionSpec> positions) {
+spec::PromptRecord record(std::size_t line, const std::string& text,
+                          std::vector<spec::PositionSpec> positions) {
   spec::PromptRecord result;
   result.line = line;
   result.text = text;
@@ -113,7 +124,8 @@ spec::PromptRecord record(std::size_t line, const std::string& text, std::vector
   return result;
 }
 
-std::vector<EncodedPrompt> encode(const std::vector<spec::PromptRecord>& prompts, bool add_special_tokens = true) {
+std::vector<EncodedPrompt> encode(const std::vector<spec::PromptRecord>& prompts,
+                                  bool add_special_tokens = true) {
   static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
   return encode_prompts(prompts, tokenizer, add_special_tokens, "p.jsonl");
 }
@@ -132,7 +144,8 @@ std::string encode_error(const std::vector<spec::PromptRecord>& prompts) {
 TEST(EncodePrompts, TheTinyTokenizerGivesTheExpectedIds) {
   const auto encoded = encode({record(1, "The cat sat", {index(0)})});
   EXPECT_THAT(encoded[0].ids, ElementsAre(kBos, 260, 258, 32, 115, 257));
-  EXPECT_THAT(encode({record(1, "The cat sat", {index(0)})}, false)[0].ids, ElementsAre(260, 258, 32, 115, 257));
+  EXPECT_THAT(encode({record(1, "The cat sat", {index(0)})}, false)[0].ids,
+              ElementsAre(260, 258, 32, 115, 257));
 }
 
 TEST(EncodePrompts, IndicesCountFromTheEndWhenNegative) {
@@ -148,21 +161,24 @@ TEST(EncodePrompts, OutOfRangePositionNamesTheLine) {
 }
 
 TEST(EncodePrompts, SpanTakesTheFirstOrLastTokenOfTheOccurrence) {
-  const auto encoded = encode({record(1, "The cat sat",
-                                      {span("cat", -1, true), span("cat", -1, false), span("sat", -1, false),
-                                       span("sat", -1, true), span(" sat", 0, false), span("The c", 0, true)})});
+  const auto encoded =
+      encode({record(1, "The cat sat",
+                     {span("cat", -1, true), span("cat", -1, false), span("sat", -1, false),
+                      span("sat", -1, true), span(" sat", 0, false), span("The c", 0, true)})});
   EXPECT_THAT(encoded[0].positions, ElementsAre(2, 2, 4, 5, 3, 2));
 }
 
 TEST(EncodePrompts, SpanOccurrencesCountFromEitherEnd) {
-  const auto encoded =
-      encode({record(1, "The cat sat", {span("at", 0, true), span("at", 1, true), span("at", -1, true), span("at", -2, true)})});
+  const auto encoded = encode(
+      {record(1, "The cat sat",
+              {span("at", 0, true), span("at", 1, true), span("at", -1, true), span("at", -2, true)})});
   EXPECT_THAT(encoded[0].positions, ElementsAre(2, 5, 5, 2));
 }
 
 TEST(EncodePrompts, SpanOffsetsCountCodePointsNotBytes) {
   // "é" is two bytes and one code point; each byte is its own token with the offsets of the character.
-  const auto encoded = encode({record(1, "\xC3\xA9 cat", {span("cat", 0, true), span("\xC3\xA9", 0, false)})});
+  const auto encoded =
+      encode({record(1, "\xC3\xA9 cat", {span("cat", 0, true), span("\xC3\xA9", 0, false)})});
   ASSERT_EQ(encoded[0].ids.size(), 4U);
   EXPECT_EQ(encoded[0].ids[3], 258);
   EXPECT_THAT(encoded[0].positions, ElementsAre(3, 1));
@@ -171,17 +187,20 @@ TEST(EncodePrompts, SpanOffsetsCountCodePointsNotBytes) {
 TEST(EncodePrompts, MissingSpanOrOccurrenceNamesTheLine) {
   EXPECT_EQ(encode_error({record(4, "The cat sat", {span("dog", -1, true)})}),
             "p.jsonl:4: span \"dog\" does not occur in the prompt");
-  EXPECT_EQ(encode_error({record(5, "The cat sat", {span("at", 2, true)})}),
-            "p.jsonl:5: span \"at\" occurs 2 times, so occurrence 2 does not exist (0 is the first, -1 the last)");
-  EXPECT_EQ(encode_error({record(6, "The cat sat", {span("cat", -2, true)})}),
-            "p.jsonl:6: span \"cat\" occurs 1 time, so occurrence -2 does not exist (0 is the first, -1 the last)");
+  EXPECT_EQ(
+      encode_error({record(5, "The cat sat", {span("at", 2, true)})}),
+      "p.jsonl:5: span \"at\" occurs 2 times, so occurrence 2 does not exist (0 is the first, -1 the last)");
+  EXPECT_EQ(
+      encode_error({record(6, "The cat sat", {span("cat", -2, true)})}),
+      "p.jsonl:6: span \"cat\" occurs 1 time, so occurrence -2 does not exist (0 is the first, -1 the last)");
 }
 
 TEST(EncodePrompts, EveryPromptMustHaveTheSamePositionCount) {
-  EXPECT_EQ(encode_error({record(1, "The", {index(0), index(-1)}), record(2, "cat", {index(0), index(-1)}),
-                          record(3, "sat", {index(-1)})}),
-            "p.jsonl:3: this prompt has 1 positions but line 1 has 2; every prompt must resolve to the same number "
-            "of positions P = 2");
+  EXPECT_EQ(
+      encode_error({record(1, "The", {index(0), index(-1)}), record(2, "cat", {index(0), index(-1)}),
+                    record(3, "sat", {index(-1)})}),
+      "p.jsonl:3: this prompt has 1 positions but line 1 has 2; every prompt must resolve to the same number "
+      "of positions P = 2");
 }
 
 TEST(EncodePrompts, NoPromptsGiveNothing) { EXPECT_TRUE(encode({}).empty()); }
@@ -250,11 +269,15 @@ TEST(BatchPlan, CutByTargetBytesInDecimalMegabytes) {
 }
 
 TEST(BatchPlan, TheTightestLimitWins) {
-  const RowShape shape{.total_layers = 1, .positions = 1, .hidden = 500, .dtype_bytes = 2};  // 1000 bytes a row
+  const RowShape shape{
+      .total_layers = 1, .positions = 1, .hidden = 500, .dtype_bytes = 2};  // 1000 bytes a row
   const std::vector<std::int32_t> lengths{8, 8, 8, 8, 8, 8, 8, 8};
-  EXPECT_THAT(make_batch_plan(lengths, options(0.003, 5, 48, true), shape).count, ElementsAre(3, 3, 2));  // bytes
-  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 2, 48, true), shape).count, ElementsAre(2, 2, 2, 2));  // count
-  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 8, 40, true), shape).count, ElementsAre(5, 3));  // tokens
+  EXPECT_THAT(make_batch_plan(lengths, options(0.003, 5, 48, true), shape).count,
+              ElementsAre(3, 3, 2));  // bytes
+  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 2, 48, true), shape).count,
+              ElementsAre(2, 2, 2, 2));  // count
+  EXPECT_THAT(make_batch_plan(lengths, options(0.01, 8, 40, true), shape).count,
+              ElementsAre(5, 3));  // tokens
 }
 
 TEST(BatchPlan, DependsOnlyOnItsInputs) {
@@ -283,9 +306,10 @@ TEST(BatchPlan, PromptLongerThanMaxTokensNamesItsLine) {
     (void)make_batch_plan({10, 40000}, options(32, 256, 32768, true), kSmallRows);
     FAIL() << "no error";
   } catch (const InputError& error) {
-    EXPECT_STREQ(error.what(),
-                 "prompt row 1 (line 2 of the prompts file) has 40000 tokens, more than \"batch.max_tokens\" (32768); "
-                 "raise batch.max_tokens or shorten the prompt");
+    EXPECT_STREQ(
+        error.what(),
+        "prompt row 1 (line 2 of the prompts file) has 40000 tokens, more than \"batch.max_tokens\" (32768); "
+        "raise batch.max_tokens or shorten the prompt");
   }
   EXPECT_THROW((void)make_batch_plan({3, 0}, options(32, 256, 32768, true), kSmallRows), InputError);
 }
@@ -307,8 +331,10 @@ TEST(PlanSummary, NumbersComputedByHand) {
 
 TEST(PlanSummary, SortingSavesPaddedTokens) {
   const std::vector<std::int32_t> lengths{1, 300, 2, 299, 3, 298};
-  const auto sorted = summarize(make_batch_plan(lengths, options(32, 2, 32768, true), kSmallRows), lengths, kSmallRows);
-  const auto unsorted = summarize(make_batch_plan(lengths, options(32, 2, 32768, false), kSmallRows), lengths, kSmallRows);
+  const auto sorted =
+      summarize(make_batch_plan(lengths, options(32, 2, 32768, true), kSmallRows), lengths, kSmallRows);
+  const auto unsorted =
+      summarize(make_batch_plan(lengths, options(32, 2, 32768, false), kSmallRows), lengths, kSmallRows);
   EXPECT_EQ(sorted.padded_tokens, 2 * 300 + 2 * 298 + 2 * 2);
   EXPECT_EQ(unsorted.padded_tokens, 2 * 300 + 2 * 299 + 2 * 298);
 }
@@ -317,10 +343,12 @@ TEST(PlanSummary, SortingSavesPaddedTokens) {
 // than 300 tokens, and it cuts into tens of batches. Needs the Llama-3.1 tokenizer that
 // scripts/fetch-tokenizers.sh puts in data/tokenizers.
 TEST(DemoJob, ResolvesAndCutsIntoTensOfBatches) {
-  const spec::JobSpec job = spec::parse_job_spec(std::filesystem::path(NDIF_SOURCE_DIR) / "jobs" / "demo.json");
+  const spec::JobSpec job =
+      spec::parse_job_spec(std::filesystem::path(NDIF_SOURCE_DIR) / "jobs" / "demo.json");
   const auto prompts = spec::read_prompts(job.prompts, job.positions);
   ASSERT_EQ(prompts.size(), 2000U);
-  if (!std::filesystem::exists(job.tokenizer)) GTEST_SKIP() << "run scripts/fetch-tokenizers.sh for " << job.tokenizer;
+  if (!std::filesystem::exists(job.tokenizer))
+    GTEST_SKIP() << "run scripts/fetch-tokenizers.sh for " << job.tokenizer;
   const auto tokenizer = tokenizer::Tokenizer::from_file(job.tokenizer);
   const auto encoded = encode_prompts(prompts, tokenizer, job.add_special_tokens, job.prompts);
   std::vector<std::int32_t> lengths;
@@ -334,14 +362,16 @@ TEST(DemoJob, ResolvesAndCutsIntoTensOfBatches) {
 
   std::int64_t total_layers = 0;
   for (const spec::Probe& probe : job.probes) total_layers += static_cast<std::int64_t>(probe.layers.size());
-  const RowShape shape{total_layers, 2, job.effective_model_config()->hidden_size, spec::dtype_bytes(job.dtype)};
+  const RowShape shape{total_layers, 2, job.effective_model_config()->hidden_size,
+                       spec::dtype_bytes(job.dtype)};
   EXPECT_EQ(shape.row_bytes(), 35 * 2 * 64 * 2);
   const PlanSummary summary = summarize(make_batch_plan(lengths, job.batch, shape), lengths, shape);
   EXPECT_GE(summary.batches, 10);
   EXPECT_LT(summary.batches, 100);
   EXPECT_LE(summary.max_batch_bytes, static_cast<std::int64_t>(job.batch.target_mb * 1e6));
-  std::cout << "demo: " << summary.prompts << " prompts, " << summary.tokens << " tokens, " << summary.padded_tokens
-            << " padded tokens, " << summary.batches << " batches, " << summary.download_bytes << " bytes\n";
+  std::cout << "demo: " << summary.prompts << " prompts, " << summary.tokens << " tokens, "
+            << summary.padded_tokens << " padded tokens, " << summary.batches << " batches, "
+            << summary.download_bytes << " bytes\n";
 }
 
 }  // namespace

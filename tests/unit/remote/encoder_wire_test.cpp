@@ -21,7 +21,7 @@ TEST(EncoderWire, AFrameIsMagicLengthsJsonAndAttachment) {
   ASSERT_EQ(f.size(), kHeaderBytes + json.size() + 4);
   EXPECT_EQ(std::memcmp(f.data(), "NSE1", 4), 0);
   EXPECT_EQ(static_cast<int>(f[4]), static_cast<int>(json.size()));  // little-endian u32
-  EXPECT_EQ(static_cast<int>(f[8]), 4);                               // little-endian u64
+  EXPECT_EQ(static_cast<int>(f[8]), 4);                              // little-endian u64
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(f.data() + kHeaderBytes), json.size()), json);
   EXPECT_THROW(static_cast<void>(frame(nlohmann::json::array())), InternalError);
 }
@@ -55,7 +55,8 @@ TEST(EncoderWire, GarbageOverLimitAndNonObjectFramesAreDecodeErrors) {
   over.feed(huge);
   EXPECT_THROW(static_cast<void>(over.next()), DecodeError);
 
-  std::vector<std::byte> array_frame = bytes_of(std::string("NSE1") + std::string("\x02\0\0\0", 4) + std::string(8, '\0') + "[]");
+  std::vector<std::byte> array_frame =
+      bytes_of(std::string("NSE1") + std::string("\x02\0\0\0", 4) + std::string(8, '\0') + "[]");
   FrameReader not_object;
   not_object.feed(array_frame);
   EXPECT_THROW(static_cast<void>(not_object.next()), DecodeError);
@@ -112,31 +113,43 @@ TEST(EncoderReplies, AnswersThatCannotBeSentAreEncoderFailures) {
   auto other_save = good_encode();
   other_save["save_name"] = "acts";
   for (const auto& body : {wrong_key, injected, bad_name, other_save}) {
-    EXPECT_THROW(static_cast<void>(encode_reply(answer(body), "key", one_prompt())), EncoderFailure) << body.dump();
+    EXPECT_THROW(static_cast<void>(encode_reply(answer(body), "key", one_prompt())), EncoderFailure)
+        << body.dump();
   }
-  EXPECT_THROW(static_cast<void>(encode_reply(answer(good_encode(), ""), "key", one_prompt())), EncoderFailure);
+  EXPECT_THROW(static_cast<void>(encode_reply(answer(good_encode(), ""), "key", one_prompt())),
+               EncoderFailure);
 }
 
 TEST(EncoderReplies, RefusalsTheUserFixesAreInputErrorsTheRestEncoderFailures) {
   for (const char* kind : {"no_nnsight", "bad_probe", "model_files"}) {
     EXPECT_THROW(check_reply({{"ok", false}, {"kind", kind}, {"message", "m"}}, "open"), InputError) << kind;
   }
-  EXPECT_THROW(check_reply({{"ok", false}, {"kind", "internal"}, {"message", "Traceback"}}, "encode"), EncoderFailure);
+  EXPECT_THROW(check_reply({{"ok", false}, {"kind", "internal"}, {"message", "Traceback"}}, "encode"),
+               EncoderFailure);
   EXPECT_THROW(check_reply({{"ok", "yes"}}, "encode"), EncoderFailure);
   EXPECT_THROW(check_reply(nlohmann::json::object(), "encode"), EncoderFailure);
 }
 
 TEST(EncoderReplies, HelloAndOpenAnswersAreReadAndChecked) {
-  const auto hello = hello_reply({{"ok", true}, {"protocol", kProtocol}, {"nnsight", "0.8.1"}, {"python", "3.11.7"},
-                                  {"executable", "/venv/bin/python"}, {"pid", 42}, {"packages", {{"torch", "2.13.0"}}}},
+  const auto hello = hello_reply({{"ok", true},
+                                  {"protocol", kProtocol},
+                                  {"nnsight", "0.8.1"},
+                                  {"python", "3.11.7"},
+                                  {"executable", "/venv/bin/python"},
+                                  {"pid", 42},
+                                  {"packages", {{"torch", "2.13.0"}}}},
                                  "/tmp/s");
   EXPECT_EQ(hello.nnsight_version, "0.8.1");
   EXPECT_EQ(hello.executable, "/venv/bin/python");
   EXPECT_EQ(hello.pid, 42);
   EXPECT_EQ(hello.packages["torch"], "2.13.0");
   EXPECT_THROW(static_cast<void>(hello_reply({{"ok", true}, {"protocol", 2}}, "/tmp/s")), InputError);
-  const auto model = open_reply({{"ok", true}, {"pad_token_id", 128001}, {"position_ids", true}, {"hidden_size", 64},
-                                 {"num_hidden_layers", 4}, {"vocab_size", 128256},
+  const auto model = open_reply({{"ok", true},
+                                 {"pad_token_id", 128001},
+                                 {"position_ids", true},
+                                 {"hidden_size", 64},
+                                 {"num_hidden_layers", 4},
+                                 {"vocab_size", 128256},
                                  {"read_order", {"model.layers.0", "model.layers.1"}}});
   EXPECT_EQ(model.pad_token_id, 128001);
   EXPECT_TRUE(model.position_ids);

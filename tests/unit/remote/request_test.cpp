@@ -5,7 +5,6 @@
 #include <zstd.h>
 
 #include <map>
-
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -229,8 +228,10 @@ TEST(RequestEncoder, G4FramingSendsTheNamedGraphAsAZstdBlobWithAnEnvelope) {
   GraphRequestEncoder encoder(spec::Protocol::g4);
   const auto encoded = encoder.encode(request);
   ASSERT_TRUE(encoded.multipart());
-  EXPECT_EQ(json::parse(encoded.envelope),
-            (json{{"model_key", request.model_key}, {"session_id", ""}, {"compress", true}, {"env", json::object()}}));
+  EXPECT_EQ(json::parse(encoded.envelope), (json{{"model_key", request.model_key},
+                                                 {"session_id", ""},
+                                                 {"compress", true},
+                                                 {"env", json::object()}}));
   const auto graph = json::parse(unzstd(encoded.body));
   EXPECT_EQ(graph, json::parse(encoder.graph_json(request)));
   // The converted batch (node 20) is the one the LockProtocol saves; G4 keys it by name.

@@ -87,9 +87,9 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   const std::uint16_t inf16 = 0x7C00, nan16 = 0xFE01;
   std::memcpy(f16.data() + 2 * 5, &inf16, 2);
   std::memcpy(f16.data() + 2 * 40, &nan16, 2);
-  EXPECT_EQ(decode_result(file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, f16))), expected_f16())
-                .nonfinite,
-            2);
+  EXPECT_EQ(
+      decode_result(file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, f16))), expected_f16()).nonfinite,
+      2);
 
   auto bf16 = pattern16(48);
   const std::uint16_t inf_bf = 0xFF80;  // -inf in bfloat16; 0x7C00 is an ordinary finite bfloat16
@@ -98,17 +98,15 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
   auto expected = expected_f16();
   expected.dtype = DType::bfloat16;
   EXPECT_EQ(
-      decode_result(file_of(g2_result(tensor(DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite,
-      1);
+      decode_result(file_of(g2_result(tensor(DType::bfloat16, {2, 3, 2, 4}, bf16))), expected).nonfinite, 1);
 
   std::vector<std::byte> f32(48 * 4, std::byte{0});
   const float values[] = {1.0f, std::numeric_limits<float>::quiet_NaN(),
                           std::numeric_limits<float>::infinity()};
   std::memcpy(f32.data(), values, sizeof values);
   expected.dtype = DType::float32;
-  EXPECT_EQ(
-      decode_result(file_of(g2_result(tensor(DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
-      2);
+  EXPECT_EQ(decode_result(file_of(g2_result(tensor(DType::float32, {2, 3, 2, 4}, f32))), expected).nonfinite,
+            2);
 }
 
 TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
@@ -178,8 +176,9 @@ TEST(ResultDecoder, AG4ResultWithoutTheVariableNamesWhatItHolds) {
             "result variable \"ndif_sweep_acts\" is a str, expected a tensor");
   std::vector<std::pair<std::string, ts::Value>> wrong_shape;
   wrong_shape.emplace_back(kSaveName, tensor(DType::float16, {2, 3, 2, 2}, pattern16(24)));
-  EXPECT_NE(decode_message(file_of(g4_result(std::move(wrong_shape))), expected).find("expected (2, 3, 2, 4)"),
-            std::string::npos);
+  EXPECT_NE(
+      decode_message(file_of(g4_result(std::move(wrong_shape))), expected).find("expected (2, 3, 2, 4)"),
+      std::string::npos);
 }
 
 TEST(ResultDecoder, ShapeMismatchNamesExpectedAndGot) {

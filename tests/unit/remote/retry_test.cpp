@@ -55,21 +55,28 @@ TEST(RetryPolicy, JobErrorTable) {
 TEST(RetryPolicy, Ndif01JobErrorsSayWhetherTheRequestOrTheServerIsAtFault) {
   for (const char* transient : {
            "Your job exceeded the execution timeout of 3600s.",
-           "Replica was evicted while processing your request. Sorry for the inconvenience. Please try again later.",
-           "Error submitting request to model deployment. Please try again later. Sorry for the inconvenience.",
+           "Replica was evicted while processing your request. Sorry for the inconvenience. Please try again "
+           "later.",
+           "Error submitting request to model deployment. Please try again later. Sorry for the "
+           "inconvenience.",
            "Error provisioning model. Please try again later. Sorry for the inconvenience.",
            "Critical server error occurred. Please try again later. Sorry for the inconvenience.",
-           "Your request payload could not be read (ZstdError: bad frame). It may be truncated or corrupted in "
-           "transit, or compressed differently than the request declared. Re-sending it usually resolves this",
-           "Traceback (most recent call last):\n  File \"x.py\", line 3\ntorch.OutOfMemoryError: CUDA out of memory.",
+           "Your request payload could not be read (ZstdError: bad frame). It may be truncated or corrupted "
+           "in "
+           "transit, or compressed differently than the request declared. Re-sending it usually resolves "
+           "this",
+           "Traceback (most recent call last):\n  File \"x.py\", line 3\ntorch.OutOfMemoryError: CUDA out of "
+           "memory.",
        }) {
     EXPECT_EQ(classify_job_error("ERROR", transient), Verdict::retry) << transient;
   }
   for (const char* request_fault : {
            "Traceback (most recent call last):\n  File \"encoder.py\", line 80, in _trace\n"
            "IndexError: index 300 is out of bounds for dimension 1 with size 12",
-           "Traceback (most recent call last):\nAttributeError: 'Envoy' object (nor its module) has attribute 'x'",
-           "The model architecture on this server doesn't match the one your code was traced against: it has no "
+           "Traceback (most recent call last):\nAttributeError: 'Envoy' object (nor its module) has "
+           "attribute 'x'",
+           "The model architecture on this server doesn't match the one your code was traced against: it has "
+           "no "
            "module at 'Module:model.model.layers.9'.",
        }) {
     EXPECT_EQ(classify_job_error("ERROR", request_fault), Verdict::job_invalid) << request_fault;

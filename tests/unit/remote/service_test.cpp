@@ -65,13 +65,15 @@ TEST(Deployments, AJobsModelKeyMustBeListedExactly) {
     static_cast<void>(choose_deployment(d, "meta-llama/Llama-3.1-405B", std::nullopt, "https://api.ndif.us"));
     FAIL();
   } catch (const InputError& e) {
-    EXPECT_THAT(e.what(), HasSubstr("model \"meta-llama/Llama-3.1-405B\" is not deployed at https://api.ndif.us"));
+    EXPECT_THAT(e.what(),
+                HasSubstr("model \"meta-llama/Llama-3.1-405B\" is not deployed at https://api.ndif.us"));
     EXPECT_THAT(e.what(), HasSubstr("\"google/gemma-3-27b-it\" (COLD)"));
   }
 }
 
 TEST(Env, ParsesNdifsShapeAndRejectsOthers) {
-  const auto env = parse_env(R"({"python_version": "3.12.11", "packages": {"nnsight": "0.8.1", "torch": "2.13.0"}})");
+  const auto env =
+      parse_env(R"({"python_version": "3.12.11", "packages": {"nnsight": "0.8.1", "torch": "2.13.0"}})");
   EXPECT_EQ(env.python_version, "3.12.11");
   EXPECT_EQ(env.nnsight_version, "0.8.1");
   EXPECT_FALSE(parse_env(R"({"python_version": "3.12", "packages": {}})").nnsight_version);

@@ -415,7 +415,8 @@ TEST(JobTransport, SeveralAttemptsRunAtOnceAndCancelAllDropsThem) {
 
 EncodedRequest g4_request() {
   EncodedRequest r = small_request();
-  r.envelope = R"({"model_key":"nnsight.modeling.transformers.TransformersModel:{}","session_id":"","compress":true,"env":{}})";
+  r.envelope =
+      R"({"model_key":"nnsight.modeling.transformers.TransformersModel:{}","session_id":"","compress":true,"env":{}})";
   r.headers = {{"nnsight-version", "0.8.1"}, {"python-version", "3.11.7 (main)"}};
   r.expected.saved_name = kSaveName;
   return r;
@@ -427,7 +428,8 @@ TEST(G4Transport, PostsTheEnvelopeAndBlobAsMultipartWithNnsightsHeaders) {
   service.get("/response/job-1", [&](const auto&, auto& res) {
     reply_status(res, "COMPLETED", "\"" + service.base() + "/blob/job-1?expires=9&signature=x\"");
   });
-  service.get("/blob/job-1", [](const auto&, auto& res) { res.set_content("result-bytes", "application/octet-stream"); });
+  service.get("/blob/job-1",
+              [](const auto&, auto& res) { res.set_content("result-bytes", "application/octet-stream"); });
 
   JobTransport transport(options_for(service));
   const double before =
@@ -481,7 +483,8 @@ TEST(G4Transport, A404BeforeTheFirstStoredStatusMeansNotYetAndTheStatesAreReport
       reply_status(res, "COMPLETED", "\"" + service.base() + "/blob/job-1\"");
     }
   });
-  service.get("/blob/job-1", [](const auto&, auto& res) { res.set_content("r", "application/octet-stream"); });
+  service.get("/blob/job-1",
+              [](const auto&, auto& res) { res.set_content("r", "application/octet-stream"); });
 
   JobTransport transport(options_for(service));
   transport.submit(JobTicket{1, 1}, g4_request());
@@ -527,9 +530,11 @@ TEST(G4Transport, IngressRefusalsCarryTheServersWordsAndAHint) {
        std::vector<std::tuple<int, std::string, Verdict, std::string>>{
            {401, "Missing or invalid API key.", Verdict::refused, "needs an API key"},
            {403, "Invalid API key.", Verdict::refused, "does not know this API key"},
-           {400, "Client nnsight version 0.7.0 is below the minimum supported 0.8.0.", Verdict::refused, "rejected the client"},
+           {400, "Client nnsight version 0.7.0 is below the minimum supported 0.8.0.", Verdict::refused,
+            "rejected the client"},
            {422, "Field required", Verdict::refused, "could not read the request"},
-           {503, "Service temporarily unavailable: compute backend is reconnecting.", Verdict::retry, "temporarily unavailable"}}) {
+           {503, "Service temporarily unavailable: compute backend is reconnecting.", Verdict::retry,
+            "temporarily unavailable"}}) {
     FakeService service;
     service.post("/request", [&, status = status, detail = detail](const auto&, auto& res) {
       res.status = status;
@@ -639,8 +644,9 @@ TEST(Env, IsReadWithoutAKey) {
   FakeService service;
   service.get("/env", [](const auto& req, auto& res) {
     EXPECT_FALSE(req.has_header("ndif-api-key"));
-    res.set_content(R"J({"python_version": "3.12.3 (main)", "packages": {"nnsight": "0.8.1", "torch": "2.13.0"}})J",
-                    "application/json");
+    res.set_content(
+        R"J({"python_version": "3.12.3 (main)", "packages": {"nnsight": "0.8.1", "torch": "2.13.0"}})J",
+        "application/json");
   });
   const auto env = fetch_env(service.base(), spec::Timeouts{2, 5, 20, 0.05});
   EXPECT_EQ(env.python_version, "3.12.3 (main)");

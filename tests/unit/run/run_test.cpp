@@ -21,12 +21,13 @@ const fs::path kTokenizer = fs::path(NDIF_SOURCE_DIR) / "tests/data/tokenizers/b
 spec::ModelConfig no_network(const spec::JobSpec&) { throw InputError("no network in unit tests"); }
 
 class JobFiles : public ::testing::Test {
-protected:
+ protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("ndif_run_test_" + std::to_string(::getpid()) + "_" +
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_);
-    write("prompts.jsonl", "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"a\", \"positions\": [0, -1]}\n");
+    write("prompts.jsonl",
+          "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"a\", \"positions\": [0, -1]}\n");
   }
   void TearDown() override { fs::remove_all(dir_); }
 
@@ -34,9 +35,11 @@ protected:
 
   fs::path job(const std::string& extra = "") {
     write("job.json", R"({"model": "org/model", "endpoint": "local", "local": {"layers": 4, "hidden": 8},
-      "tokenizer": ")" + kTokenizer.string() + R"(", "prompts": "prompts.jsonl", "positions": [0, -1],
+      "tokenizer": ")" + kTokenizer.string() +
+                          R"(", "prompts": "prompts.jsonl", "positions": [0, -1],
       "probes": [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": "0:4"}],
-      "output": "out.h5")" + extra + "}");
+      "output": "out.h5")" +
+                          extra + "}");
     return dir_ / "job.json";
   }
 
@@ -61,7 +64,8 @@ TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
 
 TEST_F(JobFiles, JobHashIgnoresRunSteeringKeysButNotData) {
   const auto base = prepare_job(job(), {}, no_network).job_hash;
-  EXPECT_EQ(prepare_job(job(R"(, "max_inflight": 7, "retry": {"max_attempts": 2})"), {}, no_network).job_hash, base);
+  EXPECT_EQ(prepare_job(job(R"(, "max_inflight": 7, "retry": {"max_attempts": 2})"), {}, no_network).job_hash,
+            base);
   JobOverrides moved;
   moved.output = dir_ / "elsewhere.h5";
   EXPECT_EQ(prepare_job(job(), moved, no_network).job_hash, base);
@@ -74,7 +78,8 @@ TEST_F(JobFiles, JobHashIgnoresRunSteeringKeysButNotData) {
   const auto remote = prepare_job(job(), here, service).job_hash;
   EXPECT_NE(remote, base);
   EXPECT_EQ(prepare_job(job(), there, service).job_hash, remote);
-  write("prompts.jsonl", "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"b\", \"positions\": [0, -1]}\n");
+  write("prompts.jsonl",
+        "\"The cat\"\n\"The cat sat on the mat\"\n{\"prompt\": \"b\", \"positions\": [0, -1]}\n");
   EXPECT_NE(prepare_job(job(), {}, no_network).job_hash, base);
 }
 
@@ -102,7 +107,8 @@ TEST_F(JobFiles, BadOverridesAreInputErrors) {
 TEST_F(JobFiles, RemoteEndpointWithoutShapeAsksTheConfigSource) {
   write("prompts.jsonl", "\"The cat\"\n\"a\"\n");
   write("job2.json", R"({"model": "org/model", "endpoint": "http://127.0.0.1:9",
-      "tokenizer": ")" + kTokenizer.string() + R"(", "prompts": "prompts.jsonl", "positions": [0],
+      "tokenizer": ")" + kTokenizer.string() +
+                         R"(", "prompts": "prompts.jsonl", "positions": [0],
       "probes": [{"name": "resid", "module": "model.layers.{layer}", "output_index": 0, "layers": [1, 30]}],
       "output": "out.h5"})");
   int asked = 0;

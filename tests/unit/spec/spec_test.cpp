@@ -3,9 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
@@ -194,8 +193,9 @@ TEST(JobSpec, EffectiveModelConfigPrefersTheGivenShapeThenTheLocalServer) {
 TEST(JobSpec, LayersBeyondTheKnownShapeNameTheProbe) {
   json job = minimal_job();
   job["probes"][0]["layers"] = "0:33";
-  EXPECT_THAT(job_error(job), HasSubstr("probe \"resid\" (\"probes[0].layers\" 0:33) asks for layer 32, but the "
-                                        "model has 32 layers (0 to 31)"));
+  EXPECT_THAT(job_error(job),
+              HasSubstr("probe \"resid\" (\"probes[0].layers\" 0:33) asks for layer 32, but the "
+                        "model has 32 layers (0 to 31)"));
   job["endpoint"] = "http://host:1";
   EXPECT_NO_THROW((void)parse(job));  // shape unknown until GET /status
   const JobSpec spec = parse(job);
@@ -289,12 +289,14 @@ TEST(JobSpec, CanonicalJsonIsTheSameWhereverTheJobFileIsNamedFrom) {
 TEST(JobSpec, CanonicalJsonParsesBackToItself) {
   json job = minimal_job();
   job["positions"] = json::parse(R"([0, {"span": "cat"}])");
-  job["probes"].push_back(json::parse(R"({"name": "m", "module": "model.layers.{layer}.mlp", "layers": [5, 2]})"));
+  job["probes"].push_back(
+      json::parse(R"({"name": "m", "module": "model.layers.{layer}.mlp", "layers": [5, 2]})"));
   job["endpoint"] = "http://localhost:8000";
   job["model_config"] = {{"hidden_size", 16}, {"num_hidden_layers", 8}};
   const json canonical = parse(job, "jobs/job.json").canonical_json();
   EXPECT_EQ(parse(canonical, "jobs/job.json").canonical_json(), canonical);
-  EXPECT_EQ(canonical["positions"], json::parse(R"([0, {"occurrence": -1, "span": "cat", "token": "last"}])"));
+  EXPECT_EQ(canonical["positions"],
+            json::parse(R"([0, {"occurrence": -1, "span": "cat", "token": "last"}])"));
   EXPECT_EQ(canonical["probes"][1]["layers"], json::parse("[5, 2]"));
   EXPECT_TRUE(canonical["probes"][1]["output_index"].is_null());
 }
@@ -324,8 +326,8 @@ TEST(JobSpec, InvalidJsonNamesLineAndColumn) {
 }
 
 struct BadJob {
-  const char* patch;     // merged into the minimal job with JSON merge-patch semantics
-  const char* message;   // substring of the error
+  const char* patch;    // merged into the minimal job with JSON merge-patch semantics
+  const char* message;  // substring of the error
 };
 
 class BadJobSpec : public ::testing::TestWithParam<BadJob> {};
@@ -349,13 +351,18 @@ INSTANTIATE_TEST_SUITE_P(
         BadJob{R"({"modle": "x"})", R"(job.json: unknown key "modle"; allowed keys are model, revision)"},
         BadJob{R"({"batch": {"targetmb": 3}})",
                R"(unknown key "batch.targetmb"; allowed keys in "batch" are target_mb, max_prompts)"},
-        BadJob{R"({"batch": {"target_mb": "32"}})", R"(job.json: "batch.target_mb" must be a positive number, got "32")"},
+        BadJob{R"({"batch": {"target_mb": "32"}})",
+               R"(job.json: "batch.target_mb" must be a positive number, got "32")"},
         BadJob{R"({"batch": {"target_mb": 0}})", R"("batch.target_mb" must be a positive number, got 0)"},
-        BadJob{R"({"batch": {"max_prompts": 2.5}})", R"("batch.max_prompts" must be a positive integer, got 2.5)"},
-        BadJob{R"({"batch": {"max_tokens": -1}})", R"("batch.max_tokens" must be a positive integer, got -1)"},
-        BadJob{R"({"batch": {"sort_by_length": "yes"}})", R"("batch.sort_by_length" must be true or false, got "yes")"},
+        BadJob{R"({"batch": {"max_prompts": 2.5}})",
+               R"("batch.max_prompts" must be a positive integer, got 2.5)"},
+        BadJob{R"({"batch": {"max_tokens": -1}})",
+               R"("batch.max_tokens" must be a positive integer, got -1)"},
+        BadJob{R"({"batch": {"sort_by_length": "yes"}})",
+               R"("batch.sort_by_length" must be true or false, got "yes")"},
         BadJob{R"({"batch": 4})", R"("batch" must be an object, got 4)"},
-        BadJob{R"({"retry": {"max_attempts": 0}})", R"("retry.max_attempts" must be a positive integer, got 0)"},
+        BadJob{R"({"retry": {"max_attempts": 0}})",
+               R"("retry.max_attempts" must be a positive integer, got 0)"},
         BadJob{R"({"retry": {"initial_backoff_s": 10, "max_backoff_s": 5}})",
                R"("retry.max_backoff_s" must be at least "retry.initial_backoff_s" (10.0), got 5.0)"},
         BadJob{R"({"timeouts": {"job_s": -3}})", R"("timeouts.job_s" must be a positive number, got -3)"},
@@ -363,39 +370,53 @@ INSTANTIATE_TEST_SUITE_P(
         BadJob{R"({"max_inflight": 0})", R"("max_inflight" must be a positive integer, got 0)"},
         BadJob{R"({"dtype": "fp16"})", R"("dtype" must be "float16", "bfloat16" or "float32", got "fp16")"},
         BadJob{R"({"endpoint": "ndif.example.org"})", R"("endpoint" must be "local" or a base URL)"},
-        BadJob{R"({"endpoint": "https://ndif.example.org/api"})", R"("endpoint" must be "local" or a base URL)"},
+        BadJob{R"({"endpoint": "https://ndif.example.org/api"})",
+               R"("endpoint" must be "local" or a base URL)"},
         BadJob{R"({"endpoint": "http://host:99999"})", R"("endpoint" must be "local" or a base URL)"},
         BadJob{R"({"endpoint": "http://:80"})", R"("endpoint" must be "local" or a base URL)"},
-        BadJob{R"({"api_key": "sk-secret"})", R"("api_key" must not be in a job file: put the key in an environment variable and name that variable with "api_key_env")"},
-        BadJob{R"({"api_key_env": "MY-KEY"})", R"("api_key_env" must be the name of an environment variable)"},
+        BadJob{
+            R"({"api_key": "sk-secret"})",
+            R"("api_key" must not be in a job file: put the key in an environment variable and name that variable with "api_key_env")"},
+        BadJob{R"({"api_key_env": "MY-KEY"})",
+               R"("api_key_env" must be the name of an environment variable)"},
         BadJob{R"({"local": {"layers": 0}})", R"("local.layers" must be a positive integer, got 0)"},
         BadJob{R"({"local": {"seed": -1}})", R"("local.seed" must be an integer >= 0, got -1)"},
-        BadJob{R"({"local": {"model_dtype": "int8"}})", R"("local.model_dtype" must be "float16", "bfloat16" or "float32")"},
+        BadJob{R"({"local": {"model_dtype": "int8"}})",
+               R"("local.model_dtype" must be "float16", "bfloat16" or "float32")"},
         BadJob{R"({"local": {"gpus": 1}})", R"(unknown key "local.gpus")"},
         BadJob{R"({"model_config": {"hidden_size": 64}})", R"("model_config.num_hidden_layers" is required)"},
         BadJob{R"({"model_config": {"hidden_size": 0, "num_hidden_layers": 32}})",
                R"("model_config.hidden_size" must be a positive integer, got 0)"},
-        BadJob{R"({"model_config": {"hidden_size": 128, "num_hidden_layers": 32}})",
-               R"("model_config" (hidden_size 128, num_hidden_layers 32) differs from the bundled server's shape)"},
+        BadJob{
+            R"({"model_config": {"hidden_size": 128, "num_hidden_layers": 32}})",
+            R"("model_config" (hidden_size 128, num_hidden_layers 32) differs from the bundled server's shape)"},
         BadJob{R"({"positions": []})", R"("positions" must be a non-empty list of token indices)"},
-        BadJob{R"({"positions": ["last"]})", R"("positions[0]" must be an integer token index or a {"span": ...} object, got "last")"},
+        BadJob{R"({"positions": ["last"]})",
+               R"("positions[0]" must be an integer token index or a {"span": ...} object, got "last")"},
         BadJob{R"({"positions": [{"span": ""}]})", R"("positions[0].span" must be a non-empty string)"},
         BadJob{R"({"positions": [{"occurrence": 1}]})", R"("positions[0].span" is required)"},
-        BadJob{R"({"positions": [{"span": "a", "token": "middle"}]})", R"("positions[0].token" must be "first" or "last", got "middle")"},
+        BadJob{R"({"positions": [{"span": "a", "token": "middle"}]})",
+               R"("positions[0].token" must be "first" or "last", got "middle")"},
         BadJob{R"({"positions": [{"span": "a", "which": 1}]})", R"(unknown key "positions[0].which")"},
         BadJob{R"({"add_special_tokens": 1})", R"("add_special_tokens" must be true or false, got 1)"},
         BadJob{R"({"probes": []})", R"("probes" must be a non-empty list of probe objects, got [])"},
-        BadJob{R"({"probes": [{"name": "1x", "module": "m.{layer}", "layers": [0]}]})",
-               R"("probes[0].name" must be a name of letters, digits and _ that does not start with a digit, got "1x")"},
+        BadJob{
+            R"({"probes": [{"name": "1x", "module": "m.{layer}", "layers": [0]}]})",
+            R"("probes[0].name" must be a name of letters, digits and _ that does not start with a digit, got "1x")"},
         BadJob{R"({"probes": [{"name": "a", "module": "model.norm", "layers": [0]}]})",
                R"("probes[0].module" must be a module path containing {layer})"},
         BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}"}]})", R"("probes[0].layers" is required)"},
-        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "4:4"}]})",
-               R"("probes[0].layers" must be "start:stop[:step]" with non-negative integers selecting at least one layer)"},
-        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "0:-1"}]})", R"("probes[0].layers" must be)"},
-        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "0:8:0"}]})", R"("probes[0].layers" must be)"},
-        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [1, 1]}]})", R"("probes[0].layers" must be)"},
-        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [-2]}]})", R"("probes[0].layers" must be)"},
+        BadJob{
+            R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "4:4"}]})",
+            R"("probes[0].layers" must be "start:stop[:step]" with non-negative integers selecting at least one layer)"},
+        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "0:-1"}]})",
+               R"("probes[0].layers" must be)"},
+        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": "0:8:0"}]})",
+               R"("probes[0].layers" must be)"},
+        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [1, 1]}]})",
+               R"("probes[0].layers" must be)"},
+        BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [-2]}]})",
+               R"("probes[0].layers" must be)"},
         BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [0], "output_index": -1}]})",
                R"("probes[0].output_index" must be an integer >= 0 (element of a tuple output) or null)"},
         BadJob{R"({"probes": [{"name": "a", "module": "m.{layer}", "layers": [0], "index": 0}]})",
@@ -429,7 +450,8 @@ TEST(JobSpec, LongValuesAreShortenedOnACharacterBoundary) {
 }
 
 TEST(JobSpec, TopLevelMustBeAnObject) {
-  EXPECT_THAT(job_error(std::string("[1, 2]")), HasSubstr("job.json: the job spec must be a JSON object, got [1,2]"));
+  EXPECT_THAT(job_error(std::string("[1, 2]")),
+              HasSubstr("job.json: the job spec must be a JSON object, got [1,2]"));
 }
 
 TEST(JobSpec, ApiKeyValueNeverAppearsInTheMessage) {
@@ -439,8 +461,8 @@ TEST(JobSpec, ApiKeyValueNeverAppearsInTheMessage) {
 }
 
 TEST(JobSpec, AcceptedEndpoints) {
-  for (const char* endpoint : {"local", "http://localhost", "https://ndif.example.org", "http://127.0.0.1:8000/",
-                               "http://[::1]:5001", "https://a-b.c_d.org:443"}) {
+  for (const char* endpoint : {"local", "http://localhost", "https://ndif.example.org",
+                               "http://127.0.0.1:8000/", "http://[::1]:5001", "https://a-b.c_d.org:443"}) {
     json job = minimal_job();
     job["endpoint"] = endpoint;
     EXPECT_EQ(parse(job).endpoint, endpoint);
@@ -519,25 +541,36 @@ INSTANTIATE_TEST_SUITE_P(
         BadPrompts{"\"a\"\n\n\"b\"\n", "prompts.jsonl:2: blank line; remove it"},
         BadPrompts{"\"a\"\n\n", "prompts.jsonl:2: blank line"},
         BadPrompts{"\"a\"\n   \n", "prompts.jsonl:2: blank line"},
-        BadPrompts{"\"a\"\n\"b\n", "prompts.jsonl:2: not valid JSON at column 3: syntax error while parsing value"},
+        BadPrompts{"\"a\"\n\"b\n",
+                   "prompts.jsonl:2: not valid JSON at column 3: syntax error while parsing value"},
         BadPrompts{"\"a\"\n\"ok\"\n\"b\xFF\"\n", "prompts.jsonl:3: invalid UTF-8 at byte 3 of the line"},
         BadPrompts{"\"\xC0\x80\"\n", "prompts.jsonl:1: invalid UTF-8 at byte 2"},
         BadPrompts{"\"\xED\xA0\x80\"\n", "prompts.jsonl:1: invalid UTF-8"},
-        BadPrompts{"42\n", "prompts.jsonl:1: a line must be a JSON string (the prompt) or an object with \"prompt\", got 42"},
-        BadPrompts{"{\"text\": \"a\"}\n", "prompts.jsonl:1: unknown key \"text\"; allowed keys are prompt, positions, id, meta"},
+        BadPrompts{"42\n",
+                   "prompts.jsonl:1: a line must be a JSON string (the prompt) or an object with \"prompt\", "
+                   "got 42"},
+        BadPrompts{"{\"text\": \"a\"}\n",
+                   "prompts.jsonl:1: unknown key \"text\"; allowed keys are prompt, positions, id, meta"},
         BadPrompts{"{\"id\": \"a\"}\n", "prompts.jsonl:1: \"prompt\" is required"},
         BadPrompts{"{\"prompt\": 5}\n", "prompts.jsonl:1: \"prompt\" must be a string, got 5"},
         BadPrompts{"\"x\"\n{\"prompt\": \"a\", \"positions\": \"last\"}\n",
-                   "prompts.jsonl:2: \"positions\" must be a non-empty list of token indices or {\"span\": ...} objects, got \"last\""},
-        BadPrompts{"{\"prompt\": \"a\", \"positions\": [1.5]}\n", "prompts.jsonl:1: \"positions[0]\" must be an integer token index"},
+                   "prompts.jsonl:2: \"positions\" must be a non-empty list of token indices or {\"span\": "
+                   "...} objects, got \"last\""},
+        BadPrompts{"{\"prompt\": \"a\", \"positions\": [1.5]}\n",
+                   "prompts.jsonl:1: \"positions[0]\" must be an integer token index"},
         BadPrompts{"{\"prompt\": \"a\", \"positions\": [{\"span\": \"a\", \"occurrence\": \"last\"}]}\n",
-                   "prompts.jsonl:1: \"positions[0].occurrence\" must be an integer (0 = first, -1 = last), got \"last\""},
-        BadPrompts{"{\"prompt\": \"a\", \"id\": 1.5}\n", "prompts.jsonl:1: \"id\" must be a non-empty string or an integer, got 1.5"},
-        BadPrompts{"{\"prompt\": \"a\", \"id\": \"\"}\n", "prompts.jsonl:1: \"id\" must be a non-empty string or an integer"},
-        BadPrompts{"{\"prompt\": \"a\", \"meta\": [1]}\n", "prompts.jsonl:1: \"meta\" must be a JSON object, got [1]"},
+                   "prompts.jsonl:1: \"positions[0].occurrence\" must be an integer (0 = first, -1 = last), "
+                   "got \"last\""},
+        BadPrompts{"{\"prompt\": \"a\", \"id\": 1.5}\n",
+                   "prompts.jsonl:1: \"id\" must be a non-empty string or an integer, got 1.5"},
+        BadPrompts{"{\"prompt\": \"a\", \"id\": \"\"}\n",
+                   "prompts.jsonl:1: \"id\" must be a non-empty string or an integer"},
+        BadPrompts{"{\"prompt\": \"a\", \"meta\": [1]}\n",
+                   "prompts.jsonl:1: \"meta\" must be a JSON object, got [1]"},
         BadPrompts{"{\"prompt\": \"a\", \"id\": \"p\"}\n\"b\"\n{\"prompt\": \"c\", \"id\": \"p\"}\n",
                    "prompts.jsonl:3: id \"p\" is already the id of line 1"},
-        BadPrompts{"\"a\"\n{\"prompt\": \"b\", \"id\": 0}\n", "prompts.jsonl:2: id \"0\" is already the id of line 1"}));
+        BadPrompts{"\"a\"\n{\"prompt\": \"b\", \"id\": 0}\n",
+                   "prompts.jsonl:2: id \"0\" is already the id of line 1"}));
 
 }  // namespace
 }  // namespace ndif::spec

@@ -3,8 +3,6 @@
 // and the MPI tests. Every byte is a pure function of (probe, row, element), so a test can check
 // any row of the file without keeping what was written.
 
-#include "ndif_sweep/store/output_file.hpp"
-
 #include <hdf5.h>
 
 #include <algorithm>
@@ -14,6 +12,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "ndif_sweep/store/output_file.hpp"
 
 namespace ndif::store::testing {
 
@@ -52,7 +52,8 @@ inline FileLayout example_layout(const std::string& dtype, std::size_t batches =
     layout.batch_start.push_back(start);
     layout.batch_count.push_back(counts[b]);
     for (std::int64_t k = start; k < start + counts[b]; ++k)
-      layout.batch_of_row[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])] = static_cast<std::int32_t>(b);
+      layout.batch_of_row[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])] =
+          static_cast<std::int32_t>(b);
     start += counts[b];
   }
   layout.positions_per_row = 2;
@@ -72,14 +73,16 @@ inline FileLayout example_layout(const std::string& dtype, std::size_t batches =
 }
 
 inline std::size_t row_bytes(const FileLayout& layout, std::size_t probe) {
-  return layout.probes[probe].layers.size() * layout.positions_per_row * layout.hidden * element_size(layout.dtype);
+  return layout.probes[probe].layers.size() * layout.positions_per_row * layout.hidden *
+         element_size(layout.dtype);
 }
 
 /// The bytes of one row of one probe.
 inline std::vector<std::byte> expected_row(const FileLayout& layout, std::size_t probe, std::int64_t row) {
   std::vector<std::byte> bytes(row_bytes(layout, probe));
   for (std::size_t i = 0; i < bytes.size(); ++i)
-    bytes[i] = static_cast<std::byte>(mix((probe << 48) ^ (static_cast<std::uint64_t>(row) << 24) ^ i) & 0xff);
+    bytes[i] =
+        static_cast<std::byte>(mix((probe << 48) ^ (static_cast<std::uint64_t>(row) << 24) ^ i) & 0xff);
   return bytes;
 }
 
@@ -105,7 +108,8 @@ inline std::vector<std::byte> read_raw(const std::string& path, const std::strin
   const hid_t set = H5Dopen2(file, dataset.c_str(), H5P_DEFAULT);
   const hid_t type = H5Dget_type(set);
   const hid_t space = H5Dget_space(set);
-  std::vector<std::byte> bytes(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space)) * H5Tget_size(type));
+  std::vector<std::byte> bytes(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space)) *
+                               H5Tget_size(type));
   H5Dread(set, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data());
   H5Sclose(space);
   H5Tclose(type);

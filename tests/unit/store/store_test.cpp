@@ -1,12 +1,3 @@
-#include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/core/files.hpp"
-#include "ndif_sweep/core/hash.hpp"
-#include "ndif_sweep/store/output_file.hpp"
-#include "ndif_sweep/store/output_lock.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
-#include "ndif_sweep/store/readers.hpp"
-#include "store_fixture.hpp"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <hdf5.h>
@@ -19,6 +10,15 @@
 #include <fstream>
 #include <sstream>
 
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/files.hpp"
+#include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/store/output_file.hpp"
+#include "ndif_sweep/store/output_lock.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/readers.hpp"
+#include "store_fixture.hpp"
+
 namespace ndif::store {
 namespace {
 
@@ -27,7 +27,7 @@ using namespace ndif::store::testing;
 using ::testing::HasSubstr;
 
 class StoreTest : public ::testing::Test {
-protected:
+ protected:
   void SetUp() override {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     dir_ = fs::temp_directory_path() / ("ndif-store-test-" + std::to_string(::getpid()) + "-" +
@@ -49,7 +49,8 @@ protected:
       for (std::size_t p = 0; p < layout.probes.size(); ++p) data.push_back(batch_data(layout, p, b));
       for (const auto& d : data) spans.emplace_back(d);
       output.write_batch(static_cast<std::int32_t>(b), rows, spans,
-                         {static_cast<std::int32_t>(b + 1), 0.5 * static_cast<double>(b), 1000 + static_cast<std::int64_t>(b), 0});
+                         {static_cast<std::int32_t>(b + 1), 0.5 * static_cast<double>(b),
+                          1000 + static_cast<std::int64_t>(b), 0});
     }
     output.close();
   }
@@ -104,7 +105,8 @@ TEST_F(StoreTest, CreateWritesEveryDatasetOfTheFormatAtFullSize) {
   EXPECT_EQ(read_string_attr(f, "job_hash"), "a1b2c3");
   EXPECT_EQ(read_string_attr(f, "job"), layout.job_json);
   EXPECT_EQ(read_string_attr(f, "model_key"), "test.model:key");
-  EXPECT_THAT(read_string_attr(f, "created_utc"), ::testing::MatchesRegex("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z"));
+  EXPECT_THAT(read_string_attr(f, "created_utc"),
+              ::testing::MatchesRegex("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z"));
   std::vector<hsize_t> chunk;
   EXPECT_EQ(shape_of(f, "/acts/resid", &chunk), (std::vector<hsize_t>{8, 3, 2, 4}));
   EXPECT_EQ(chunk, (std::vector<hsize_t>{8, 3, 2, 4}));  // tiny rows: one chunk holds all of them
@@ -241,7 +243,8 @@ TEST_P(WriteBatchTest, RowsReadBackBitExactAndOnlyWrittenBatchesAreFlagged) {
   joined.insert(joined.end(), d1.begin(), d1.end());
   EXPECT_EQ(checksums[2], xxh3_64(joined));  // the checksum is XXH3-64 of the concatenation
   EXPECT_EQ(checksums[1], 0U);
-  EXPECT_EQ(read_numbers<std::int32_t>(file(), "/batches/attempts"), (std::vector<std::int32_t>{1, 0, 3, 0, 5, 0}));
+  EXPECT_EQ(read_numbers<std::int32_t>(file(), "/batches/attempts"),
+            (std::vector<std::int32_t>{1, 0, 3, 0, 5, 0}));
   EXPECT_EQ(read_numbers<double>(file(), "/batches/seconds")[4], 2.0);
   EXPECT_EQ(read_numbers<std::int64_t>(file(), "/batches/bytes")[2], 1002);
 }
@@ -320,7 +323,8 @@ TEST_F(StoreTest, RunRecordsAppendInOrderAndTakeTheirOutcome) {
 std::pair<std::string, std::string> read_npy(const fs::path& path) {
   const std::string bytes = read_file(path, "npy");
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
-  const std::size_t header_length = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+  const std::size_t header_length =
+      static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
   EXPECT_EQ((10 + header_length) % 64, 0U);
   return {bytes.substr(10, header_length), bytes.substr(10 + header_length)};
 }
@@ -338,7 +342,8 @@ TEST_F(StoreTest, ExportNpyWritesCompletedRowsPerLayerInAscendingOrder) {
     if (b == 1 || b == 4 || b == 5) rows.push_back(static_cast<std::int64_t>(r));
   }
   const auto [rows_header, rows_data] = read_npy(out / "rows.npy");
-  EXPECT_THAT(rows_header, HasSubstr("'descr': '<i8', 'fortran_order': False, 'shape': (" + std::to_string(rows.size()) + ",)"));
+  EXPECT_THAT(rows_header, HasSubstr("'descr': '<i8', 'fortran_order': False, 'shape': (" +
+                                     std::to_string(rows.size()) + ",)"));
   ASSERT_EQ(rows_data.size(), rows.size() * 8);
   EXPECT_EQ(std::memcmp(rows_data.data(), rows.data(), rows_data.size()), 0);
 
@@ -346,8 +351,10 @@ TEST_F(StoreTest, ExportNpyWritesCompletedRowsPerLayerInAscendingOrder) {
     const auto& probe = layout.probes[p];
     const std::size_t slice = layout.positions_per_row * layout.hidden * 2;
     for (std::size_t l = 0; l < probe.layers.size(); ++l) {
-      const auto [header, data] = read_npy(out / (probe.name + "_layer" + std::to_string(probe.layers[l]) + ".npy"));
-      EXPECT_THAT(header, HasSubstr("'descr': '<f2', 'fortran_order': False, 'shape': (" + std::to_string(rows.size()) + ", 2, 4)"));
+      const auto [header, data] =
+          read_npy(out / (probe.name + "_layer" + std::to_string(probe.layers[l]) + ".npy"));
+      EXPECT_THAT(header, HasSubstr("'descr': '<f2', 'fortran_order': False, 'shape': (" +
+                                    std::to_string(rows.size()) + ", 2, 4)"));
       ASSERT_EQ(data.size(), rows.size() * slice);
       for (std::size_t k = 0; k < rows.size(); ++k) {
         const auto expected = expected_row(layout, p, rows[k]);
@@ -386,12 +393,13 @@ TEST_F(StoreTest, ExportNpzIsReadByNumpyWithTheSameValues) {
       "    assert sorted(z.files) == sorted(f'layer{l}' for l in layers), z.files\n"
       "    for l in layers:\n"
       "        a = z[f'layer{l}']; b = np.load(f'{d}/npy/{probe}_layer{l}.npy')\n"
-      "        assert a.dtype == np.uint16 and a.shape == b.shape and a.shape[1:] == (2, 4), (a.dtype, a.shape)\n"
+      "        assert a.dtype == np.uint16 and a.shape == b.shape and a.shape[1:] == (2, 4), (a.dtype, "
+      "a.shape)\n"
       "        assert (a == b).all()\n"
       "print('ok')\n";
   std::ofstream(dir_ / "check.py") << script;
-  const std::string command = "/usr/bin/python3 " + (dir_ / "check.py").string() + " " + dir_.string() + " > " +
-                              (dir_ / "result.txt").string() + " 2>&1";
+  const std::string command = "/usr/bin/python3 " + (dir_ / "check.py").string() + " " + dir_.string() +
+                              " > " + (dir_ / "result.txt").string() + " 2>&1";
   EXPECT_EQ(std::system(command.c_str()), 0) << read_file(dir_ / "result.txt", "result");
   EXPECT_EQ(read_file(dir_ / "result.txt", "result"), "ok\n");
 }
@@ -448,7 +456,8 @@ TEST_F(StoreTest, OutputLockKeepsASecondRunOut) {
     (void)OutputLock::acquire_exclusive(file(), std::chrono::milliseconds(150));
     FAIL() << "a second run got the lock";
   } catch (const SpecMismatch& e) {
-    EXPECT_THAT(e.what(), HasSubstr("another run holds " + file().string() + " (lock " + file().string() + ".lock)"));
+    EXPECT_THAT(e.what(),
+                HasSubstr("another run holds " + file().string() + " (lock " + file().string() + ".lock)"));
   }
   EXPECT_THROW((void)OutputLock::acquire(file(), MPI_COMM_SELF, std::chrono::milliseconds(0)), SpecMismatch);
   lock.release();

@@ -21,21 +21,24 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 // A tokenizer.json around `model`, with the given stages (JSON text, "null" when absent).
-std::string tokenizer_json(const std::string& model, const std::string& added = "[]", const std::string& normalizer = "null",
-                           const std::string& pre_tokenizer = "null", const std::string& post_processor = "null") {
-  return R"({"version":"1.0","truncation":null,"padding":null,"added_tokens":)" + added + R"(,"normalizer":)" +
-         normalizer + R"(,"pre_tokenizer":)" + pre_tokenizer + R"(,"post_processor":)" + post_processor +
-         R"(,"decoder":null,"model":)" + model + "}";
+std::string tokenizer_json(const std::string& model, const std::string& added = "[]",
+                           const std::string& normalizer = "null", const std::string& pre_tokenizer = "null",
+                           const std::string& post_processor = "null") {
+  return R"({"version":"1.0","truncation":null,"padding":null,"added_tokens":)" + added +
+         R"(,"normalizer":)" + normalizer + R"(,"pre_tokenizer":)" + pre_tokenizer + R"(,"post_processor":)" +
+         post_processor + R"(,"decoder":null,"model":)" + model + "}";
 }
 
 // Byte-level vocabulary: "Ġ" stands for the space byte.
 const std::string byte_level_model =
     R"({"type":"BPE","dropout":null,"unk_token":null,"vocab":{"a":0,"b":1,"Ġ":2,"ab":3,"Ġab":4,"c":5,"<x>":6},)"
     R"("merges":["a b",["Ġ","ab"]]})";
-const std::string byte_level_pre = R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})";
+const std::string byte_level_pre =
+    R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})";
 
 TEST(Tokenizer, ByteLevelBpeMergesStringAndPairForms) {
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
   const auto encoding = tokenizer.encode("ab ab c", false);
   EXPECT_THAT(encoding.ids, ElementsAre(3, 4, 2, 5));
   EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 2}, Offset{2, 5}, Offset{5, 6}, Offset{6, 7}));
@@ -44,7 +47,8 @@ TEST(Tokenizer, ByteLevelBpeMergesStringAndPairForms) {
 TEST(Tokenizer, AddedTokensMatchInRawTextWithStrip) {
   const std::string added =
       R"([{"id":6,"content":"<x>","single_word":false,"lstrip":true,"rstrip":true,"normalized":false,"special":true}])";
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
   const auto encoding = tokenizer.encode("ab <x> ab", false);
   EXPECT_THAT(encoding.ids, ElementsAre(3, 6, 3));
   EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 2}, Offset{2, 7}, Offset{7, 9}));
@@ -53,7 +57,8 @@ TEST(Tokenizer, AddedTokensMatchInRawTextWithStrip) {
 TEST(Tokenizer, SingleWordAddedTokenSkipsMatchesInsideWords) {
   const std::string added =
       R"([{"id":5,"content":"c","single_word":true,"lstrip":false,"rstrip":false,"normalized":false,"special":false}])";
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, added, "null", byte_level_pre), "t.json");
   EXPECT_THAT(tokenizer.encode("abc", false).ids, ElementsAre(3, 5));
   EXPECT_THAT(tokenizer.encode("c ab", false).ids, ElementsAre(5, 4));
 }
@@ -63,7 +68,8 @@ TEST(Tokenizer, TemplateAddsBosWithEmptyOffsetsOnlyWithSpecialTokens) {
       R"({"type":"Sequence","processors":[{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},)"
       R"({"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<x>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],)"
       R"("pair":[],"special_tokens":{"<x>":{"id":"<x>","ids":[6],"tokens":["<x>"]}}}]})";
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre, post), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre, post), "t.json");
   const auto with = tokenizer.encode("ab", true);
   EXPECT_THAT(with.ids, ElementsAre(6, 3));
   EXPECT_THAT(with.offsets, ElementsAre(Offset{0, 0}, Offset{0, 2}));
@@ -80,7 +86,8 @@ const std::string sentencepiece_normalizer =
     R"({"type":"Replace","pattern":{"String":" "},"content":"▁"}]})";
 
 TEST(Tokenizer, PrependReplaceAndByteFallbackMapOffsetsToTheInput) {
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(sentencepiece_model, "[]", sentencepiece_normalizer), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(sentencepiece_model, "[]", sentencepiece_normalizer), "t.json");
   const auto encoding = tokenizer.encode("a é", false);
   EXPECT_THAT(encoding.ids, ElementsAre(5, 1, 3, 4));
   EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}, Offset{1, 2}, Offset{2, 3}, Offset{2, 3}));
@@ -88,17 +95,22 @@ TEST(Tokenizer, PrependReplaceAndByteFallbackMapOffsetsToTheInput) {
 }
 
 TEST(Tokenizer, UnknownCharactersFuseIntoOneToken) {
-  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"<unk>","fuse_unk":true,"byte_fallback":false,)"
-                            R"("vocab":{"<unk>":0,"a":1},"merges":[]})";
+  const std::string model =
+      R"({"type":"BPE","dropout":null,"unk_token":"<unk>","fuse_unk":true,"byte_fallback":false,)"
+      R"("vocab":{"<unk>":0,"a":1},"merges":[]})";
   const auto tokenizer = Tokenizer::from_json(tokenizer_json(model), "t.json");
-  const auto encoding = tokenizer.encode("a\xE2\x82\xAC\xC3\xA9" "a", false);  // a€éa
+  const auto encoding = tokenizer.encode(
+      "a\xE2\x82\xAC\xC3\xA9"
+      "a",
+      false);  // a€éa
   EXPECT_THAT(encoding.ids, ElementsAre(1, 0, 1));
   EXPECT_THAT(encoding.offsets, ElementsAre(Offset{0, 1}, Offset{1, 3}, Offset{3, 4}));
 }
 
 TEST(Tokenizer, NfcComposesAndAlignsToTheBaseCharacter) {
   // Checked against the reference: the composed "é" maps back to the "e" alone.
-  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"é":1,"x":2},"merges":[]})";
+  const std::string model =
+      R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"é":1,"x":2},"merges":[]})";
   const auto tokenizer = Tokenizer::from_json(tokenizer_json(model, "[]", R"({"type":"NFC"})"), "t.json");
   const auto encoding = tokenizer.encode("xe\xCC\x81x", false);
   EXPECT_THAT(encoding.ids, ElementsAre(2, 1, 2));
@@ -106,7 +118,8 @@ TEST(Tokenizer, NfcComposesAndAlignsToTheBaseCharacter) {
 }
 
 TEST(Tokenizer, NfkcFoldsCompatibilityCharacters) {
-  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"f":1,"i":2,"fi":3},"merges":["f i"]})";
+  const std::string model =
+      R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"f":1,"i":2,"fi":3},"merges":["f i"]})";
   const auto tokenizer = Tokenizer::from_json(tokenizer_json(model, "[]", R"({"type":"NFKC"})"), "t.json");
   const auto encoding = tokenizer.encode("\xEF\xAC\x81", false);  // the "ﬁ" ligature
   EXPECT_THAT(encoding.ids, ElementsAre(3));
@@ -116,7 +129,8 @@ TEST(Tokenizer, NfkcFoldsCompatibilityCharacters) {
 TEST(Tokenizer, SplitBehaviours) {
   const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","ignore_merges":true,)"
                             R"("vocab":{"?":0,"a":1,"b":2,"-":3,"a-":4,"-b":5,"ab":6},"merges":["a b"]})";
-  auto split = [&](const std::string& behavior, bool invert, const std::string& pattern = R"({"String":"-"})") {
+  auto split = [&](const std::string& behavior, bool invert,
+                   const std::string& pattern = R"({"String":"-"})") {
     const std::string pre = R"({"type":"Split","pattern":)" + pattern + R"(,"behavior":")" + behavior +
                             R"(","invert":)" + (invert ? "true" : "false") + "}";
     return Tokenizer::from_json(tokenizer_json(model, "[]", "null", pre), "t.json").encode("a-b", false).ids;
@@ -130,7 +144,8 @@ TEST(Tokenizer, SplitBehaviours) {
 }
 
 TEST(Tokenizer, MetaspacePrependsOnlyToTheFirstSplit) {
-  const std::string model = R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"▁":1,"a":2,"▁a":3,"<x>":4},"merges":["▁ a"]})";
+  const std::string model =
+      R"({"type":"BPE","dropout":null,"unk_token":"?","vocab":{"?":0,"▁":1,"a":2,"▁a":3,"<x>":4},"merges":["▁ a"]})";
   const std::string added =
       R"([{"id":4,"content":"<x>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}])";
   const std::string pre = R"({"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true})";
@@ -140,13 +155,15 @@ TEST(Tokenizer, MetaspacePrependsOnlyToTheFirstSplit) {
 
 TEST(Tokenizer, UnsupportedFeatureIsAnInputErrorNamingIt) {
   try {
-    static_cast<void>(Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", R"({"type":"BertNormalizer"})"), "bert.json"));
+    static_cast<void>(Tokenizer::from_json(
+        tokenizer_json(byte_level_model, "[]", R"({"type":"BertNormalizer"})"), "bert.json"));
     FAIL() << "loaded a tokenizer with an unsupported normalizer";
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), HasSubstr("bert.json"));
     EXPECT_THAT(e.what(), HasSubstr("normalizer type \"BertNormalizer\" is not supported"));
   }
-  EXPECT_THROW(static_cast<void>(Tokenizer::from_json(R"({"model":{"type":"Unigram"}})", "u.json")), InputError);
+  EXPECT_THROW(static_cast<void>(Tokenizer::from_json(R"({"model":{"type":"Unigram"}})", "u.json")),
+               InputError);
   EXPECT_THROW(static_cast<void>(Tokenizer::from_json("{not json", "broken.json")), InputError);
 }
 
@@ -179,10 +196,12 @@ TEST(Tokenizer, StreamedVocabularyAndMergeErrorsNameTheEntry) {
               HasSubstr("model.merges[0] must be \"a b\" or [\"a\", \"b\"]: it has fewer than two tokens"));
   EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0},"merges":[1]})")),
               HasSubstr("model.merges[0] must be \"a b\" or [\"a\", \"b\"], not a number"));
-  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","merges":[]})")), HasSubstr("e.json: model.vocab is missing"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","merges":[]})")),
+              HasSubstr("e.json: model.vocab is missing"));
   EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":[],"merges":[]})")),
               HasSubstr("model.vocab must be an object of token -> id"));
-  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0}})")), HasSubstr("model.merges is missing"));
+  EXPECT_THAT(load_error(tokenizer_json(R"({"type":"BPE","vocab":{"a":0}})")),
+              HasSubstr("model.merges is missing"));
   EXPECT_THAT(load_error(R"({"model": {"vocab": {"a": 0)"), HasSubstr("e.json: not valid JSON"));
   EXPECT_THAT(load_error(R"({"model": {"vocab": {"a": 1e999}}})"), HasSubstr("e.json: not valid JSON"));
 }
@@ -198,7 +217,8 @@ TEST(Tokenizer, VocabularyAndMergesKeysOutsideTheModelStayOrdinaryJson) {
 }
 
 TEST(Tokenizer, RepeatedVocabularyTokenKeepsItsLastId) {
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(R"({"type":"BPE","vocab":{"a":0,"a":1},"merges":[]})"), "r.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(R"({"type":"BPE","vocab":{"a":0,"a":1},"merges":[]})"), "r.json");
   EXPECT_THAT(tokenizer.encode("aa", false).ids, ElementsAre(1, 1));
 }
 
@@ -215,13 +235,16 @@ TEST(Tokenizer, LargeVocabularyFindsEveryTokenAfterItsIndexGrew) {
   for (const auto& letter : letters) vocab += "\"" + letter + "\":" + std::to_string(id++) + ",";
   for (int i = 0; i < 50; ++i) {
     for (int j = 0; j < 100; ++j) {
-      vocab += "\"" + letters[static_cast<std::size_t>(i)] + letters[static_cast<std::size_t>(j)] + "\":" + std::to_string(id++) + ",";
-      merges += "[\"" + letters[static_cast<std::size_t>(i)] + "\",\"" + letters[static_cast<std::size_t>(j)] + "\"],";
+      vocab += "\"" + letters[static_cast<std::size_t>(i)] + letters[static_cast<std::size_t>(j)] +
+               "\":" + std::to_string(id++) + ",";
+      merges += "[\"" + letters[static_cast<std::size_t>(i)] + "\",\"" +
+                letters[static_cast<std::size_t>(j)] + "\"],";
     }
   }
   vocab.back() = '}';
   merges.back() = ']';
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(R"({"type":"BPE","vocab":)" + vocab + R"(,"merges":)" + merges + "}"), "l.json");
+  const auto tokenizer = Tokenizer::from_json(
+      tokenizer_json(R"({"type":"BPE","vocab":)" + vocab + R"(,"merges":)" + merges + "}"), "l.json");
   EXPECT_EQ(tokenizer.vocab_size(), 5100U);
   for (int i = 0; i < 50; i += 7) {
     for (int j = 0; j < 100; j += 3) {
@@ -234,7 +257,8 @@ TEST(Tokenizer, LargeVocabularyFindsEveryTokenAfterItsIndexGrew) {
 TEST(Tokenizer, SharedWordCacheGivesEveryThreadTheSameTokens) {
   // Many distinct words, each repeated, some longer than the cache takes, encoded by four threads
   // at once: cached and freshly merged words must give the same ids and offsets.
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
   std::vector<std::string> texts;
   for (int i = 0; i < 400; ++i) {
     std::string word;
@@ -244,7 +268,8 @@ TEST(Tokenizer, SharedWordCacheGivesEveryThreadTheSameTokens) {
   std::vector<ndif::tokenizer::Encoding> expected;
   for (const auto& text : texts) expected.push_back(tokenizer.encode(text, false));
   // "abbaabbabababababa" twice, then " caaaaab".
-  EXPECT_THAT(expected[5].ids, ElementsAre(3, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0, 4, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0, 2, 5, 0, 0, 0, 0, 3));
+  EXPECT_THAT(expected[5].ids, ElementsAre(3, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0, 4, 1, 0, 3, 1, 3, 3, 3, 3, 3, 0,
+                                           2, 5, 0, 0, 0, 0, 3));
   std::vector<int> mismatches(4, 0);
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < 4; ++t) {
@@ -263,7 +288,8 @@ TEST(Tokenizer, SharedWordCacheGivesEveryThreadTheSameTokens) {
 }
 
 TEST(Tokenizer, InvalidUtf8IsAnInputError) {
-  const auto tokenizer = Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
+  const auto tokenizer =
+      Tokenizer::from_json(tokenizer_json(byte_level_model, "[]", "null", byte_level_pre), "t.json");
   EXPECT_THROW(static_cast<void>(tokenizer.encode("a\xC3", false)), InputError);
   EXPECT_THROW(static_cast<void>(tokenizer.encode("\xED\xA0\x80", false)), InputError);  // a surrogate
   EXPECT_EQ(tokenizer.vocab_size(), 7U);

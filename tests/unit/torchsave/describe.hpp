@@ -44,7 +44,8 @@ inline nlohmann::json describe(const Value& value, std::map<const Storage*, int>
         } else if constexpr (std::is_same_v<T, std::string>) {
           return {{"str", x}};
         } else if constexpr (std::is_same_v<T, Tensor>) {
-          const auto id = storages.try_emplace(x.storage.get(), static_cast<int>(storages.size())).first->second;
+          const auto id =
+              storages.try_emplace(x.storage.get(), static_cast<int>(storages.size())).first->second;
           return {{"tensor",
                    {{"dtype", dtype_name(x.dtype())},
                     {"shape", x.shape},
@@ -63,7 +64,8 @@ inline nlohmann::json describe(const Value& value, std::map<const Storage*, int>
           return {{"tuple", items}};
         } else {
           json items = json::array();
-          for (const auto& [k, v] : x.items) items.push_back(json::array({describe(k, storages), describe(v, storages)}));
+          for (const auto& [k, v] : x.items)
+            items.push_back(json::array({describe(k, storages), describe(v, storages)}));
           return {{"dict", items}};
         }
       },

@@ -51,7 +51,9 @@ ts::Value sample() {
   result.items.emplace_back(ts::Value{std::int64_t{-7}}, tensor(DType::float16, {3, 2}, le_bytes(f16)));
 
   ts::Dict root;
-  auto put = [&](const char* key, ts::Value v) { root.items.emplace_back(ts::Value{std::string(key)}, std::move(v)); };
+  auto put = [&](const char* key, ts::Value v) {
+    root.items.emplace_back(ts::Value{std::string(key)}, std::move(v));
+  };
   put("id", {std::string("abc")});
   put("result", {std::move(result)});
   put("int64", tensor(DType::int64, {3}, le_bytes(std::vector<std::int64_t>{INT64_MIN, -1, INT64_MAX})));
@@ -66,12 +68,13 @@ ts::Value sample() {
   put("corner", view(base, 7, {2, 2}, {6, 2}));
   put("element", view(base, 23, {}, {}));
   put("broadcast", view(base, 3, {3, 2}, {0, 1}));
-  put("scalars", {ts::List{ts::Value{ts::None{}}, ts::Value{true}, ts::Value{false}, ts::Value{std::int64_t{0}},
-                           ts::Value{std::int64_t{255}}, ts::Value{std::int64_t{256}}, ts::Value{std::int64_t{65536}},
-                           ts::Value{std::int64_t{-129}}, ts::Value{std::int64_t{INT32_MIN}},
-                           ts::Value{std::int64_t{1} << 31}, ts::Value{std::int64_t{-(std::int64_t{1} << 40)}},
-                           ts::Value{INT64_MAX}, ts::Value{INT64_MIN}, ts::Value{0.1}, ts::Value{-1e-310},
-                           ts::Value{std::string("")}, ts::Value{std::string("ünïcödé ✓")}}});
+  put("scalars",
+      {ts::List{ts::Value{ts::None{}}, ts::Value{true}, ts::Value{false}, ts::Value{std::int64_t{0}},
+                ts::Value{std::int64_t{255}}, ts::Value{std::int64_t{256}}, ts::Value{std::int64_t{65536}},
+                ts::Value{std::int64_t{-129}}, ts::Value{std::int64_t{INT32_MIN}},
+                ts::Value{std::int64_t{1} << 31}, ts::Value{std::int64_t{-(std::int64_t{1} << 40)}},
+                ts::Value{INT64_MAX}, ts::Value{INT64_MIN}, ts::Value{0.1}, ts::Value{-1e-310},
+                ts::Value{std::string("")}, ts::Value{std::string("ünïcödé ✓")}}});
   put("tuples", {ts::List{ts::Value{ts::Tuple{}}, ts::Value{ts::Tuple{{ts::Value{std::int64_t{1}}}}},
                           ts::Value{ts::Tuple{{ts::Value{std::int64_t{1}}, ts::Value{std::string("two")},
                                                ts::Value{ts::None{}}, ts::Value{ts::List{}}}}}}});

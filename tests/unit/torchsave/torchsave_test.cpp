@@ -1,17 +1,18 @@
+#include "ndif_sweep/torchsave/torchsave.hpp"
+
 #include <gtest/gtest.h>
+#include <zstd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <zstd.h>
 
 #include "archive_layout.hpp"
 #include "byte_io.hpp"
 #include "describe.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
-#include "ndif_sweep/torchsave/torchsave.hpp"
 #include "zip_archive.hpp"
 
 namespace ndif::torchsave {
@@ -63,18 +64,24 @@ std::string decode_error_of(std::span<const std::byte> bytes) {
 }
 
 // A pickle of _rebuild_tensor_v2 over storage "0" of `numel` float32 with a chosen view.
-std::string tensor_pickle(int numel, int offset, std::initializer_list<int> size, std::initializer_list<int> stride) {
+std::string tensor_pickle(int numel, int offset, std::initializer_list<int> size,
+                          std::initializer_list<int> stride) {
   auto tuple = [](std::initializer_list<int> xs) {
     std::string s = "(";
     for (int x : xs) s += "J" + std::string(reinterpret_cast<const char*>(&x), 4);
     return s + "t";
   };
-  std::string p = "\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n(";
-  p += "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00"sv "0X\x03\x00\x00\x00"sv "cpu";
+  std::string p =
+      "\x80\x02"
+      "ctorch._utils\n_rebuild_tensor_v2\n(";
+  p += "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00"sv
+       "0X\x03\x00\x00\x00"sv
+       "cpu";
   p += "J" + std::string(reinterpret_cast<const char*>(&numel), 4) + "tQ";
   p += "J" + std::string(reinterpret_cast<const char*>(&offset), 4);
   p += tuple(size) + tuple(stride);
-  p += "\x89" "ccollections\nOrderedDict\n)RtR.";
+  p += "\x89"
+       "ccollections\nOrderedDict\n)RtR.";
   return p;
 }
 
@@ -115,7 +122,8 @@ TEST(TorchsaveGolden, TransposedViewReadsInRowMajorOrder) {
   std::memcpy(values.data(), bytes.data(), bytes.size());
   // base = arange(24).reshape(4, 6) / 4 - 2, so transposed[i][j] = (6 j + i) / 4 - 2.
   for (int i = 0; i < 6; ++i)
-    for (int j = 0; j < 4; ++j) EXPECT_EQ(values[static_cast<std::size_t>(4 * i + j)], (6 * j + i) / 4.0f - 2.0f);
+    for (int j = 0; j < 4; ++j)
+      EXPECT_EQ(values[static_cast<std::size_t>(4 * i + j)], (6 * j + i) / 4.0f - 2.0f);
 }
 
 TEST(TorchsaveGolden, NestedResultDictHasIdAndIntegerKey) {
@@ -147,7 +155,8 @@ TEST(TorchsaveRoundTrip, Zip64RecordsRoundTrip) {
 }
 
 TEST(TorchsaveWriter, EntriesAreStoredInTorchOrderAt64ByteOffsets) {
-  Value v{List{Value{Tensor::from_bytes(DType::int16, {2}, le_bytes<std::int16_t>({-1, 7}))}, Value{std::string("x")}}};
+  Value v{List{Value{Tensor::from_bytes(DType::int16, {2}, le_bytes<std::int16_t>({-1, 7}))},
+               Value{std::string("x")}}};
   const auto bytes = save(v, "res");
   const auto entries = detail::read_zip(bytes);
   ASSERT_EQ(entries.size(), 4u);
@@ -236,7 +245,8 @@ TEST(TorchsaveMalformed, DamagedStorageFailsItsCrc) {
 }
 
 TEST(TorchsaveMalformed, NotAZipArchiveIsNamed) {
-  EXPECT_NE(decode_error_of(bytes_of(std::string(100, 'x'))).find("not a zipfile-format torch.save"), std::string::npos);
+  EXPECT_NE(decode_error_of(bytes_of(std::string(100, 'x'))).find("not a zipfile-format torch.save"),
+            std::string::npos);
   EXPECT_NE(decode_error_of({}).find("too short"), std::string::npos);
 }
 
@@ -254,7 +264,8 @@ TEST(TorchsaveMalformed, CompressedEntryIsRejected) {
   EXPECT_NE(decode_error_of(bytes).find("float16/data.pkl is compressed (method 8)"), std::string::npos);
 }
 
-std::vector<std::byte> patched(std::vector<std::byte> bytes, std::size_t at, std::uint64_t value, std::size_t n) {
+std::vector<std::byte> patched(std::vector<std::byte> bytes, std::size_t at, std::uint64_t value,
+                               std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) bytes[at + i] = static_cast<std::byte>((value >> (8 * i)) & 0xFF);
   return bytes;
 }
@@ -265,16 +276,19 @@ TEST(TorchsaveMalformed, HugeSizesInEndRecordsAreRejected) {
   const auto from_torch = golden("float16.pt");
   const std::size_t end64 = detail::read_le<std::uint64_t>(from_torch, from_torch.size() - 22 - 20 + 8, "t");
   ASSERT_EQ(detail::read_le<std::uint32_t>(from_torch, end64, "t"), 0x06064b50u);
-  EXPECT_NE(decode_error_of(patched(from_torch, end64 + 32, 1ULL << 40, 8)).find("claims 1099511627776 entries"),
-            std::string::npos);
+  EXPECT_NE(
+      decode_error_of(patched(from_torch, end64 + 32, 1ULL << 40, 8)).find("claims 1099511627776 entries"),
+      std::string::npos);
   EXPECT_NE(decode_error_of(patched(from_torch, end64 + 40, ~0ULL - 5, 8)).find("overlaps its end record"),
             std::string::npos);
-  EXPECT_NE(decode_error_of(patched(from_torch, from_torch.size() - 22 - 20 + 8, 1ULL << 62, 8)).find("out of place"),
+  EXPECT_NE(decode_error_of(patched(from_torch, from_torch.size() - 22 - 20 + 8, 1ULL << 62, 8))
+                .find("out of place"),
             std::string::npos);
 
   const auto ours = save(Value{std::string("x")});
   const std::size_t end = ours.size() - 22;
-  EXPECT_NE(decode_error_of(patched(ours, end + 10, 0xFFFF, 2)).find("claims 65535 entries"), std::string::npos);
+  EXPECT_NE(decode_error_of(patched(ours, end + 10, 0xFFFF, 2)).find("claims 65535 entries"),
+            std::string::npos);
   EXPECT_NE(decode_error_of(patched(ours, end + 12, 0xFFFFFFF0u, 4)).find("overlaps its end record"),
             std::string::npos);
 }
@@ -304,27 +318,34 @@ TEST(TorchsaveMalformed, UnknownOpcodeIsNamed) {
 }
 
 TEST(TorchsaveMalformed, GlobalOutsideTheAllowListIsRejected) {
-  const std::string msg = decode_error_of(archive_with("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."sv));
+  const std::string msg =
+      decode_error_of(archive_with("\x80\x02"
+                                   "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."sv));
   EXPECT_NE(msg.find("GLOBAL os.system is not in the allow-list"), std::string::npos) << msg;
 }
 
 TEST(TorchsaveMalformed, ValidHandMadeTensorDecodes) {
-  const Value v = load(archive_with(tensor_pickle(6, 1, {2, 2}, {1, 2}), {le_bytes<float>({0, 1, 2, 3, 4, 5})}));
+  const Value v =
+      load(archive_with(tensor_pickle(6, 1, {2, 2}, {1, 2}), {le_bytes<float>({0, 1, 2, 3, 4, 5})}));
   const auto& t = std::get<Tensor>(v.v);
   EXPECT_EQ(t.contiguous_bytes(), le_bytes<float>({1, 3, 2, 4}));
 }
 
 TEST(TorchsaveMalformed, OutOfBoundsViewsAreRejected) {
   const std::vector<std::vector<std::byte>> storage{le_bytes<float>({0, 1, 2, 3, 4, 5})};
-  EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, 1, {2, 3}, {3, 1}), storage)).find("reaches element 6"),
-            std::string::npos);
-  EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, -1, {1}, {1}), storage)).find("negative storage offset"),
-            std::string::npos);
+  EXPECT_NE(
+      decode_error_of(archive_with(tensor_pickle(6, 1, {2, 3}, {3, 1}), storage)).find("reaches element 6"),
+      std::string::npos);
+  EXPECT_NE(
+      decode_error_of(archive_with(tensor_pickle(6, -1, {1}, {1}), storage)).find("negative storage offset"),
+      std::string::npos);
   EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, 0, {-2}, {1}), storage)).find("negative size"),
             std::string::npos);
-  EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, 0, {2, 2}, {1, -1}), storage)).find("negative stride"),
-            std::string::npos);
-  EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, 0, {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF}, {1, 1, 1}), storage))
+  EXPECT_NE(
+      decode_error_of(archive_with(tensor_pickle(6, 0, {2, 2}, {1, -1}), storage)).find("negative stride"),
+      std::string::npos);
+  EXPECT_NE(decode_error_of(
+                archive_with(tensor_pickle(6, 0, {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF}, {1, 1, 1}), storage))
                 .find("overflow"),
             std::string::npos);
   EXPECT_NE(decode_error_of(archive_with(tensor_pickle(6, 7, {0}, {1}), storage)).find("past the end"),
@@ -332,8 +353,10 @@ TEST(TorchsaveMalformed, OutOfBoundsViewsAreRejected) {
 }
 
 TEST(TorchsaveMalformed, StorageSizeMustMatchItsElementCount) {
-  const std::string msg = decode_error_of(archive_with(tensor_pickle(7, 0, {1}, {1}), {le_bytes<float>({0, 1})}));
-  EXPECT_NE(msg.find("archive/data/0 holds 8 bytes, but 7 elements of float32 need 28"), std::string::npos) << msg;
+  const std::string msg =
+      decode_error_of(archive_with(tensor_pickle(7, 0, {1}, {1}), {le_bytes<float>({0, 1})}));
+  EXPECT_NE(msg.find("archive/data/0 holds 8 bytes, but 7 elements of float32 need 28"), std::string::npos)
+      << msg;
   EXPECT_NE(decode_error_of(archive_with(tensor_pickle(1, 0, {1}, {1}))).find("archive/data/0 is missing"),
             std::string::npos);
 }
@@ -347,7 +370,10 @@ TEST(TorchsaveMalformed, BigEndianByteorderIsRejected) {
 
 TEST(TorchsaveMalformed, SelfReferenceIsADepthError) {
   // A list memoised as 0 and appended to itself.
-  EXPECT_NE(decode_error_of(archive_with("\x80\x02]q\x00h\x00" "a."sv)).find("nest deeper"), std::string::npos);
+  EXPECT_NE(decode_error_of(archive_with("\x80\x02]q\x00h\x00"
+                                         "a."sv))
+                .find("nest deeper"),
+            std::string::npos);
 }
 
 TEST(TorchsaveMalformed, ExponentialSharingIsBounded) {
@@ -359,7 +385,10 @@ TEST(TorchsaveMalformed, ExponentialSharingIsBounded) {
 }
 
 TEST(TorchsaveMalformed, StackAndMarkMisuseIsRejected) {
-  EXPECT_NE(decode_error_of(archive_with("\x80\x02" "a.")).find("stack underflow"), std::string::npos);
+  EXPECT_NE(decode_error_of(archive_with("\x80\x02"
+                                         "a."))
+                .find("stack underflow"),
+            std::string::npos);
   EXPECT_NE(decode_error_of(archive_with("\x80\x02t.")).find("no MARK"), std::string::npos);
   EXPECT_NE(decode_error_of(archive_with("\x80\x02NN.")).find("exactly one value"), std::string::npos);
   EXPECT_NE(decode_error_of(archive_with("\x80\x02h\x05.")).find("memo key 5"), std::string::npos);
@@ -439,7 +468,8 @@ TEST(TorchsaveZstd, OutputIsBoundedByMaxBytesWhateverTheHeaderSays) {
 TEST(TorchsaveZstd, TruncatedOrDamagedFramesAreDecodeErrors) {
   const auto packed = zstd_compress(counting_bytes(20000), true);
   for (std::size_t n = 4; n < packed.size(); ++n)
-    EXPECT_THROW((void)maybe_decompress_zstd({packed.begin(), packed.begin() + static_cast<std::ptrdiff_t>(n)}, 1 << 20),
+    EXPECT_THROW((void)maybe_decompress_zstd(
+                     {packed.begin(), packed.begin() + static_cast<std::ptrdiff_t>(n)}, 1 << 20),
                  DecodeError)
         << "cut to " << n;
   auto garbage = bytes_of("\x28\xb5\x2f\xfd garbage that is no frame header");

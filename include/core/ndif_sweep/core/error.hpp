@@ -20,55 +20,55 @@ enum class ExitCode : int {
 
 /// Base of every error thrown by ndif-sweep code.
 class Error : public std::runtime_error {
-public:
+ public:
   Error(ExitCode code, const std::string& what) : std::runtime_error(what), code_(code) {}
   /// The exit code a binary returns when this error ends it.
   [[nodiscard]] ExitCode exit_code() const noexcept { return code_; }
 
-private:
+ private:
   ExitCode code_;
 };
 
 /// A user-supplied file or flag is wrong. The message names the file, the line or key, and the fix.
 class InputError : public Error {
-public:
+ public:
   explicit InputError(const std::string& what) : Error(ExitCode::invalid_input, what) {}
 };
 
 /// The output file exists but belongs to another job or tool, is damaged, or is locked by a run.
 class SpecMismatch : public Error {
-public:
+ public:
   explicit SpecMismatch(const std::string& what) : Error(ExitCode::output_mismatch, what) {}
 };
 
 /// HDF5 or file-system failure while reading or writing the output file.
 class StorageError : public Error {
-public:
+ public:
   explicit StorageError(const std::string& what) : Error(ExitCode::failure, what) {}
 };
 
 /// Bytes from the network do not decode (torch.save, status JSON, compression).
 class DecodeError : public Error {
-public:
+ public:
   explicit DecodeError(const std::string& what) : Error(ExitCode::failure, what) {}
 };
 
 /// The service refused the request itself: bad credentials, unsupported client version, or a
 /// request it says is invalid. Retrying cannot help.
 class ServiceRefused : public Error {
-public:
+ public:
   explicit ServiceRefused(const std::string& what) : Error(ExitCode::refused, what) {}
 };
 
 /// The run stopped before every batch was done; the output file is valid and resumable.
 class IncompleteRun : public Error {
-public:
+ public:
   explicit IncompleteRun(const std::string& what) : Error(ExitCode::incomplete, what) {}
 };
 
 /// A broken invariant inside ndif-sweep itself.
 class InternalError : public Error {
-public:
+ public:
   explicit InternalError(const std::string& what) : Error(ExitCode::failure, what) {}
 };
 

@@ -6,11 +6,10 @@
 /// Pure: no I/O.
 
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/wire.hpp"
 #include "ndif_sweep/local/synthetic_model.hpp"

@@ -45,18 +45,18 @@ enum class Delivery {
 /// Everything `ndif-local` is configured with.
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 0;                          ///< 0 picks a free port
+  int port = 0;  ///< 0 picks a free port
   SyntheticModelConfig model;
-  std::vector<std::string> api_keys;     ///< empty: any non-empty key is accepted
-  int workers = 1;                       ///< jobs that run at once
-  int latency_ms = 0;                    ///< queue time before a job joins the worker queue
-  double bandwidth_mbps = 0;             ///< cap on all result downloads together, 10^6 B/s; 0 = none
-  double fail_rate = 0;                  ///< share of jobs that meet one fault
-  std::vector<FaultKind> fail_kinds;     ///< drawn from uniformly; empty with fail_rate > 0 = all
+  std::vector<std::string> api_keys;  ///< empty: any non-empty key is accepted
+  int workers = 1;                    ///< jobs that run at once
+  int latency_ms = 0;                 ///< queue time before a job joins the worker queue
+  double bandwidth_mbps = 0;          ///< cap on all result downloads together, 10^6 B/s; 0 = none
+  double fail_rate = 0;               ///< share of jobs that meet one fault
+  std::vector<FaultKind> fail_kinds;  ///< drawn from uniformly; empty with fail_rate > 0 = all
   std::uint64_t fail_seed = 0;
   Delivery delivery = Delivery::result;
-  bool zstd = false;                     ///< zstd-compress result files
-  int url_ttl_s = 3600;                  ///< G4: how long a COMPLETED job's result URL is valid
+  bool zstd = false;     ///< zstd-compress result files
+  int url_ttl_s = 3600;  ///< G4: how long a COMPLETED job's result URL is valid
 };
 
 /// The fault that the job with POST sequence number `sequence` (0, 1, ...) meets, if any: a pure
@@ -66,7 +66,7 @@ struct ServerOptions {
 
 /// An ndif-local server running in background threads of this process.
 class LocalServer {
-public:
+ public:
   /// Validates the options. Throws InputError naming the bad option.
   explicit LocalServer(ServerOptions options);
   /// Stops the server if it still runs.
@@ -82,7 +82,7 @@ public:
   /// The bound port (after start()).
   [[nodiscard]] int port() const noexcept;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

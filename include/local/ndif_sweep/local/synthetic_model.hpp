@@ -57,15 +57,15 @@ enum class OutputKind { tensor, tuple };
 
 /// Shape and identity of the synthetic model a server runs.
 struct SyntheticModelConfig {
-  int layers = 32;                                   ///< num_hidden_layers
-  int hidden = 64;                                   ///< hidden_size H
-  std::uint64_t seed = 0;                            ///< the model's seed
+  int layers = 32;                ///< num_hidden_layers
+  int hidden = 64;                ///< hidden_size H
+  std::uint64_t seed = 0;         ///< the model's seed
   DType dtype = DType::bfloat16;  ///< the dtype the model holds values in
 };
 
 /// The synthetic Llama-style decoder: module tree and activations.
 class SyntheticModel {
-public:
+ public:
   /// Throws InputError when layers or hidden is not positive or dtype is not a float dtype.
   explicit SyntheticModel(SyntheticModelConfig config);
 
@@ -80,7 +80,7 @@ public:
   /// model dtype (returned widened to float32, exactly).
   [[nodiscard]] float value(std::uint64_t h_i, std::uint64_t code, std::uint64_t j) const;
 
-private:
+ private:
   SyntheticModelConfig config_;
 };
 

@@ -51,7 +51,9 @@ struct RowShape {
   std::int64_t hidden = 0;        ///< H
   std::int64_t dtype_bytes = 2;
   /// Bytes one prompt row adds to a batch's saved data.
-  [[nodiscard]] std::int64_t row_bytes() const noexcept { return total_layers * positions * hidden * dtype_bytes; }
+  [[nodiscard]] std::int64_t row_bytes() const noexcept {
+    return total_layers * positions * hidden * dtype_bytes;
+  }
 };
 
 /// All batches of a job, and the index arrays stored under /batches and /prompts/batch.
@@ -67,8 +69,8 @@ struct BatchPlan {
 /// greedily filled while the saved data stays within `target_mb`, the prompt count within
 /// `max_prompts` and the padded tokens (rows x longest) within `max_tokens`. A batch always holds
 /// at least one prompt.
-[[nodiscard]] BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens, const spec::BatchOptions& options,
-                                        const RowShape& shape);
+[[nodiscard]] BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens,
+                                        const spec::BatchOptions& options, const RowShape& shape);
 
 /// The pre-flight estimate printed by `ndif-sweep plan` (architecture.md section 2, `plan --json`).
 struct PlanSummary {

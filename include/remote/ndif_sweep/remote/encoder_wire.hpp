@@ -7,12 +7,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/remote/request.hpp"
@@ -57,13 +56,14 @@ inline constexpr int kProtocol = 1;
 
 /// One message.
 struct Message {
-  nlohmann::json body;               ///< a JSON object
+  nlohmann::json body;  ///< a JSON object
   std::vector<std::byte> attachment;
 };
 
 /// The bytes of one frame. Throws InternalError when `body` is not an object or a part is over
 /// its limit.
-[[nodiscard]] std::vector<std::byte> frame(const nlohmann::json& body, std::span<const std::byte> attachment = {});
+[[nodiscard]] std::vector<std::byte> frame(const nlohmann::json& body,
+                                           std::span<const std::byte> attachment = {});
 
 /// Reassembles frames from a byte stream fed in pieces of any size.
 class FrameReader {
@@ -97,6 +97,7 @@ void check_reply(const nlohmann::json& body, const char* op);
 /// The request of an encode answer for `request`, whose envelope must name `model_key`, save
 /// `kSaveName` and carry sendable headers and a non-empty blob. Throws EncoderFailure for an answer
 /// of another shape, and as check_reply.
-[[nodiscard]] EncodedRequest encode_reply(Message reply, const std::string& model_key, const BatchRequest& request);
+[[nodiscard]] EncodedRequest encode_reply(Message reply, const std::string& model_key,
+                                          const BatchRequest& request);
 
 }  // namespace ndif::remote::wire

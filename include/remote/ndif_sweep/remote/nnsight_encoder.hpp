@@ -16,12 +16,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/remote/encoder_wire.hpp"
@@ -40,14 +39,14 @@ struct EncoderOptions {
   /// empty when the interpreter has the package installed.
   std::filesystem::path package_dir;
   std::string scrub_env;  ///< an environment variable kept from the encoder (the API key's)
-  std::chrono::milliseconds start_timeout{std::chrono::minutes(5)};  ///< start, hello and open
+  std::chrono::milliseconds start_timeout{std::chrono::minutes(5)};    ///< start, hello and open
   std::chrono::milliseconds request_timeout{std::chrono::minutes(5)};  ///< one tokenize or encode
   int restarts = 3;  ///< times a failing encoder is started again for one request
 };
 
 /// What the encoder builds requests for.
 struct EncoderJob {
-  std::string model;                     ///< repo id
+  std::string model;  ///< repo id
   std::optional<std::string> revision;
   std::optional<std::string> model_dir;  ///< a local directory instead of the Hugging Face cache
   std::string model_key;                 ///< the envelope's key, as the server lists it
@@ -73,7 +72,8 @@ class NnsightEncoder final : public RequestEncoder {
   /// InputError naming the probe, the module or the missing model files.
   EncoderModel open();
   /// The model's own Hugging Face tokenizer on `texts` (the tokenizer canary).
-  std::vector<std::vector<std::int64_t>> tokenize(const std::vector<std::string>& texts, bool add_special_tokens);
+  std::vector<std::vector<std::int64_t>> tokenize(const std::vector<std::string>& texts,
+                                                  bool add_special_tokens);
   /// One batch as a G4 request. Restarts a failing encoder up to `restarts` times; throws
   /// EncoderFailure when it keeps failing, InputError when it refuses the batch.
   [[nodiscard]] EncodedRequest encode(const BatchRequest& request) override;

@@ -96,11 +96,11 @@ class GraphRequestEncoder final : public RequestEncoder {
 
 /// A batch as the tensors nnsight's forward takes: left-padded to S with the tokenizer's pad id.
 struct PaddedBatch {
-  std::int64_t batch = 0;                  ///< B
-  std::int64_t seq = 0;                    ///< S
-  std::int64_t positions = 0;              ///< P
-  std::vector<std::int32_t> input_ids;     ///< B x S, row-major
-  std::vector<std::uint8_t> attention_mask;  ///< B x S: 0 over the left padding, else 1
+  std::int64_t batch = 0;                      ///< B
+  std::int64_t seq = 0;                        ///< S
+  std::int64_t positions = 0;                  ///< P
+  std::vector<std::int32_t> input_ids;         ///< B x S, row-major
+  std::vector<std::uint8_t> attention_mask;    ///< B x S: 0 over the left padding, else 1
   std::vector<std::int32_t> positions_padded;  ///< B x P: each position shifted by its padding
 };
 

@@ -107,7 +107,8 @@ class JobTransport {
 
 /// GET {base_url}/status with the key. Blocking. Throws ServiceRefused on 401/403, Error (exit 1)
 /// when the service cannot be reached, DecodeError on a malformed reply.
-[[nodiscard]] std::vector<Deployment> fetch_deployments(const std::string& base_url, const std::string& api_key,
+[[nodiscard]] std::vector<Deployment> fetch_deployments(const std::string& base_url,
+                                                        const std::string& api_key,
                                                         const spec::Timeouts& timeouts);
 
 /// Asks the service whether it takes `api_key`, without creating a job: a G4 POST /request with

@@ -33,14 +33,15 @@ void plan_command(const std::filesystem::path& job_file, const JobOverrides& ove
 /// tokenizer canary; with `probe` one 1-prompt job end to end with its shape checked. Writes
 /// nothing. Returns 0 when every check passed, else the exit code of the first that failed (2 bad
 /// input, 5 refused, 1 unreachable or another fault). Needs curl_global_init.
-[[nodiscard]] int check_command(const std::filesystem::path& job_file, bool probe, bool as_json, std::ostream& out);
+[[nodiscard]] int check_command(const std::filesystem::path& job_file, bool probe, bool as_json,
+                                std::ostream& out);
 
 /// `ndif-sweep status`.
 void status_command(const std::filesystem::path& file, bool as_json, std::ostream& out);
 
 /// `ndif-sweep export`: completed rows as .npy (or .npz) files plus meta.json in `dir`.
-void export_command(const std::filesystem::path& file, const std::filesystem::path& dir, const std::string& format,
-                    std::ostream& out);
+void export_command(const std::filesystem::path& file, const std::filesystem::path& dir,
+                    const std::string& format, std::ostream& out);
 
 /// `ndif-sweep verify`: returns 0 when every completed batch matches its checksum, else 6.
 [[nodiscard]] int verify_command(const std::filesystem::path& file, std::ostream& out);

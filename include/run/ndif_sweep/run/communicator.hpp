@@ -16,7 +16,7 @@ namespace ndif::run {
 /// Owns MPI's lifetime in a process: MPI_Init_thread in the constructor (funneled: only the main
 /// thread calls MPI), MPI_Finalize in the destructor. Works under mpirun, srun and as a singleton.
 class MpiSession {
-public:
+ public:
   MpiSession(int* argc, char*** argv);
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
@@ -44,7 +44,7 @@ struct Message {
 
 /// A communicator (MPI_COMM_WORLD by default) with the few operations the run needs.
 class Communicator {
-public:
+ public:
   explicit Communicator(MPI_Comm comm = MPI_COMM_WORLD);
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
@@ -69,7 +69,7 @@ public:
   /// waits forever in a collective call.
   [[noreturn]] void abort(int code) const;
 
-private:
+ private:
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;

@@ -7,11 +7,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
@@ -50,7 +49,8 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
                                       const ModelConfigSource& config_source);
 
 /// The same, in two steps: the spec with the flags applied (throws InputError), then the rest.
-[[nodiscard]] spec::JobSpec load_job_spec(const std::filesystem::path& job_file, const JobOverrides& overrides);
+[[nodiscard]] spec::JobSpec load_job_spec(const std::filesystem::path& job_file,
+                                          const JobOverrides& overrides);
 [[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source);
 
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer

@@ -14,7 +14,7 @@ namespace ndif::run {
 /// A child `ndif-local` process listening on a free loopback port. Stopped (SIGTERM, then SIGKILL
 /// after a grace period) when destroyed.
 class LocalServerProcess {
-public:
+ public:
   /// Starts `binary` with the job's `local` options and waits until it accepts requests.
   /// No API key is passed: the bundled server accepts any non-empty key, so none ever reaches a
   /// process argument. Throws InternalError if it does not come up.
@@ -29,7 +29,7 @@ public:
   /// The `ndif-local` next to the running executable (both are built into the same bin/).
   [[nodiscard]] static std::filesystem::path default_binary();
 
-private:
+ private:
   void stop() noexcept;
   pid_t pid_ = -1;
   std::filesystem::path dir_;

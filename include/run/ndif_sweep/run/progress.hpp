@@ -18,7 +18,7 @@ enum class ProgressMode { auto_, bar, lines, jsonl, none };
 
 /// Counts and formats progress. Pure apart from writing to the stream it is given.
 class ProgressReporter {
-public:
+ public:
   using Clock = std::chrono::steady_clock;
 
   /// `done_batches`/`done_rows` already complete when the run starts (a resume).
@@ -43,7 +43,7 @@ public:
   /// "1:02:03" or "--:--" when unknown.
   [[nodiscard]] static std::string format_duration(double seconds);
 
-private:
+ private:
   [[nodiscard]] std::string line(Clock::time_point now) const;
   [[nodiscard]] std::string json(Clock::time_point now, const std::string& event) const;
 

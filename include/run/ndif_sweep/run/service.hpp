@@ -20,9 +20,9 @@ namespace ndif::run {
 
 /// What a remote endpoint says about the job's model.
 struct ServiceFacts {
-  remote::Deployment deployment;           ///< the one the job runs on
-  std::string model_key;                   ///< what requests carry: the job's, else the deployment's
-  std::optional<remote::ServerEnv> env;    ///< GET /env, asked for the nnsight encoder
+  remote::Deployment deployment;         ///< the one the job runs on
+  std::string model_key;                 ///< what requests carry: the job's, else the deployment's
+  std::optional<remote::ServerEnv> env;  ///< GET /env, asked for the nnsight encoder
 };
 
 /// GET /status (and GET /env when the job uses the nnsight encoder) of the job's endpoint, which
@@ -36,8 +36,8 @@ struct ServiceFacts {
 
 /// Asks the service whether it takes the key (a G4 request with no blob: no job is made). Throws
 /// ServiceRefused (exit 5) with the server's words when it refuses; returns what it said.
-remote::KeyCheck require_api_key(const spec::JobSpec& spec, const std::string& base_url, const std::string& api_key,
-                                 const std::string& model_key);
+remote::KeyCheck require_api_key(const spec::JobSpec& spec, const std::string& base_url,
+                                 const std::string& api_key, const std::string& model_key);
 
 /// Throws ServiceRefused (exit 5) naming both versions and the fix when the encoder's nnsight is
 /// not the server's (the blob is a pickle of nnsight's own objects: versions must match).
@@ -67,7 +67,8 @@ void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& j
 
 /// The rows the tokenizer canary checks: about `want` spread evenly over the file, plus the
 /// longest prompt; all of them when there are fewer. Ascending, unique.
-[[nodiscard]] std::vector<std::size_t> canary_rows(const std::vector<std::int32_t>& n_tokens, std::size_t want = 1000);
+[[nodiscard]] std::vector<std::size_t> canary_rows(const std::vector<std::int32_t>& n_tokens,
+                                                   std::size_t want = 1000);
 
 /// The tokenizer canary: the model's own Hugging Face tokenizer (through the encoder) on the
 /// canary rows must give exactly ndif-sweep's ids. Throws InputError naming the first prompt that

@@ -5,11 +5,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ndif_sweep/core/dtype.hpp"
 
@@ -93,7 +92,7 @@ struct JobSpec {
   std::filesystem::path job_file;
   std::string model;
   std::optional<std::string> revision;
-  std::string endpoint = "local";   ///< "local" or a base URL
+  std::string endpoint = "local";  ///< "local" or a base URL
   LocalServerOptions local;
   std::string api_key_env = "NDIF_API_KEY";
   std::filesystem::path tokenizer;

@@ -12,11 +12,11 @@ namespace ndif::spec {
 
 /// One line of the prompts file.
 struct PromptRecord {
-  std::size_t line = 0;                  ///< 1-based line number in the file, for messages
+  std::size_t line = 0;  ///< 1-based line number in the file, for messages
   std::string text;
-  std::string id;                        ///< given, or the row number (from 0) as a string
-  std::string meta_json = "{}";          ///< the "meta" object serialised, "{}" when absent
-  std::vector<PositionSpec> positions;   ///< given, or the job's default positions
+  std::string id;                       ///< given, or the row number (from 0) as a string
+  std::string meta_json = "{}";         ///< the "meta" object serialised, "{}" when absent
+  std::vector<PositionSpec> positions;  ///< given, or the job's default positions
 };
 
 /// Reads and validates a prompts file. Throws InputError naming the file, the line and the
@@ -25,7 +25,8 @@ struct PromptRecord {
                                                      const std::vector<PositionSpec>& default_positions);
 
 /// Same, from the file's text; `path` is used in messages.
-[[nodiscard]] std::vector<PromptRecord> parse_prompts(const std::string& text, const std::filesystem::path& path,
+[[nodiscard]] std::vector<PromptRecord> parse_prompts(const std::string& text,
+                                                      const std::filesystem::path& path,
                                                       const std::vector<PositionSpec>& default_positions);
 
 }  // namespace ndif::spec

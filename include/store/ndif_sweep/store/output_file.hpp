@@ -35,10 +35,10 @@ struct FileLayout {
   std::string tokenizer_sha256;  ///< SHA-256 of the tokenizer.json used
   std::string tool_version;      ///< ndif-sweep version that created the file
 
-  std::vector<std::string> text;      ///< N prompts
-  std::vector<std::string> id;        ///< N ids
-  std::vector<std::string> meta;      ///< N JSON objects as text
-  std::vector<std::int32_t> n_tokens; ///< N token counts
+  std::vector<std::string> text;        ///< N prompts
+  std::vector<std::string> id;          ///< N ids
+  std::vector<std::string> meta;        ///< N JSON objects as text
+  std::vector<std::int32_t> n_tokens;   ///< N token counts
   std::vector<std::int32_t> positions;  ///< N x P resolved positions, row-major
   std::size_t positions_per_row = 0;    ///< P
 
@@ -76,13 +76,13 @@ enum class Existing { absent, same_job };
 /// One start of a run, stored as group `/runs/<k>` (k = 0, 1, ...) whose attributes are the fields
 /// below (strings as UTF-8, numbers as int64).
 struct RunRecord {
-  std::string time_utc;              ///< ISO 8601 start time, e.g. 2025-01-31T12:00:00Z
-  std::int64_t ranks = 1;            ///< MPI ranks of the run
-  std::string host;                  ///< host name of rank 0
-  std::string slurm_job_id;          ///< empty outside SLURM
+  std::string time_utc;      ///< ISO 8601 start time, e.g. 2025-01-31T12:00:00Z
+  std::int64_t ranks = 1;    ///< MPI ranks of the run
+  std::string host;          ///< host name of rank 0
+  std::string slurm_job_id;  ///< empty outside SLURM
   std::int64_t slurm_restart_count = 0;
   std::string tool_version;
-  std::string outcome = "running";   ///< running | complete | incomplete | failed | drained
+  std::string outcome = "running";  ///< running | complete | incomplete | failed | drained
 };
 
 /// Appends `record` as the next `/runs/<k>` and returns k. Serial, rank 0, before the parallel open.

@@ -25,7 +25,7 @@ namespace ndif::store {
 
 /// One process's hold on `<FILE>.lock`. Move-only; released on destruction or by release().
 class OutputLock {
-public:
+ public:
   /// Runs the protocol above. Collective over `comm`. On success every rank holds a shared lock.
   /// Throws SpecMismatch ("another run holds FILE (lock FILE.lock)") on every rank when rank 0
   /// cannot get the exclusive lock within `patience`; InputError when the lock file cannot be
@@ -52,7 +52,7 @@ public:
   /// Whether this object still holds a lock.
   [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
 
-private:
+ private:
   OutputLock(std::filesystem::path output, int fd) : output_(std::move(output)), fd_(fd) {}
   std::filesystem::path output_;
   int fd_ = -1;

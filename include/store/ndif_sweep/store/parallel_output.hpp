@@ -17,10 +17,10 @@ namespace ndif::store {
 
 /// Per-batch statistics stored next to the flag (/batches/attempts, seconds, bytes, nonfinite).
 struct BatchStats {
-  std::int32_t attempts = 0;    ///< submissions it took, the successful one included
-  double seconds = 0.0;         ///< wall time from first submission to decoded result
-  std::int64_t bytes = 0;       ///< bytes downloaded for the successful attempt
-  std::int64_t nonfinite = 0;   ///< NaN or infinite values in the batch's data
+  std::int32_t attempts = 0;   ///< submissions it took, the successful one included
+  double seconds = 0.0;        ///< wall time from first submission to decoded result
+  std::int64_t bytes = 0;      ///< bytes downloaded for the successful attempt
+  std::int64_t nonfinite = 0;  ///< NaN or infinite values in the batch's data
 };
 
 /// The checksum stored in /batches/checksum: XXH3-64 (seed 0) of the concatenation, in probe order
@@ -31,7 +31,7 @@ struct BatchStats {
 
 /// The output file opened for writing by all ranks of a run (MPI-IO driver). Move-only.
 class ParallelOutput {
-public:
+ public:
   /// Opens `path` read-write on every rank of `comm`. Collective over `comm`. The file must exist
   /// (create_output_file) and no serial writer may have it open. Throws StorageError.
   [[nodiscard]] static ParallelOutput open(const std::filesystem::path& path, MPI_Comm comm);
@@ -69,7 +69,7 @@ public:
   /// Throws StorageError.
   void close();
 
-private:
+ private:
   struct State;
   explicit ParallelOutput(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;

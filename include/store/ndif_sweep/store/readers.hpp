@@ -6,17 +6,15 @@
 /// Every reader throws SpecMismatch when the file is not an `ndif-sweep/1` file (not HDF5,
 /// truncated, another format) and StorageError when reading fails.
 
-#include "ndif_sweep/store/output_file.hpp"
-
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "ndif_sweep/core/dtype.hpp"
+#include "ndif_sweep/store/output_file.hpp"
 
 namespace ndif::store {
 

@@ -24,7 +24,7 @@ struct Encoding {
 
 /// A loaded tokenizer. Immutable after loading, so one instance may be used from several threads.
 class Tokenizer {
-public:
+ public:
   /// Loads a tokenizer.json file. Throws InputError naming the file and the unsupported feature or
   /// malformed key; a feature the engine does not implement is always an error, never ignored.
   [[nodiscard]] static Tokenizer from_file(const std::filesystem::path& path);
@@ -44,7 +44,7 @@ public:
 
   struct Impl;
 
-private:
+ private:
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -9,12 +9,11 @@
 #include <string>
 #include <utility>
 #include <variant>
-
-#include "ndif_sweep/core/dtype.hpp"
 #include <vector>
 
-namespace ndif::torchsave {
+#include "ndif_sweep/core/dtype.hpp"
 
+namespace ndif::torchsave {
 
 /// Raw little-endian bytes of one storage; several tensors may view the same storage.
 struct Storage {
@@ -25,9 +24,9 @@ struct Storage {
 /// A strided view into a storage, as `torch._utils._rebuild_tensor_v2` builds it.
 struct Tensor {
   std::shared_ptr<const Storage> storage;
-  std::int64_t offset = 0;            ///< in elements
+  std::int64_t offset = 0;  ///< in elements
   std::vector<std::int64_t> shape;
-  std::vector<std::int64_t> stride;   ///< in elements
+  std::vector<std::int64_t> stride;  ///< in elements
 
   [[nodiscard]] DType dtype() const noexcept { return storage->dtype; }
   [[nodiscard]] std::int64_t numel() const noexcept;

@@ -1,4 +1,4 @@
-// ndif-local: the bundled NDIF-compatible server (architecture.md sections 2 and 6).
+// ndif-local: the bundled NDIF-compatible server (README "Commands", docs/protocol.md).
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <optional>

@@ -10,8 +10,8 @@ namespace ndif::plan {
 
 namespace {
 
-// Bytes per row and per batch of the fixed-size datasets of the output file (architecture.md
-// section 5) besides /acts: n_tokens, batch (int32), order (int64) and positions (P x int32) per
+// Bytes per row and per batch of the fixed-size datasets of the output file (docs/output-format.md)
+// besides /acts: n_tokens, batch (int32), order (int64) and positions (P x int32) per
 // row; done (uint8), start, count, checksum, attempts, seconds, bytes, nonfinite (8 bytes each)
 // per batch. The variable-length strings (text, id, meta) are not known to the plan.
 constexpr std::int64_t kRowIndexBytes = 4 + 4 + 8;

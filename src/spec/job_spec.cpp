@@ -136,7 +136,7 @@ std::optional<std::vector<int>> parse_layer_range(std::string_view text) {
   return layers;
 }
 
-// Tuple outputs of a Llama-style decoder (architecture.md section 6): a decoder layer and its
+// Tuple outputs of a Llama-style decoder (docs/protocol.md, the synthetic model): a decoder layer and its
 // self_attn; their element 0 is the hidden state. Every other module returns a tensor.
 std::optional<int> default_output_index(std::string_view module) {
   if (module.ends_with("{layer}") || module.ends_with(".self_attn")) return 0;

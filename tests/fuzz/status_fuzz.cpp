@@ -2,7 +2,7 @@
 // batch result file. Only DecodeError may escape; a crash, a sanitizer report or any other
 // exception is a finding. Every decoded result is also checked against the shape it was decoded
 // for, so a split that passed the checks but reads outside its tensor shows up under ASan.
-// Good seeds: status replies of ndif-protocol.md section 5 and tests/data/torchsave/*.pt.
+// Good seeds: status replies of docs/protocol.md and tests/data/torchsave/*.pt.
 #include <cstddef>
 #include <cstdint>
 #include <span>

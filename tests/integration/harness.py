@@ -1,7 +1,7 @@
 """Shared helpers of the integration tests: they drive the real `ndif-sweep` and `ndif-local`
 binaries and check what they write against values computed here, independently of the code under
 test (reference token ids from Hugging Face's own tokenizer through node, activations from the
-NumPy synthetic model of architecture.md section 6).
+NumPy synthetic model of docs/protocol.md).
 
 Every test file calls `main()`, which takes `--build DIR` (the CMake build directory holding
 bin/) and `--source DIR` (the repository root) off the command line before unittest sees it.
@@ -26,7 +26,7 @@ import numpy as np
 SOURCE = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("NDIF_BUILD_DIR", SOURCE / "build"))
 
-# mpirun as root, quiet and loopback only (hpc-notes.md); ctest sets the same.
+# mpirun as root, quiet and loopback only (docs/design.md, MPI as root); ctest sets the same.
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",

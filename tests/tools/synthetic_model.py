@@ -1,4 +1,4 @@
-"""Independent NumPy implementation of ndif-local's synthetic model (architecture.md section 6).
+"""Independent NumPy implementation of ndif-local's synthetic model (docs/protocol.md, the synthetic model).
 
 Integration tests import this module to compute, bit for bit, what ndif-local returns:
 

@@ -8,7 +8,7 @@
 
 namespace ndif {
 
-/// Process exit codes of `ndif-sweep` (contract: architecture.md section 2).
+/// Process exit codes of `ndif-sweep` (contract: README "Exit codes").
 enum class ExitCode : int {
   ok = 0,
   failure = 1,          ///< an unexpected fault (storage I/O, internal error)

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The G2 intervention-graph interpreter of ndif-local (ndif-protocol.md section 4): parses the
+/// The G2 intervention-graph interpreter of ndif-local (docs/protocol.md, G2): parses the
 /// `{"graph", "memo"}` request JSON, runs its nodes against the synthetic model and returns the
 /// saved values. Module outputs are lazy: only the elements that indexing selects are computed.
 /// Pure: no I/O.

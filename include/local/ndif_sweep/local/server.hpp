@@ -19,7 +19,7 @@
 
 namespace ndif::local {
 
-/// One kind of injected fault (architecture.md section 2, `--fail-kinds`).
+/// One kind of injected fault (README "Commands", `--fail-kinds`).
 enum class FaultKind {
   http500,       ///< POST /request answers 500; no job is created
   http503,       ///< POST /request answers 503; no job is created

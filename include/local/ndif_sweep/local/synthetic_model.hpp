@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The deterministic synthetic model that ndif-local serves (architecture.md section 6, contract).
+/// The deterministic synthetic model that ndif-local serves (docs/protocol.md, a contract).
 /// Every activation is a pure function of the prompt's own token ids, the module path, the token
 /// position and the hidden index, so a client can check every value it receives bit for bit.
 /// Pure: no I/O, no allocation beyond the returned vectors.

@@ -72,7 +72,7 @@ struct BatchPlan {
 [[nodiscard]] BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens,
                                         const spec::BatchOptions& options, const RowShape& shape);
 
-/// The pre-flight estimate printed by `ndif-sweep plan` (architecture.md section 2, `plan --json`).
+/// The pre-flight estimate printed by `ndif-sweep plan` (docs/user-guide.md section 2, `plan --json`).
 struct PlanSummary {
   std::int64_t prompts = 0;
   std::int64_t tokens = 0;         ///< sum of prompt lengths

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// The request that asks an NDIF service for one batch's activations. Pure: builds bytes and
-/// headers, talks to no network (ndif-protocol.md sections 3 and 4).
+/// headers, talks to no network (docs/protocol.md).
 
 #include <cstddef>
 #include <cstdint>
@@ -49,9 +49,9 @@ inline constexpr const char* kSaveName = "ndif_sweep_acts";
 
 /// An encoded request and what its result must look like. `headers` never hold `ndif-api-key`
 /// (the transport adds it, so a request never holds a secret).
-/// - G2: `body` is POSTed as it is, settings in `headers` (ndif-protocol.md section 3);
+/// - G2: `body` is POSTed as it is, settings in `headers` (docs/protocol.md, G2);
 ///   `envelope` is empty.
-/// - G4: a multipart POST (ndif-g4.md section 2) with the form field `data` = `envelope` (the
+/// - G4: a multipart POST (docs/protocol.md, G4) with the form field `data` = `envelope` (the
 ///   request's JSON) and the file `blob` = `body`.
 struct EncodedRequest {
   std::string envelope;

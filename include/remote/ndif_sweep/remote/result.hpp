@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Decoding of a batch's result file (ndif-protocol.md section 6). Pure; the input is untrusted
+/// Decoding of a batch's result file (docs/protocol.md). Pure; the input is untrusted
 /// bytes from the network.
 
 #include <cstddef>

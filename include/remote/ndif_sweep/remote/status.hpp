@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The status JSON of an NDIF job (ndif-protocol.md section 5). Pure; the input is untrusted
+/// The status JSON of an NDIF job (docs/protocol.md). Pure; the input is untrusted
 /// bytes from the network.
 
 #include <cstdint>

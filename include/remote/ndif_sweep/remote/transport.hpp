@@ -62,7 +62,7 @@ struct FinishedJob {
 
 /// Runs attempts through their lifecycle: POST /request, then GET /response/{id} with backoff
 /// (poll_delay) until COMPLETED or ERROR, then the download from /result/{id} or from the URL in
-/// the COMPLETED status. A request with an envelope is sent as G4 (ndif-g4.md section 2): a
+/// the COMPLETED status. A request with an envelope is sent as G4 (docs/protocol.md, G4): a
 /// multipart POST with `data` and `blob` and an `ndif-timestamp` header, and a 404 from
 /// /response/{id} before its first stored status means "not stored yet". A presigned URL is
 /// fetched with no NDIF header and no key. Single-threaded: nothing happens between calls to

@@ -61,7 +61,7 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 /// changes it.
 [[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
 
-/// The `plan --json` object (architecture.md section 2).
+/// The `plan --json` object (docs/user-guide.md section 2).
 [[nodiscard]] nlohmann::json plan_summary_json(const PreparedJob& job);
 
 /// The human-readable pre-flight estimate printed by `ndif-sweep plan`.

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The job spec (architecture.md section 3, a contract): parsed, validated and canonicalised.
+/// The job spec (docs/user-guide.md section 2, a contract): parsed, validated and canonicalised.
 /// Pure: reads only the job file it is given.
 
 #include <cstdint>
@@ -17,13 +17,13 @@ namespace ndif::spec {
 /// Bytes per element of an activation dtype: 2 or 4.
 [[nodiscard]] inline int dtype_bytes(DType dtype) noexcept { return static_cast<int>(element_size(dtype)); }
 
-/// What builds each batch's request body (architecture.md section 3, `encoder`).
+/// What builds each batch's request body (docs/user-guide.md section 2, `encoder`).
 enum class EncoderKind {
   graph,    ///< ndif-sweep's own JSON intervention graph (ndif-local, nnsight-0.4 servers)
   nnsight,  ///< the user's nnsight in an encoder process (production NDIF)
 };
 
-/// How requests travel (architecture.md section 3, `protocol`).
+/// How requests travel (docs/user-guide.md section 2, `protocol`).
 enum class Protocol {
   g4,  ///< multipart POST, GET /response/{id} polling, result by presigned URL (nnsight >= 0.8)
   g2,  ///< raw body with settings in headers, GET /result/{id} (nnsight 0.4)

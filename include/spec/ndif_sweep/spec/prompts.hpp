@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The prompts file (architecture.md section 4, a contract): JSON Lines, one prompt per line.
+/// The prompts file (docs/user-guide.md section 3, a contract): JSON Lines, one prompt per line.
 
 #include <filesystem>
 #include <string>

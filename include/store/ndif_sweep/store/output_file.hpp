@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The output file, format `ndif-sweep/1` (architecture.md section 5): creating it, checking an
+/// The output file, format `ndif-sweep/1` (docs/output-format.md): creating it, checking an
 /// existing one against a job, and the run records under `/runs`. All of these are serial and are
 /// called by rank 0 alone, never while a ParallelOutput has the file open.
 

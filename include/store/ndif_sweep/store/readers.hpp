@@ -44,7 +44,7 @@ struct FileStatus {
   std::vector<ProbeStatus> probes;
   std::vector<RunRecord> runs;
 
-  /// The `status --json` object of architecture.md section 2 (plus model_key, job_hash,
+  /// The `status --json` object of docs/output-format.md (plus model_key, job_hash,
   /// tool_version, created_utc).
   [[nodiscard]] nlohmann::json to_json() const;
   /// A few lines for people: progress, missing batches, probes, runs.

@@ -31,11 +31,13 @@ int main(int argc, char** argv) {
   std::string endpoint, output, progress = "auto";
   int max_inflight = 0;
   auto* run = app.add_subcommand("run", "run (or resume) a sweep; launch with mpirun/srun for several ranks");
+  // An int with "given?" asked of CLI11: 0 is a value to reject (exit 2), not "unset".
   run->add_option("job", run_opts.job_file, "job spec (JSON)")->required();
   run->add_option("--endpoint", endpoint,
                   "\"local\" or a base URL http(s)://host[:port]; overrides the job's");
   run->add_option("--output", output, "output HDF5 file; overrides the job's");
-  run->add_option("--max-inflight", max_inflight, "NDIF jobs in flight per rank; overrides the job's");
+  auto* max_inflight_option =
+      run->add_option("--max-inflight", max_inflight, "NDIF jobs in flight per rank; overrides the job's");
   run->add_option("--progress", progress, "auto|bar|lines|jsonl|none");
 
   std::string plan_job;
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
     try {
       if (!endpoint.empty()) run_opts.overrides.endpoint = endpoint;
       if (!output.empty()) run_opts.overrides.output = output;
-      if (max_inflight != 0) run_opts.overrides.max_inflight = max_inflight;
+      if (max_inflight_option->count() > 0) run_opts.overrides.max_inflight = max_inflight;
       run_opts.progress = ndif::run::parse_progress_mode(progress);
       rc = ndif::run::run_sweep(run_opts);
     } catch (const ndif::Error& e) {

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/hash.hpp"
 #include "ndif_sweep/core/utf8.hpp"
 #include "ndif_sweep/core/version.hpp"
 
@@ -317,6 +318,38 @@ EncodedRequest GraphRequestEncoder::encode(const BatchRequest& request) {
   };
   encoded.expected = expected_result(request, built.saved_node);
   return encoded;
+}
+
+std::uint64_t request_hash(const BatchRequest& request) {
+  // A canonical byte string of the request's fields: every variable-length part is preceded by
+  // its length, so that two different requests never serialise alike.
+  std::string bytes;
+  const auto put_int = [&](std::int64_t v) { bytes.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  const auto put_text = [&](std::string_view text) {
+    put_int(static_cast<std::int64_t>(text.size()));
+    bytes.append(text);
+  };
+  const auto put_ints = [&](const auto& values) {
+    put_int(static_cast<std::int64_t>(values.size()));
+    for (const auto v : values) put_int(v);
+  };
+  put_text(request.model);
+  put_text(request.model_key);
+  put_int(request.padded_len);
+  put_int(static_cast<std::int64_t>(request.prompts.size()));
+  for (const auto& p : request.prompts) {
+    put_ints(p.ids);
+    put_ints(p.positions);
+  }
+  put_int(static_cast<std::int64_t>(request.probes.size()));
+  for (const auto& p : request.probes) {
+    put_text(p.module);
+    put_int(p.output_index ? *p.output_index : -1);
+    put_ints(p.layers);
+  }
+  put_text(dtype_name(request.dtype));
+  put_int(request.hidden);
+  return xxh3_64(std::as_bytes(std::span(bytes.data(), bytes.size())));
 }
 
 PaddedBatch pad_batch(const BatchRequest& request, std::int32_t pad_token_id) {

@@ -161,6 +161,8 @@ struct JobTransport::Impl {
     int poll_failures = 0;
     bool presigned = false;
     bool stored = false;  // a poll has read a stored status (G4: before that, 404 means "not yet")
+    // A job resumed from the journal that still answers 404 after this is gone, not late.
+    Clock::time_point not_stored_until = Clock::time_point::max();
     JobState state = JobState::received;
     std::optional<std::int64_t> announced_size;
     std::optional<Transfer> transfer;
@@ -169,7 +171,8 @@ struct JobTransport::Impl {
   TransportOptions options;
   std::string base;
   curl::Multi multi = curl::make_multi();
-  std::list<Attempt> attempts;  // stable addresses: curl holds pointers into them
+  std::list<Attempt> attempts;        // stable addresses: curl holds pointers into them
+  std::vector<SubmittedJob> learned;  // job ids the submit replies gave, not yet returned by run
 
   explicit Impl(TransportOptions o) : options(std::move(o)), base(trim_slash(options.base_url)) {}
   ~Impl() { cancel_all(); }
@@ -181,6 +184,7 @@ struct JobTransport::Impl {
       if (a.transfer) curl_multi_remove_handle(multi.get(), a.transfer->easy.get());
     }
     attempts.clear();
+    learned.clear();
   }
 
   void add_key(Transfer& t) const { curl::append_header(t.headers, "ndif-api-key", options.api_key); }
@@ -275,7 +279,10 @@ struct JobTransport::Impl {
 
   // Acts on a status reply (from the submit or a poll); returns a finished job or nothing.
   std::optional<FinishedJob> on_status(Attempt& a, const JobStatus& status, Stage stage) {
-    if (a.job_id.empty()) a.job_id = status.id;
+    if (a.job_id.empty()) {
+      a.job_id = status.id;
+      learned.push_back(SubmittedJob{a.ticket, a.job_id});
+    }
     if (status.state != JobState::log) a.state = status.state;
     if (status.state == JobState::completed) {
       start_download(a, status);
@@ -321,7 +328,8 @@ struct JobTransport::Impl {
     const long status = http_status(t.easy.get());
     // G4 stores a job's status only once the server has queued it: a 404 before the first stored
     // status means "not yet"; after one, the record is gone and the attempt fails (below).
-    if (stage == Stage::poll && status == 404 && a.request.multipart() && !a.stored) {
+    if (stage == Stage::poll && status == 404 && a.request.multipart() && !a.stored &&
+        Clock::now() < a.not_stored_until) {
       schedule_poll(a);
       return std::nullopt;
     }
@@ -362,9 +370,18 @@ struct JobTransport::Impl {
     return on_status(a, parsed, stage);
   }
 
-  std::vector<FinishedJob> run(std::chrono::milliseconds max_wait) {
+  TransportEvents run(std::chrono::milliseconds max_wait) {
     const auto until = Clock::now() + max_wait;
-    std::vector<FinishedJob> finished;
+    TransportEvents events;
+    auto& finished = events.finished;
+    if (attempts.empty()) {
+      // Nothing to drive: wait the time out here rather than let the caller spin.
+      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(max_wait).count();
+      curl::check_multi(curl_multi_poll(multi.get(), nullptr, 0,
+                                        static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
+                        "curl_multi_poll");
+      return events;
+    }
     auto finish = [&](std::list<Attempt>::iterator it, FinishedJob job) {
       if (it->transfer) curl_multi_remove_handle(multi.get(), it->transfer->easy.get());
       finished.push_back(std::move(job));
@@ -400,7 +417,7 @@ struct JobTransport::Impl {
         if (auto job = on_done(*it, rc)) finish(it, std::move(*job));
       }
       const auto after = Clock::now();
-      if (!finished.empty() || after >= until) break;
+      if (!finished.empty() || !learned.empty() || after >= until) break;
       auto wake = until;
       for (const auto& a : attempts) {
         wake = std::min(wake, a.deadline);
@@ -411,7 +428,8 @@ struct JobTransport::Impl {
                                         static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
                         "curl_multi_poll");
     }
-    return finished;
+    events.submitted = std::exchange(learned, {});
+    return events;
   }
 };
 
@@ -432,9 +450,23 @@ void JobTransport::submit(JobTicket ticket, EncodedRequest request) {
   }
 }
 
-std::vector<FinishedJob> JobTransport::run(std::chrono::milliseconds max_wait) {
-  return impl_->run(max_wait);
+void JobTransport::resume(JobTicket ticket, const std::string& job_id, EncodedRequest request,
+                          std::chrono::milliseconds since_submit) {
+  auto& a = impl_->attempts.emplace_back();
+  a.ticket = ticket;
+  a.request = std::move(request);
+  a.job_id = job_id;
+  a.started = Clock::now();
+  a.deadline = a.started + std::chrono::milliseconds(to_ms(impl_->options.timeouts.job_s));
+  const auto grace = std::min(std::chrono::milliseconds(to_ms(impl_->options.timeouts.job_s)),
+                              impl_->options.resumed_not_stored) -
+                     std::max(since_submit, std::chrono::milliseconds(0));
+  a.not_stored_until = a.started + std::max(grace, std::chrono::milliseconds(0));
+  a.phase = Phase::waiting_to_poll;
+  a.next_poll = a.started;
 }
+
+TransportEvents JobTransport::run(std::chrono::milliseconds max_wait) { return impl_->run(max_wait); }
 
 std::size_t JobTransport::in_flight() const noexcept { return impl_->attempts.size(); }
 

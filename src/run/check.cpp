@@ -141,7 +141,7 @@ std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& enc
   remote::JobTransport transport(remote::TransportOptions{base_url, api_key, job.spec.timeouts});
   transport.submit(remote::JobTicket{0, 1}, std::move(encoded));
   while (true) {
-    auto finished = transport.run(std::chrono::milliseconds(500));
+    auto finished = transport.run(std::chrono::milliseconds(500)).finished;
     if (finished.empty()) continue;
     auto& f = finished.front();
     if (f.failure) throw ServiceRefused(fmt::format("the 1-prompt job failed: {}", f.failure->message));

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <climits>
 #include <cstdlib>
 
 #include "ndif_sweep/core/error.hpp"
@@ -64,20 +65,29 @@ int Communicator::min_all(int value) const {
 
 void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
-void Communicator::send(int dest, Tag tag, const std::string& payload) const {
-  check(MPI_Send(payload.data(), static_cast<int>(payload.size()), MPI_CHAR, dest, static_cast<int>(tag),
-                 comm_),
-        "MPI_Send");
+void Communicator::start_send(int dest, Tag tag, OutgoingSend& out) const {
+  if (out.payload.size() > static_cast<std::size_t>(INT_MAX))
+    throw InternalError(
+        fmt::format("run loop: a message of {} bytes is too large to send", out.payload.size()));
+  check(MPI_Isend(out.payload.data(), static_cast<int>(out.payload.size()), MPI_CHAR, dest,
+                  static_cast<int>(tag), comm_, &out.request),
+        "MPI_Isend");
 }
 
-std::optional<Message> Communicator::try_receive() const {
+bool Communicator::done(OutgoingSend& out) const {
+  int flag = 0;
+  check(MPI_Test(&out.request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+  return flag != 0;
+}
+
+std::optional<Envelope> Communicator::try_receive() const {
   int flag = 0;
   MPI_Status status{};
   check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &status), "MPI_Iprobe");
   if (!flag) return std::nullopt;
   int count = 0;
   check(MPI_Get_count(&status, MPI_CHAR, &count), "MPI_Get_count");
-  Message m;
+  Envelope m;
   m.source = status.MPI_SOURCE;
   m.tag = static_cast<Tag>(status.MPI_TAG);
   m.payload.resize(static_cast<size_t>(count));

@@ -30,9 +30,12 @@
 #include "ndif_sweep/remote/transport.hpp"
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/communicator.hpp"
+#include "ndif_sweep/run/coordinator.hpp"
+#include "ndif_sweep/run/link.hpp"
 #include "ndif_sweep/run/local_server.hpp"
 #include "ndif_sweep/run/service.hpp"
 #include "ndif_sweep/run/signals.hpp"
+#include "ndif_sweep/run/worker.hpp"
 #include "ndif_sweep/store/output_file.hpp"
 #include "ndif_sweep/store/output_lock.hpp"
 #include "ndif_sweep/store/parallel_output.hpp"
@@ -155,290 +158,6 @@ std::unique_ptr<remote::RequestEncoder> make_encoder(const RunContext& c) {
         remote::EncoderJob{c.model, c.revision, c.model_dir, c.model_key, c.probes, c.dtype});
   }
   return std::make_unique<remote::GraphRequestEncoder>(c.protocol);
-}
-
-/// One batch as handed to a worker.
-struct Assignment {
-  std::int32_t batch = 0;
-  std::vector<std::int64_t> rows;
-  std::int32_t padded_len = 0;
-  std::vector<plan::EncodedPrompt> prompts;
-};
-
-json assignment_to_json(const Assignment& a) {
-  json prompts = json::array();
-  for (const auto& p : a.prompts) prompts.push_back({p.ids, p.positions});
-  return json{{"batch", a.batch}, {"rows", a.rows}, {"padded_len", a.padded_len}, {"prompts", prompts}};
-}
-
-Assignment assignment_from_json(const json& j) {
-  Assignment a;
-  a.batch = j.at("batch");
-  a.rows = j.at("rows").get<std::vector<std::int64_t>>();
-  a.padded_len = j.at("padded_len");
-  for (const auto& p : j.at("prompts"))
-    a.prompts.push_back({p[0].get<std::vector<std::int32_t>>(), p[1].get<std::vector<std::int32_t>>()});
-  return a;
-}
-
-/// Statistics of a written batch, reported to rank 0.
-struct BatchReport {
-  std::int32_t batch = 0;
-  std::int64_t rows = 0;
-  std::int64_t bytes = 0;
-  int attempts = 0;
-  double seconds = 0;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Coordinator: rank 0's view of the whole job.
-
-class Coordinator {
- public:
-  Coordinator(const PreparedJob& job, std::deque<std::int32_t> pending, int ranks, ProgressReporter& progress)
-      : job_(job), pending_(std::move(pending)), progress_(progress) {
-    for (int r = 0; r < ranks; ++r) active_.insert(r);
-  }
-
-  /// Up to `slots` pending batches; none once draining or when the queue is empty.
-  std::vector<Assignment> take(int slots) {
-    std::vector<Assignment> out;
-    while (slots-- > 0 && !pending_.empty() && drain_ == DrainRequest::none) {
-      const auto b = pending_.front();
-      pending_.pop_front();
-      const auto& batch = job_.plan.batches[static_cast<size_t>(b)];
-      Assignment a{b, batch.rows, batch.padded_len, {}};
-      for (auto row : batch.rows) a.prompts.push_back(job_.encoded[static_cast<size_t>(row)]);
-      out.push_back(std::move(a));
-    }
-    return out;
-  }
-
-  void done(const BatchReport& r) {
-    progress_.batch_done(r.rows, r.bytes);
-    rejected_in_a_row_ = 0;
-  }
-  void failed(std::int32_t batch, const std::string& why) {
-    progress_.batch_failed();
-    std::cerr << fmt::format("ndif-sweep: batch {} failed after all attempts: {}\n", batch, why);
-  }
-  /// A batch the service says is wrong in itself: it stops, not retried, and the run ends with 5.
-  void invalid(std::int32_t batch, const std::string& why) {
-    progress_.batch_failed();
-    ++invalid_;
-    std::cerr << fmt::format("ndif-sweep: batch {} was rejected by the service and is not retried: {}\n",
-                             batch, why);
-    // The same request built for other prompts: when batch after batch is rejected with nothing
-    // done between, the rest would be rejected too. Stop sending them.
-    if (++rejected_in_a_row_ == kRejectedInARowToStop) {
-      refused(
-          fmt::format("{} batches in a row were rejected as invalid requests (the last: {}); stopping "
-                      "before sending the rest",
-                      kRejectedInARowToStop, why));
-    }
-  }
-  /// The states of `rank`'s jobs in flight, for the progress line.
-  void states(int rank, std::map<std::string, int> counts) {
-    in_flight_[rank] = std::move(counts);
-    std::map<std::string, int> all;
-    for (const auto& [r, per_rank] : in_flight_)
-      for (const auto& [state, n] : per_rank) all[state] += n;
-    progress_.set_in_flight(std::move(all));
-  }
-  void refused(const std::string& why) {
-    if (!refusal_) refusal_ = why;
-    request_drain(DrainRequest::abandon_in_flight);
-  }
-  void request_drain(DrainRequest d) {
-    if (d > drain_) drain_ = d;
-  }
-  void bye(int rank) { active_.erase(rank); }
-
-  [[nodiscard]] DrainRequest drain() const noexcept { return drain_; }
-  [[nodiscard]] bool all_gone() const noexcept { return active_.empty(); }
-  [[nodiscard]] const std::set<int>& active() const noexcept { return active_; }
-  [[nodiscard]] const std::optional<std::string>& refusal() const noexcept { return refusal_; }
-  [[nodiscard]] int invalid_batches() const noexcept { return invalid_; }
-
- private:
-  const PreparedJob& job_;
-  static constexpr int kRejectedInARowToStop = 3;
-  std::map<int, std::map<std::string, int>> in_flight_;
-  int invalid_ = 0;
-  int rejected_in_a_row_ = 0;
-  std::deque<std::int32_t> pending_;
-  ProgressReporter& progress_;
-  std::set<int> active_;
-  DrainRequest drain_ = DrainRequest::none;
-  std::optional<std::string> refusal_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Worker: runs batches on one rank.
-
-class Worker {
- public:
-  Worker(const RunContext& ctx, store::ParallelOutput& output, remote::RequestEncoder& encoder,
-         std::uint64_t seed)
-      : ctx_(ctx),
-        output_(output),
-        transport_(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts}),
-        encoder_(encoder),
-        policy_(ctx.retry, seed) {}
-
-  /// Slots this worker could fill now.
-  [[nodiscard]] int free_slots() const noexcept {
-    if (no_more_work_ || drain_ != DrainRequest::none) return 0;
-    return ctx_.max_inflight - static_cast<int>(work_.size());
-  }
-  [[nodiscard]] bool finished() const noexcept {
-    return work_.empty() && (no_more_work_ || drain_ != DrainRequest::none);
-  }
-
-  void accept(std::vector<Assignment> batches) {
-    if (batches.empty()) no_more_work_ = true;
-    for (auto& a : batches) {
-      remote::EncodedRequest request;
-      try {
-        // Encoded once: a retry sends the same request again.
-        request = encoder_.encode(remote::BatchRequest{ctx_.model, ctx_.model_key, a.prompts, a.padded_len,
-                                                       ctx_.probes, ctx_.dtype, ctx_.hidden});
-      } catch (const Error& e) {
-        // The encoder could not build this batch (after restarting it): the batch fails, the run
-        // goes on, and a later run can do it.
-        encode_failures_.emplace_back(a.batch, fmt::format("encoding the request failed: {}", e.what()));
-        continue;
-      }
-      auto& w = work_[a.batch];
-      w.request = std::move(request);
-      w.assignment = std::move(a);
-      w.first_start = Clock::now();
-      submit(w);
-    }
-  }
-
-  /// How many of this rank's jobs in flight are in each state ("QUEUED", "RUNNING", ...; "RETRY"
-  /// for those waiting out a backoff).
-  [[nodiscard]] std::map<std::string, int> states() const {
-    std::map<std::string, int> counts;
-    for (const auto state : transport_.in_flight_states()) ++counts[remote::state_name(state)];
-    for (const auto& [b, w] : work_)
-      if (w.retry_at) ++counts["RETRY"];
-    return counts;
-  }
-
-  void drain(DrainRequest d) {
-    if (d <= drain_) return;
-    drain_ = d;
-    if (d == DrainRequest::abandon_in_flight) {
-      transport_.cancel_all();
-      work_.clear();
-    } else {
-      // Batches waiting for a retry have no job in flight: give them up now.
-      std::erase_if(work_, [](const auto& kv) { return kv.second.retry_at.has_value(); });
-    }
-  }
-
-  /// Drives the transport for up to `wait`; returns what happened for the coordinator.
-  struct Events {
-    std::vector<BatchReport> done;
-    std::vector<std::pair<std::int32_t, std::string>> failed;
-    std::vector<std::pair<std::int32_t, std::string>> invalid;
-    std::optional<std::string> refused;
-  };
-  Events step(std::chrono::milliseconds wait) {
-    Events ev;
-    ev.failed = std::exchange(encode_failures_, {});
-    const auto now = Clock::now();
-    for (auto& [b, w] : work_)
-      if (w.retry_at && *w.retry_at <= now) submit(w);
-    for (auto& f : transport_.run(wait)) handle(f, ev);
-    return ev;
-  }
-
- private:
-  struct Work {
-    Assignment assignment;
-    remote::EncodedRequest request;
-    int attempts = 0;
-    Clock::time_point first_start;
-    std::optional<Clock::time_point> retry_at;
-  };
-
-  void submit(Work& w) {
-    w.retry_at.reset();
-    ++w.attempts;
-    transport_.submit(remote::JobTicket{w.assignment.batch, w.attempts}, w.request);
-  }
-
-  void handle(remote::FinishedJob& f, Events& ev) {
-    auto it = work_.find(static_cast<std::int32_t>(f.ticket.batch));
-    if (it == work_.end()) return;
-    auto& w = it->second;
-    std::optional<remote::Verdict> verdict;
-    std::string why;
-    if (!f.failure) {
-      try {
-        auto decoded = remote::decode_result(f.result, w.request.expected);
-        std::vector<std::span<const std::byte>> parts;
-        for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
-        const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();
-        output_.write_batch(w.assignment.batch, w.assignment.rows, parts,
-                            store::BatchStats{w.attempts, seconds, f.bytes_received, decoded.nonfinite});
-        ev.done.push_back({w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()),
-                           f.bytes_received, w.attempts, seconds});
-        work_.erase(it);
-        return;
-      } catch (const DecodeError& e) {
-        verdict = remote::classify_decode(true);
-        why = e.what();
-      }
-    } else {
-      verdict = f.failure->verdict;
-      why = f.failure->message;
-    }
-    if (*verdict == remote::Verdict::refused) {
-      ev.refused = fmt::format("batch {}: {}", w.assignment.batch, why);
-      work_.erase(it);
-      return;
-    }
-    if (*verdict == remote::Verdict::job_invalid) {
-      ev.invalid.emplace_back(w.assignment.batch, why);
-      work_.erase(it);
-      return;
-    }
-    if (*verdict == remote::Verdict::retry && policy_.may_retry(w.attempts) && drain_ == DrainRequest::none) {
-      const auto delay = policy_.backoff(w.assignment.batch, w.attempts);
-      std::cerr << fmt::format("ndif-sweep: batch {} attempt {} failed ({}); retrying in {:.1f} s\n",
-                               w.assignment.batch, w.attempts, why,
-                               static_cast<double>(delay.count()) / 1000.0);
-      w.retry_at = Clock::now() + delay;
-      return;
-    }
-    ev.failed.emplace_back(w.assignment.batch, fmt::format("{} (attempt {})", why, w.attempts));
-    work_.erase(it);
-  }
-
-  const RunContext& ctx_;
-  store::ParallelOutput& output_;
-  remote::JobTransport transport_;
-  remote::RequestEncoder& encoder_;
-  remote::RetryPolicy policy_;
-  std::map<std::int32_t, Work> work_;
-  std::vector<std::pair<std::int32_t, std::string>> encode_failures_;
-  bool no_more_work_ = false;
-  DrainRequest drain_ = DrainRequest::none;
-};
-
-json report_to_json(const BatchReport& r) {
-  return json{{"batch", r.batch},
-              {"rows", r.rows},
-              {"bytes", r.bytes},
-              {"attempts", r.attempts},
-              {"seconds", r.seconds}};
-}
-BatchReport report_from_json(const json& j) {
-  return BatchReport{j.at("batch"), j.at("rows"), j.at("bytes"), j.at("attempts"), j.at("seconds")};
 }
 
 std::string host_name() {
@@ -663,19 +382,109 @@ int root_step(const Communicator& comm, Step&& step) {
   comm.abort(code == 0 ? 1 : code);
 }
 
+/// The test hook of docs/design.md ("No rank hangs"): NDIF_SWEEP_TEST_FAIL="phase:rank" makes
+/// that rank fail as it enters `phase` (start, run, finalize, outcome), so that tests can show
+/// every rank ends, with the documented exit code, whatever fails where.
+void injected_failure(const char* phase, int rank) {
+  const char* spec = std::getenv("NDIF_SWEEP_TEST_FAIL");
+  if (spec == nullptr || fmt::format("{}:{}", phase, rank) != spec) return;
+  throw StorageError(fmt::format("injected test failure (NDIF_SWEEP_TEST_FAIL={})", spec));
+}
+
+WorkerSettings worker_settings(const RunContext& c) {
+  WorkerSettings s;
+  s.model = c.model;
+  s.model_key = c.model_key;
+  s.probes = c.probes;
+  s.dtype = c.dtype;
+  s.hidden = c.hidden;
+  s.max_inflight = c.max_inflight;
+  s.retry = c.retry;
+  return s;
+}
+
+/// Rank 0's half of the loop: the pending batches (journaled ones first, so a restart polls them
+/// before it sends anything new) and the coordinator that hands them out.
+struct RootLoop {
+  std::vector<store::JournalEntry> journal;
+  std::optional<ProgressReporter> progress;
+  std::optional<Coordinator> coordinator;
+};
+
+void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& ctx,
+                     const store::ParallelOutput& output, const RunOptions& options, int ranks) {
+  const auto& job = setup.job;
+  const auto flags = output.read_done_flags();
+  // The bundled server starts afresh with every run: the jobs an earlier run journaled died with it.
+  if (job.spec.endpoint != "local") loop.journal = output.read_journal();
+  std::deque<std::int32_t> journaled, fresh;
+  std::int64_t done_batches = 0, done_rows = 0;
+  for (std::size_t b = 0; b < flags.size(); ++b) {
+    if (flags[b]) {
+      ++done_batches;
+      done_rows += static_cast<std::int64_t>(job.plan.batches[b].rows.size());
+    } else if (b < loop.journal.size() && !loop.journal[b].empty()) {
+      journaled.push_back(static_cast<std::int32_t>(b));
+    } else {
+      fresh.push_back(static_cast<std::int32_t>(b));
+    }
+  }
+  const auto to_go = journaled.size() + fresh.size();
+  loop.progress.emplace(options.progress, std::cerr, ctx.batches,
+                        static_cast<std::int64_t>(job.prompts.size()), done_batches, done_rows, Clock::now());
+  if (setup.resumed) {
+    std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
+                             ctx.output, done_batches, ctx.batches, to_go, ranks);
+    if (!journaled.empty())
+      std::cerr << fmt::format(
+          "ndif-sweep: {} NDIF job(s) of an earlier run are in the journal: polling them before sending "
+          "anything new\n",
+          journaled.size());
+  } else {
+    std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
+                             job.prompts.size(), ctx.batches, ctx.output, ranks, job.spec.endpoint);
+  }
+  std::deque<std::int32_t> pending = std::move(journaled);
+  pending.insert(pending.end(), fresh.begin(), fresh.end());
+  auto assignment_of = [&job, &loop](std::int32_t b) {
+    const auto& batch = job.plan.batches[static_cast<std::size_t>(b)];
+    Assignment a{b, batch.rows, batch.padded_len, {}, std::nullopt};
+    for (auto row : batch.rows) a.prompts.push_back(job.encoded[static_cast<std::size_t>(row)]);
+    if (static_cast<std::size_t>(b) < loop.journal.size() &&
+        !loop.journal[static_cast<std::size_t>(b)].empty())
+      a.journaled = loop.journal[static_cast<std::size_t>(b)];
+    return a;
+  };
+  loop.coordinator.emplace(std::move(pending), ranks, std::move(assignment_of), *loop.progress, std::cerr);
+}
+
+/// Waits, without spinning, until every message this rank sent has been taken or `patience` has
+/// passed (a rank that died cannot take one; small messages leave at once anyway).
+void flush(Link& link, std::chrono::milliseconds patience = std::chrono::seconds(10)) {
+  const auto until = Clock::now() + patience;
+  while (!link.flushed() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+/// How long a rank waits on NDIF in one turn before it looks at its messages again.
+constexpr std::chrono::milliseconds kTurn{50};
+
 }  // namespace
 
 int run_sweep(const RunOptions& options) {
   install_drain_handlers();
   const Communicator comm;
-  const bool root = comm.rank() == 0;
+  const int rank = comm.rank();
+  const bool root = rank == 0;
 
+  // Start. Everything that can be wrong with the input is found by rank 0 before any lock or file
+  // exists (exit 2, 4 or 5 with the disk as it was); then every rank readies its encoder.
   std::unique_ptr<RootSetup> setup;
   if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
   RunContext ctx =
       decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
   std::unique_ptr<remote::RequestEncoder> encoder;
   if (int code = all_ranks_step(comm, [&] {
+        injected_failure("start", rank);
         if (root && setup->encoder) {
           encoder = std::move(setup->encoder);
         } else {
@@ -687,179 +496,41 @@ int run_sweep(const RunOptions& options) {
   auto lock = store::OutputLock::acquire(ctx.output, comm.handle());
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
-
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
 
-  std::optional<ProgressReporter> progress;
-  std::optional<Coordinator> coordinator;
-  DrainRequest local_drain = DrainRequest::none;
-  // From here on every rank runs independently until the collective close. An error on one rank
-  // (a failed write, a broken message) must not leave the others waiting in that close: report it
-  // and end the whole job. Flagged batches stay valid; the run resumes from them.
+  // Run and finalize. Every rank runs on its own until the collective close; an error on one rank
+  // (a failed write, a broken message) must not leave the others waiting in that close: it is
+  // reported and the whole job ends. Flagged batches stay valid; the run resumes from them.
+  RootLoop loop;
+  MpiLink link(comm);
   try {
-    if (root) {
-      const auto flags = output.read_done_flags();
-      std::deque<std::int32_t> pending;
-      std::int64_t done_batches = 0, done_rows = 0;
-      for (std::size_t b = 0; b < flags.size(); ++b) {
-        if (flags[b]) {
-          ++done_batches;
-          done_rows += static_cast<std::int64_t>(setup->job.plan.batches[b].rows.size());
-        } else {
-          pending.push_back(static_cast<std::int32_t>(b));
-        }
+    if (root) start_root_loop(loop, *setup, ctx, output, options, comm.size());
+    TransportClient client(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts});
+    FileSink sink(output);
+    Worker worker(worker_settings(ctx), *encoder, client, sink, static_cast<std::uint64_t>(rank), std::cerr);
+    DrainRequest seen = DrainRequest::none;
+    for (int turn = 0; !worker.finished(); ++turn) {
+      if (turn == 10) injected_failure("run", rank);
+      // A signal on any rank goes to the coordinator, which drains every rank.
+      if (const auto sig = drain_requested(); sig > seen) {
+        seen = sig;
+        if (root) std::cerr << fmt::format("ndif-sweep: {} received\n", last_signal_name());
+        link.send(0, msg::SignalSeen{sig == DrainRequest::abandon_in_flight});
       }
-      progress.emplace(options.progress, std::cerr, ctx.batches,
-                       static_cast<std::int64_t>(setup->job.prompts.size()), done_batches, done_rows,
-                       Clock::now());
-      if (setup->resumed)
-        std::cerr << fmt::format(
-            "ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n", ctx.output,
-            done_batches, ctx.batches, pending.size(), comm.size());
-      else
-        std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
-                                 setup->job.prompts.size(), ctx.batches, ctx.output, comm.size(),
-                                 setup->job.spec.endpoint);
-      coordinator.emplace(setup->job, std::move(pending), comm.size(), *progress);
+      while (auto m = link.receive()) {
+        if (!to_coordinator(m->second))
+          worker.receive(m->second);
+        else if (loop.coordinator)
+          loop.coordinator->receive(m->first, m->second, link);
+        else
+          throw InternalError(fmt::format("run loop: rank {} received a message meant for rank 0", rank));
+      }
+      if (worker.finished()) break;
+      worker.turn(kTurn, link);
+      if (root) loop.progress->tick(Clock::now());
     }
-
-    Worker worker(ctx, output, *encoder, static_cast<std::uint64_t>(comm.rank()));
-    bool awaiting_assignment = false, said_bye = false;
-    std::map<std::string, int> reported_states;
-    Clock::time_point states_sent{};
-
-    while (true) {
-      // Signals: rank 0 decides for everyone; other ranks pass theirs on.
-      const auto sig = drain_requested();
-      if (sig > local_drain) {
-        local_drain = sig;
-        if (root) {
-          std::cerr << fmt::format("ndif-sweep: {} received: draining ({})\n", last_signal_name(),
-                                   sig == DrainRequest::abandon_in_flight ? "abandoning batches in flight"
-                                                                          : "finishing batches in flight");
-          coordinator->request_drain(sig);
-        } else {
-          comm.send(0, Tag::drain, json{{"abandon", sig == DrainRequest::abandon_in_flight}}.dump());
-        }
-        worker.drain(sig);
-      }
-
-      // Messages.
-      while (auto m = comm.try_receive()) {
-        const auto body = m->payload.empty() ? json() : json::parse(m->payload);
-        switch (m->tag) {
-          case Tag::request_work: {
-            json list = json::array();
-            for (const auto& a : coordinator->take(body.at("slots").get<int>()))
-              list.push_back(assignment_to_json(a));
-            comm.send(m->source, Tag::assign, json{{"batches", list}}.dump());
-            break;
-          }
-          case Tag::assign: {
-            std::vector<Assignment> batches;
-            for (const auto& a : body.at("batches")) batches.push_back(assignment_from_json(a));
-            worker.accept(std::move(batches));
-            awaiting_assignment = false;
-            break;
-          }
-          case Tag::batch_done:
-            coordinator->done(report_from_json(body));
-            break;
-          case Tag::batch_failed:
-            if (body.value("invalid", false))
-              coordinator->invalid(body.at("batch"), body.at("error"));
-            else
-              coordinator->failed(body.at("batch"), body.at("error"));
-            break;
-          case Tag::refused:
-            coordinator->refused(body.at("error"));
-            break;
-          case Tag::drain:
-            if (root)
-              coordinator->request_drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
-                                                                        : DrainRequest::finish_in_flight);
-            else
-              worker.drain(body.at("abandon").get<bool>() ? DrainRequest::abandon_in_flight
-                                                          : DrainRequest::finish_in_flight);
-            break;
-          case Tag::bye:
-            coordinator->bye(m->source);
-            break;
-          case Tag::states:
-            coordinator->states(m->source, body.get<std::map<std::string, int>>());
-            break;
-        }
-      }
-
-      // Rank 0 tells every rank about a drain decided here (signal, refusal).
-      if (root && coordinator->drain() > local_drain) {
-        local_drain = coordinator->drain();
-        const auto payload = json{{"abandon", local_drain == DrainRequest::abandon_in_flight}}.dump();
-        for (int r : coordinator->active())
-          if (r != 0) comm.send(r, Tag::drain, payload);
-        worker.drain(local_drain);
-      }
-
-      // Ask for work.
-      if (const int slots = worker.free_slots(); slots > 0 && !awaiting_assignment) {
-        if (root) {
-          worker.accept(coordinator->take(slots));
-        } else {
-          comm.send(0, Tag::request_work, json{{"slots", slots}}.dump());
-          awaiting_assignment = true;
-        }
-      }
-
-      // Run batches.
-      auto ev = worker.step(std::chrono::milliseconds(20));
-      for (const auto& d : ev.done) {
-        if (root)
-          coordinator->done(d);
-        else
-          comm.send(0, Tag::batch_done, report_to_json(d).dump());
-      }
-      for (const auto& [b, why] : ev.failed) {
-        if (root)
-          coordinator->failed(b, why);
-        else
-          comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}}.dump());
-      }
-      for (const auto& [b, why] : ev.invalid) {
-        if (root)
-          coordinator->invalid(b, why);
-        else
-          comm.send(0, Tag::batch_failed, json{{"batch", b}, {"error", why}, {"invalid", true}}.dump());
-      }
-      if (ev.refused) {
-        if (root)
-          coordinator->refused(*ev.refused);
-        else
-          comm.send(0, Tag::refused, json{{"error", *ev.refused}}.dump());
-      }
-      // Queue states of the jobs in flight, for rank 0's progress line: sent when they change, at
-      // most once a second.
-      if (auto states = worker.states();
-          states != reported_states && Clock::now() - states_sent > std::chrono::seconds(1)) {
-        reported_states = states;
-        states_sent = Clock::now();
-        if (root)
-          coordinator->states(0, std::move(states));
-        else
-          comm.send(0, Tag::states, json(states).dump());
-      }
-
-      if (root) progress->tick(Clock::now());
-
-      if (worker.finished() && !awaiting_assignment && !said_bye) {
-        said_bye = true;
-        if (root)
-          coordinator->bye(0);
-        else
-          comm.send(0, Tag::bye, "");
-      }
-      if (said_bye && (!root || coordinator->all_gone())) break;
-    }
-
+    flush(link);
+    injected_failure("finalize", rank);
     output.close();
   } catch (const Error& e) {
     abort_all(comm, e.what(), static_cast<int>(e.exit_code()));
@@ -867,35 +538,43 @@ int run_sweep(const RunOptions& options) {
     abort_all(comm, e.what(), 1);
   }
 
-  int code = 0;
+  // Outcome. Rank 0 records it and tells the others, which wait for it without spinning and
+  // without a collective call: if rank 0 fails here it ends them all, and a rank that fails here
+  // ends alone, after its data is closed.
   if (root) {
-    const auto flags_done = progress->done_batches();
-    std::string outcome;
-    if (coordinator->refusal() || coordinator->invalid_batches() > 0) {
-      outcome = flags_done == ctx.batches ? "complete" : "failed";
-      code = flags_done == ctx.batches ? 0 : static_cast<int>(ExitCode::refused);
-    } else if (flags_done == ctx.batches) {
-      outcome = "complete";
-    } else if (local_drain != DrainRequest::none) {
-      outcome = "drained";
-      code = static_cast<int>(ExitCode::incomplete);
-    } else {
-      outcome = "incomplete";
-      code = static_cast<int>(ExitCode::incomplete);
+    RunOutcome outcome;
+    try {
+      injected_failure("outcome", rank);
+      outcome = loop.coordinator->outcome();
+      store::set_run_outcome(ctx.output, setup->run_index, outcome.name);
+    } catch (const Error& e) {
+      abort_all(comm, e.what(), static_cast<int>(e.exit_code()));
     }
-    store::set_run_outcome(ctx.output, setup->run_index, outcome);
-    progress->finish(Clock::now(), outcome);
-    if (coordinator->refusal())
-      std::cerr << "ndif-sweep: error: the service refused the request: " << *coordinator->refusal() << '\n';
-    if (code == 0)
+    loop.progress->finish(Clock::now(), outcome.name);
+    if (const auto& why = loop.coordinator->refusal())
+      std::cerr << "ndif-sweep: error: the service refused the request: " << *why << '\n';
+    if (outcome.exit_code == 0)
       std::cout << "output: " << ctx.output << '\n';
     else
       std::cout << fmt::format(
           "output: {} (incomplete: {} of {} batches done; run the same command again to resume)\n",
-          ctx.output, flags_done, ctx.batches);
+          ctx.output, loop.progress->done_batches(), ctx.batches);
+    std::cout << std::flush;
+    for (int r = 1; r < comm.size(); ++r) link.send(r, msg::Outcome{outcome.exit_code});
+    flush(link);
+    return outcome.exit_code;
   }
-  code = comm.max_all(code);
-  return code;
+  try {
+    injected_failure("outcome", rank);
+    while (true) {
+      while (auto m = link.receive())
+        if (const auto* o = std::get_if<msg::Outcome>(&m->second)) return o->exit_code;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  } catch (const Error& e) {
+    std::cerr << fmt::format("ndif-sweep: error on rank {} after the file was closed: {}\n", rank, e.what());
+    return static_cast<int>(e.exit_code());
+  }
 }
 
 }  // namespace ndif::run

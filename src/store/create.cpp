@@ -184,6 +184,14 @@ void write_contents(hid_t file, const FileLayout& layout) {
     for (const ProbeLayout& probe : layout.probes) create_activations(acts.get(), layout, probe);
     acts.close("close /acts");
   }
+  {
+    // One slot per batch for the NDIF job in flight for it (ParallelOutput::journal); all empty.
+    Handle group = create_group(file, "journal");
+    Handle type = h5::journal_type();
+    const std::vector<h5::JournalRecord> empty(batches, h5::JournalRecord{});
+    create_filled(group.get(), "jobs", type.get(), type.get(), {batches}, empty.data());
+    group.close("close /journal");
+  }
   create_group(file, "runs").close("close /runs");
 }
 

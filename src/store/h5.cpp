@@ -103,6 +103,21 @@ Handle float16_type() {
   return type;
 }
 
+Handle journal_type() {
+  Handle id(check_id(H5Tcopy(H5T_C_S1), "copy the C string type"));
+  check(H5Tset_size(id.get(), kJournalIdBytes), "size the job id type");
+  check(H5Tset_strpad(id.get(), H5T_STR_NULLPAD), "pad the job id type");
+  Handle type(check_id(H5Tcreate(H5T_COMPOUND, sizeof(JournalRecord)), "create the journal type"));
+  check(H5Tinsert(type.get(), "job_id", HOFFSET(JournalRecord, job_id), id.get()), "add journal job_id");
+  check(H5Tinsert(type.get(), "attempt", HOFFSET(JournalRecord, attempt), H5T_NATIVE_INT32),
+        "add journal attempt");
+  check(H5Tinsert(type.get(), "submitted_unix", HOFFSET(JournalRecord, submitted_unix), H5T_NATIVE_DOUBLE),
+        "add journal submitted_unix");
+  check(H5Tinsert(type.get(), "request_hash", HOFFSET(JournalRecord, request_hash), H5T_NATIVE_UINT64),
+        "add journal request_hash");
+  return type;
+}
+
 Handle activation_type(DType dtype) {
   if (dtype == DType::float16) return float16_type();
   if (dtype == DType::bfloat16) return Handle(check_id(H5Tcopy(H5T_STD_U16LE), "copy the uint16 type"));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ndif_sweep/core/dtype.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
 
 namespace ndif::store::h5 {
 
@@ -69,6 +70,17 @@ class Handle {
 /// The file type of an activation dtype (float16, bfloat16 stored as uint16, float32).
 /// Throws InputError for any other name.
 [[nodiscard]] Handle activation_type(DType dtype);
+
+/// One element of /journal/jobs, as it is in memory and in the file.
+struct JournalRecord {
+  char job_id[kJournalIdBytes];  ///< NUL-padded; empty when no job is recorded
+  std::int32_t attempt;
+  double submitted_unix;
+  std::uint64_t request_hash;
+};
+
+/// The compound type of /journal/jobs, for memory and file alike.
+[[nodiscard]] Handle journal_type();
 
 // --- files, groups, datasets, attributes ---------------------------------------------------------
 

@@ -64,6 +64,7 @@ struct ParallelOutput::State {
   std::filesystem::path path;
   Handle file;
   Handle done, checksum, attempts, seconds, bytes, nonfinite, order;
+  Handle journal, journal_type;  // absent in files made before the journal
   std::vector<ProbeDataset> probes;
   std::vector<std::int64_t> start, count;
   std::size_t rows = 0;
@@ -95,6 +96,10 @@ ParallelOutput ParallelOutput::open(const std::filesystem::path& path, MPI_Comm 
   state->start = h5::read_all<std::int64_t>(file, "batches/start");
   state->count = h5::read_all<std::int64_t>(file, "batches/count");
   state->rows = h5::dataset_shape(state->order.get(), "/batches/order").at(0);
+  if (H5Lexists(file, "journal", H5P_DEFAULT) > 0) {
+    state->journal = h5::open_dataset(file, "journal/jobs");
+    state->journal_type = h5::journal_type();
+  }
 
   Handle acts = h5::open_group(file, "acts");
   for (const std::string& name : reading::probe_names(file)) {
@@ -139,6 +144,40 @@ std::vector<std::uint8_t> ParallelOutput::read_done_flags() const {
   check(H5Dread(state_->done.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, flags.data()),
         "read /batches/done");
   return flags;
+}
+
+std::vector<JournalEntry> ParallelOutput::read_journal() const {
+  require_open(state_.get(), "read_journal");
+  std::vector<JournalEntry> entries(batch_count());
+  if (!state_->journal.valid()) return entries;
+  std::vector<h5::JournalRecord> records(batch_count());
+  check(H5Dread(state_->journal.get(), state_->journal_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                records.data()),
+        "read /journal/jobs");
+  for (std::size_t b = 0; b < records.size(); ++b) {
+    const auto& r = records[b];
+    entries[b].job_id.assign(r.job_id, strnlen(r.job_id, kJournalIdBytes));
+    entries[b].attempt = r.attempt;
+    entries[b].submitted_unix = r.submitted_unix;
+    entries[b].request_hash = r.request_hash;
+  }
+  return entries;
+}
+
+void ParallelOutput::journal(std::int32_t batch, const JournalEntry& entry) {
+  require_open(state_.get(), "journal");
+  if (!state_->journal.valid()) return;
+  if (batch < 0 || static_cast<std::size_t>(batch) >= batch_count())
+    throw InternalError("journal: batch " + std::to_string(batch) + " is outside the file");
+  if (entry.job_id.size() >= kJournalIdBytes)
+    throw InternalError("journal: job id of " + std::to_string(entry.job_id.size()) + " bytes is too long");
+  h5::JournalRecord record{};
+  std::memcpy(record.job_id, entry.job_id.data(), entry.job_id.size());
+  record.attempt = entry.attempt;
+  record.submitted_unix = entry.submitted_unix;
+  record.request_hash = entry.request_hash;
+  write_element(state_->journal.get(), static_cast<hsize_t>(batch), state_->journal_type.get(), &record,
+                "/journal/jobs");
 }
 
 void ParallelOutput::write_batch(std::int32_t batch, std::span<const std::int64_t> rows,
@@ -230,6 +269,10 @@ void ParallelOutput::close() {
   s.bytes.close("close /batches/bytes");
   s.nonfinite.close("close /batches/nonfinite");
   s.order.close("close /batches/order");
+  if (s.journal.valid()) {
+    s.journal_type.close("close the journal type");
+    s.journal.close("close /journal/jobs");
+  }
   s.file.close("close " + s.path.string());
   state_.reset();
 }

@@ -135,6 +135,21 @@ FileStatus read_status(const std::filesystem::path& path) {
   }
   for (reading::ProbeReader& probe : reading::open_probes(file.get(), where))
     status.probes.push_back(probe.status);
+  if (H5Lexists(file.get(), "journal", H5P_DEFAULT) > 0) {
+    Handle jobs = h5::open_dataset(file.get(), "journal/jobs");
+    Handle type = h5::journal_type();
+    std::vector<h5::JournalRecord> records(done.size());
+    check(H5Dread(jobs.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, records.data()),
+          "read " + where + ":/journal/jobs");
+    for (std::size_t b = 0; b < records.size(); ++b) {
+      const std::string id(records[b].job_id, strnlen(records[b].job_id, kJournalIdBytes));
+      if (done[b] == 0 && !id.empty())
+        status.journal.push_back(
+            {static_cast<std::int64_t>(b), id, records[b].attempt, records[b].submitted_unix});
+    }
+    type.close("close the journal type");
+    jobs.close("close /journal/jobs");
+  }
   file.close("close " + where);
   status.runs = read_run_records(path);
   return status;
@@ -158,6 +173,12 @@ nlohmann::json FileStatus::to_json() const {
                          {"slurm_restart_count", run.slurm_restart_count},
                          {"tool_version", run.tool_version},
                          {"outcome", run.outcome}});
+  nlohmann::json journal_json = nlohmann::json::array();
+  for (const JournaledJob& job : journal)
+    journal_json.push_back({{"batch", job.batch},
+                            {"job_id", job.job_id},
+                            {"attempt", job.attempt},
+                            {"submitted_unix", job.submitted_unix}});
   nlohmann::json missing = nlohmann::json::array();
   for (const auto& [first, last] : missing_batches) missing.push_back({first, last});
   return {{"format", format},
@@ -170,7 +191,8 @@ nlohmann::json FileStatus::to_json() const {
           {"rows", {{"done", rows_done}, {"total", rows_total}}},
           {"missing_batches", missing},
           {"probes", probes_json},
-          {"runs", runs_json}};
+          {"runs", runs_json},
+          {"journal", journal_json}};
 }
 
 std::string FileStatus::to_text() const {
@@ -185,6 +207,13 @@ std::string FileStatus::to_text() const {
       if (last != first) out << "-" << last;
     }
     out << "\n";
+  }
+  if (!journal.empty()) {
+    out << "journal: " << journal.size()
+        << " NDIF job(s) of missing batches that a restart polls first (batch";
+    for (std::size_t k = 0; k < std::min<std::size_t>(journal.size(), 8); ++k)
+      out << (k ? ", " : " ") << journal[k].batch << " job " << journal[k].job_id;
+    out << (journal.size() > 8 ? ", ...)" : ")") << "\n";
   }
   for (const ProbeStatus& probe : probes) {
     out << "probe " << probe.name << ": " << probe.module;

@@ -14,8 +14,9 @@ import harness
 from harness import TempDirTestCase, make_job, sweep, sweep_cmd, Expectation, check_file, snapshot
 
 # Per-batch timing and retry counts and the /runs records describe how a file was made, not
-# what it holds: they legitimately differ between an interrupted and an uninterrupted run.
-VOLATILE = ("batches/seconds", "batches/attempts", "runs")
+# what it holds, and the journal names the NDIF jobs that made it: they legitimately differ between
+# an interrupted and an uninterrupted run.
+VOLATILE = ("batches/seconds", "batches/attempts", "runs", "journal")
 
 LATENCY_MS = 400
 

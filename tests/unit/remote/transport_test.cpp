@@ -116,7 +116,7 @@ TransportOptions options_for(const FakeService& service) {
 // from hanging the test run.
 FinishedJob run_one(JobTransport& transport) {
   for (int i = 0; i < 400; ++i) {
-    auto done = transport.run(std::chrono::milliseconds(100));
+    auto done = transport.run(std::chrono::milliseconds(100)).finished;
     if (!done.empty()) {
       EXPECT_EQ(done.size(), 1U);
       return std::move(done.front());
@@ -407,10 +407,41 @@ TEST(JobTransport, SeveralAttemptsRunAtOnceAndCancelAllDropsThem) {
   JobTransport transport(options_for(service));
   for (int b = 0; b < 3; ++b) transport.submit(JobTicket{b, 1}, small_request());
   EXPECT_EQ(transport.in_flight(), 3U);
-  EXPECT_TRUE(transport.run(std::chrono::milliseconds(200)).empty());
+  std::vector<SubmittedJob> learnt;
+  for (int i = 0; i < 20 && learnt.size() < 3; ++i) {
+    auto events = transport.run(std::chrono::milliseconds(100));
+    EXPECT_TRUE(events.finished.empty());
+    learnt.insert(learnt.end(), events.submitted.begin(), events.submitted.end());
+  }
+  ASSERT_EQ(learnt.size(), 3U);  // each submit's job id, reported once, before any poll ends
+  for (const auto& s : learnt) EXPECT_EQ(s.job_id, "job-1");
   transport.cancel_all();
   EXPECT_EQ(transport.in_flight(), 0U);
   EXPECT_TRUE(transport.run(std::chrono::milliseconds(10)).empty());
+}
+
+TEST(JobTransport, WithNothingInFlightRunWaitsItsTimeOutInsteadOfReturningAtOnce) {
+  FakeService service;
+  JobTransport transport(options_for(service));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(transport.run(std::chrono::milliseconds(150)).empty());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(140));
+}
+
+TEST(JobTransport, AResumedJobIsPolledAndDownloadedWithoutASubmit) {
+  FakeService service;
+  service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
+  service.get("/response/old-job", [](const auto&, auto& res) { reply_status(res, "COMPLETED"); });
+  service.get("/result/old-job",
+              [](const auto&, auto& res) { res.set_content("kept", "application/octet-stream"); });
+  JobTransport transport(options_for(service));
+  transport.resume(JobTicket{4, 2}, "old-job", small_request());
+  const auto done = run_one(transport);
+  ASSERT_FALSE(done.failure) << done.failure->message;
+  EXPECT_EQ(done.ticket.attempt, 2);
+  EXPECT_EQ(done.job_id, "old-job");
+  EXPECT_EQ(text(done.result), "kept");
+  EXPECT_EQ(service.count("/request"), 0);
 }
 
 EncodedRequest g4_request() {
@@ -491,7 +522,7 @@ TEST(G4Transport, A404BeforeTheFirstStoredStatusMeansNotYetAndTheStatesAreReport
   std::vector<std::string> seen;
   std::optional<FinishedJob> done;
   for (int i = 0; i < 400 && !done; ++i) {
-    for (auto& f : transport.run(std::chrono::milliseconds(20))) done = std::move(f);
+    for (auto& f : transport.run(std::chrono::milliseconds(20)).finished) done = std::move(f);
     for (auto state : transport.in_flight_states())
       if (seen.empty() || seen.back() != state_name(state)) seen.emplace_back(state_name(state));
   }
@@ -523,6 +554,42 @@ TEST(G4Transport, A404AfterAStoredStatusMeansTheJobIsGoneAndIsRetried) {
   EXPECT_EQ(done.failure->verdict, Verdict::retry);
   EXPECT_EQ(done.failure->stage, Stage::poll);
   EXPECT_EQ(done.failure->http_status, 404);
+}
+
+TEST(G4Transport, AResumedJobThatStaysUnknownIsGoneAfterTheGraceAndRetried) {
+  FakeService service;
+  service.get("/response/lost", [](const auto&, auto& res) {
+    res.status = 404;
+    res.set_content(R"({"detail": "No response for request lost."})", "application/json");
+  });
+  auto options = options_for(service);
+  options.resumed_not_stored = std::chrono::milliseconds(300);
+  options.poll_failures_allowed = 0;
+  JobTransport transport(options);
+  transport.resume(JobTicket{1, 3}, "lost", g4_request());
+  const auto done = run_one(transport);
+  ASSERT_TRUE(done.failure);
+  EXPECT_EQ(done.failure->verdict, Verdict::retry);
+  EXPECT_EQ(done.failure->http_status, 404);
+  EXPECT_GE(service.count("/response/lost"), 2);
+}
+
+TEST(G4Transport, AResumedJobSubmittedLongAgoIsGoneAtItsFirst404) {
+  FakeService service;
+  service.get("/response/expired", [](const auto&, auto& res) {
+    res.status = 404;
+    res.set_content(R"({"detail": "No response for request expired."})", "application/json");
+  });
+  auto options = options_for(service);
+  options.poll_failures_allowed = 0;
+  JobTransport transport(options);
+  const auto start = std::chrono::steady_clock::now();
+  transport.resume(JobTicket{2, 1}, "expired", g4_request(), std::chrono::hours(1));
+  const auto done = run_one(transport);
+  ASSERT_TRUE(done.failure);
+  EXPECT_EQ(done.failure->http_status, 404);
+  EXPECT_EQ(service.count("/response/expired"), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
 }
 
 TEST(G4Transport, IngressRefusalsCarryTheServersWordsAndAHint) {

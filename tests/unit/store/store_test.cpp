@@ -295,6 +295,56 @@ TEST_F(StoreTest, StatusCountsDoneBatchesAndRowsAndListsMissingRanges) {
   EXPECT_THAT(status.to_text(), HasSubstr("missing batches: 1-2 4-5"));
 }
 
+TEST_F(StoreTest, TheJournalKeepsEachBatchsLastJobAndStatusShowsThoseOfMissingBatches) {
+  const FileLayout layout = example_layout("float16", 5);
+  create_output_file(file(), layout);
+  {
+    ParallelOutput output = ParallelOutput::open(file(), MPI_COMM_SELF);
+    for (const auto& entry : output.read_journal()) EXPECT_TRUE(entry.empty());
+    output.journal(1, JournalEntry{"job-1-a", 1, 1.7e9, 0x0123456789abcdefULL});
+    output.journal(1, JournalEntry{"job-1-b", 2, 1.7e9 + 5, 0xfedcba9876543210ULL});  // a retry replaces it
+    output.journal(3, JournalEntry{std::string(kJournalIdBytes - 1, 'x'), 1, 1.7e9 + 9, 7});
+    output.journal(4, JournalEntry{"job-4", 1, 1.7e9 + 11, 8});
+    EXPECT_THROW(output.journal(2, JournalEntry{std::string(kJournalIdBytes, 'y'), 1, 0, 0}), InternalError);
+    output.close();
+  }
+  write_batches(layout, {4});  // done: its journal entry no longer matters
+  ParallelOutput output = ParallelOutput::open(file(), MPI_COMM_SELF);
+  const auto journal = output.read_journal();
+  output.close();
+  ASSERT_EQ(journal.size(), 5U);
+  EXPECT_TRUE(journal[0].empty());
+  EXPECT_EQ(journal[1].job_id, "job-1-b");
+  EXPECT_EQ(journal[1].attempt, 2);
+  EXPECT_EQ(journal[1].submitted_unix, 1.7e9 + 5);
+  EXPECT_EQ(journal[1].request_hash, 0xfedcba9876543210ULL);
+  EXPECT_TRUE(journal[2].empty());
+  EXPECT_EQ(journal[3].job_id, std::string(kJournalIdBytes - 1, 'x'));
+  const auto json = read_status(file()).to_json();
+  ASSERT_EQ(json["journal"].size(), 2U) << json["journal"].dump();
+  EXPECT_EQ(json["journal"][0], nlohmann::json::parse(R"({"batch": 1, "job_id": "job-1-b", "attempt": 2,
+      "submitted_unix": 1700000005.0})"));
+  EXPECT_EQ(json["journal"][1]["batch"], 3);
+  EXPECT_THAT(read_status(file()).to_text(), HasSubstr("journal: 2 NDIF job(s) of missing batches"));
+}
+
+TEST_F(StoreTest, AFileWithoutAJournalReadsAsEmptyAndIgnoresJournalWrites) {
+  const FileLayout layout = example_layout("float16", 3);
+  create_output_file(file(), layout);
+  // A file made before the journal existed.
+  const hid_t f = H5Fopen(file().c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  ASSERT_GE(H5Ldelete(f, "journal", H5P_DEFAULT), 0);
+  H5Fclose(f);
+  ParallelOutput output = ParallelOutput::open(file(), MPI_COMM_SELF);
+  output.journal(0, JournalEntry{"job", 1, 1.0, 2});
+  const auto journal = output.read_journal();
+  output.close();
+  ASSERT_EQ(journal.size(), 3U);
+  for (const auto& entry : journal) EXPECT_TRUE(entry.empty());
+  EXPECT_TRUE(read_status(file()).to_json()["journal"].empty());
+}
+
 TEST_F(StoreTest, RunRecordsAppendInOrderAndTakeTheirOutcome) {
   create_output_file(file(), example_layout("float16"));
   RunRecord first;

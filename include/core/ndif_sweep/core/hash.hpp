@@ -19,7 +19,8 @@ namespace ndif {
 [[nodiscard]] std::string sha256_file_hex(const std::filesystem::path& path);
 
 /// SplitMix64's finaliser: a cheap bijective 64-bit mixer (arithmetic modulo 2^64). The synthetic
-/// model's `mix` (docs/protocol.md, the synthetic model) and the retry policy's seeded jitter are built on it.
+/// model's `mix` (docs/protocol.md, the synthetic model) and the retry policy's seeded jitter are built on
+/// it.
 [[nodiscard]] constexpr std::uint64_t mix64(std::uint64_t x) noexcept {
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ULL;

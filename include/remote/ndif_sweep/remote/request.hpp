@@ -63,6 +63,12 @@ struct EncodedRequest {
   [[nodiscard]] bool multipart() const noexcept { return !envelope.empty(); }
 };
 
+/// XXH3-64 of what a batch's request asks for (model, model key, padded length, every prompt's
+/// token ids and positions, probes, dtype, hidden size): what the journal records to recognise the
+/// request of a job it polls after a restart. Not a hash of the body: nnsight's pickle of one and
+/// the same trace differs byte for byte from one encode to the next.
+[[nodiscard]] std::uint64_t request_hash(const BatchRequest& request);
+
 /// Builds request bodies. The transport and the run loop see only this interface: it is the one
 /// place where the graph and the nnsight bodies differ.
 class RequestEncoder {

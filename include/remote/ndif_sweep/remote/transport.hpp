@@ -33,6 +33,9 @@ struct TransportOptions {
   spec::Timeouts timeouts;
   std::size_t max_result_bytes = std::size_t{4} << 30;  ///< hard cap on any one download
   int poll_failures_allowed = 4;  ///< transient failures of single status polls tolerated per attempt
+  /// How long a G4 job resumed from the journal may answer 404 (not stored yet) before it counts
+  /// as gone: its submit was answered, so the server had it.
+  std::chrono::milliseconds resumed_not_stored{std::chrono::minutes(2)};
 };
 
 /// The caller's name for one attempt of one batch.
@@ -60,6 +63,19 @@ struct FinishedJob {
   double seconds = 0;                       ///< from submit to the end of the download
 };
 
+/// A job id learnt from a submit reply: the caller journals it before it waits on the job.
+struct SubmittedJob {
+  JobTicket ticket;
+  std::string job_id;
+};
+
+/// What happened during one `run`.
+struct TransportEvents {
+  std::vector<FinishedJob> finished;    ///< attempts that ended
+  std::vector<SubmittedJob> submitted;  ///< attempts whose job id the service just gave
+  [[nodiscard]] bool empty() const noexcept { return finished.empty() && submitted.empty(); }
+};
+
 /// Runs attempts through their lifecycle: POST /request, then GET /response/{id} with backoff
 /// (poll_delay) until COMPLETED or ERROR, then the download from /result/{id} or from the URL in
 /// the COMPLETED status. A request with an envelope is sent as G4 (docs/protocol.md, G4): a
@@ -81,10 +97,18 @@ class JobTransport {
   /// setup failure.
   void submit(JobTicket ticket, EncodedRequest request);
 
-  /// Drives the transfers for up to `max_wait` and returns the attempts that ended meanwhile
-  /// (returns as soon as at least one has ended). Never throws for network or server failures:
-  /// they come back as `FinishedJob::failure`.
-  [[nodiscard]] std::vector<FinishedJob> run(std::chrono::milliseconds max_wait);
+  /// Continues an attempt whose job `job_id` was submitted `since_submit` ago (a journaled job
+  /// after a restart): polls it, downloads its result. A G4 job that still answers 404 once
+  /// `resumed_not_stored` has passed since its submit counts as gone (a failed attempt, retried):
+  /// one submitted an hour ago is known gone at its first 404.
+  void resume(JobTicket ticket, const std::string& job_id, EncodedRequest request,
+              std::chrono::milliseconds since_submit = std::chrono::milliseconds(0));
+
+  /// Drives the transfers for up to `max_wait` and returns what happened meanwhile, as soon as
+  /// anything did: attempts that ended, job ids learnt. With nothing in flight it waits the time
+  /// out (a caller's loop never spins). Never throws for network or server failures: they come
+  /// back as `FinishedJob::failure`.
+  [[nodiscard]] TransportEvents run(std::chrono::milliseconds max_wait);
 
   /// Attempts submitted and not yet returned by `run`.
   [[nodiscard]] std::size_t in_flight() const noexcept;

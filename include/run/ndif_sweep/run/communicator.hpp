@@ -23,23 +23,22 @@ class MpiSession {
   MpiSession& operator=(const MpiSession&) = delete;
 };
 
-/// Message kinds between coordinator and workers. The payload is a UTF-8 JSON text.
+/// The tag of the run loop's messages (messages.hpp says what they hold).
 enum class Tag : int {
-  request_work = 101,  ///< worker -> 0: {"slots": n}
-  assign = 102,        ///< 0 -> worker: {"batches": [assignment...]} (empty = no more work)
-  batch_done = 103,    ///< worker -> 0: per-batch statistics
-  batch_failed = 104,  ///< worker -> 0: {"batch": b, "error": "..."} after all attempts
-  refused = 105,       ///< worker -> 0: the service refused the request itself
-  drain = 106,         ///< 0 -> worker: {"abandon": bool}
-  bye = 107,           ///< worker -> 0: nothing in flight, leaving the loop
-  states = 108,        ///< worker -> 0: {"STATUS": count} of its jobs in flight, when they change
+  message = 101,
 };
 
-/// A received message.
-struct Message {
+/// A received message's bytes.
+struct Envelope {
   int source = 0;
-  Tag tag = Tag::bye;
+  Tag tag = Tag::message;
   std::string payload;
+};
+
+/// A send MPI has not finished with: its payload lives here until Communicator::done says so.
+struct OutgoingSend {
+  std::string payload;
+  MPI_Request request = MPI_REQUEST_NULL;
 };
 
 /// A communicator (MPI_COMM_WORLD by default) with the few operations the run needs.
@@ -60,10 +59,14 @@ class Communicator {
   /// Collective.
   void barrier() const;
 
-  /// Sends a message (blocking until the buffer can be reused; payloads are small).
-  void send(int dest, Tag tag, const std::string& payload) const;
+  /// Starts sending `out.payload` to `dest` and returns at once (MPI_Isend): two ranks that send
+  /// each other a large message at the same moment must not wait on each other. `out` must stay
+  /// where it is until done(out).
+  void start_send(int dest, Tag tag, OutgoingSend& out) const;
+  /// True once MPI has finished with a started send (MPI_Test); never waits.
+  [[nodiscard]] bool done(OutgoingSend& out) const;
   /// Returns a pending message of any tag from any rank, or nullopt without waiting.
-  [[nodiscard]] std::optional<Message> try_receive() const;
+  [[nodiscard]] std::optional<Envelope> try_receive() const;
 
   /// Ends every rank of the job with `code`; for a fatal error on one rank, so that no other rank
   /// waits forever in a collective call.

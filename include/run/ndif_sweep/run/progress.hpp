@@ -37,6 +37,7 @@ class ProgressReporter {
   void finish(Clock::time_point now, const std::string& outcome);
 
   [[nodiscard]] std::int64_t done_batches() const noexcept { return done_batches_; }
+  [[nodiscard]] std::int64_t total_batches() const noexcept { return total_batches_; }
   [[nodiscard]] std::int64_t failed_batches() const noexcept { return failed_batches_; }
   [[nodiscard]] std::int64_t bytes_received() const noexcept { return bytes_; }
 

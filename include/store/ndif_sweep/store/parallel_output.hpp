@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace ndif::store {
@@ -21,6 +22,20 @@ struct BatchStats {
   double seconds = 0.0;        ///< wall time from first submission to decoded result
   std::int64_t bytes = 0;      ///< bytes downloaded for the successful attempt
   std::int64_t nonfinite = 0;  ///< NaN or infinite values in the batch's data
+};
+
+/// Bytes of a job id in /journal/jobs, its NUL included (NDIF ids are 36-character UUIDs).
+inline constexpr std::size_t kJournalIdBytes = 64;
+
+/// The NDIF job a rank waits on for a batch, recorded in /journal/jobs before it waits, so that a
+/// restart polls it instead of sending the batch again. A hint only: /batches/done stays the truth.
+struct JournalEntry {
+  std::string job_id;              ///< "" when none is recorded
+  std::int32_t attempt = 0;        ///< the attempt of the batch that made the job
+  double submitted_unix = 0.0;     ///< when it was submitted (seconds since 1970)
+  std::uint64_t request_hash = 0;  ///< what the request asked for (remote::request_hash)
+
+  [[nodiscard]] bool empty() const noexcept { return job_id.empty(); }
 };
 
 /// The checksum stored in /batches/checksum: XXH3-64 (seed 0) of the concatenation, in probe order
@@ -54,6 +69,16 @@ class ParallelOutput {
 
   /// Reads /batches/done as it is on disk now. Independent (any rank, any time).
   [[nodiscard]] std::vector<std::uint8_t> read_done_flags() const;
+
+  /// Reads /journal/jobs, one entry per batch (all empty for a file made before the journal).
+  /// Independent.
+  [[nodiscard]] std::vector<JournalEntry> read_journal() const;
+
+  /// Records the job a rank is about to wait on for `batch`. Independent: the rank that submitted
+  /// it calls it alone, right after the submit; one element write, in the file when it returns.
+  /// A no-op for a file made before the journal. Throws StorageError if the write fails, and
+  /// InternalError for a job id of kJournalIdBytes or more.
+  void journal(std::int32_t batch, const JournalEntry& entry);
 
   /// Writes the rows of batch `batch` and then marks it done. Independent: the rank that finished
   /// the batch calls it alone. `rows` are the batch's prompt rows in send order, which must equal

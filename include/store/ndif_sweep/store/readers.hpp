@@ -27,6 +27,14 @@ struct ProbeStatus {
   DType dtype = DType::float16;
 };
 
+/// An NDIF job recorded in /journal/jobs for a batch that is not done yet: a restart polls it.
+struct JournaledJob {
+  std::int64_t batch = 0;
+  std::string job_id;
+  std::int32_t attempt = 0;
+  double submitted_unix = 0.0;
+};
+
 /// Progress of an output file (`ndif-sweep status`).
 struct FileStatus {
   std::string path;
@@ -43,6 +51,7 @@ struct FileStatus {
   std::vector<std::pair<std::int64_t, std::int64_t>> missing_batches;  ///< [first, last] ranges
   std::vector<ProbeStatus> probes;
   std::vector<RunRecord> runs;
+  std::vector<JournaledJob> journal;  ///< jobs of batches not done, as the last run left them
 
   /// The `status --json` object of docs/output-format.md (plus model_key, job_hash,
   /// tool_version, created_utc).

@@ -23,6 +23,7 @@ PKGS=(
   libpcre2-dev libutf8proc-dev libzstd-dev zlib1g-dev libxxhash-dev libcpp-httplib-dev zstd
   python3 python3-numpy python3-h5py python3-torch
   slurm-wlm munge
+  tmux
   clang libclang-rt-14-dev
 )
 missing=()

@@ -1,10 +1,16 @@
 #include "ndif_sweep/run/progress.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "ndif_sweep/core/error.hpp"
 
@@ -19,9 +25,40 @@ ProgressMode parse_progress_mode(const std::string& text) {
   throw InputError(fmt::format("--progress: expected auto, bar, lines, jsonl or none, got \"{}\"", text));
 }
 
+namespace {
+
+int columns_of(int fd) {
+  winsize size{};
+  if (ioctl(fd, TIOCGWINSZ, &size) != 0) return 0;
+  return size.ws_col;
+}
+
+/// A terminal opened by path, closed with the last copy of the Terminal that reads its width.
+std::optional<Terminal> open_terminal(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return std::nullopt;
+  auto owned = std::shared_ptr<int>(new int(fd), [](const int* p) {
+    close(*p);
+    delete p;
+  });
+  if (!isatty(fd)) return std::nullopt;
+  return Terminal{[owned] { return columns_of(*owned); }};
+}
+
+}  // namespace
+
+std::optional<Terminal> find_terminal() {
+  if (isatty(STDERR_FILENO)) return Terminal{[] { return columns_of(STDERR_FILENO); }};
+  // Under mpirun our stderr is a pipe to the launcher (OpenMPI's mpirun or prterun is the parent of
+  // the ranks on its node), which writes what it reads to its own stderr.
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr && std::getenv("PMIX_RANK") == nullptr)
+    return std::nullopt;
+  return open_terminal(fmt::format("/proc/{}/fd/2", getppid()));
+}
+
 ProgressReporter::ProgressReporter(ProgressMode mode, std::ostream& out, std::int64_t total_batches,
                                    std::int64_t total_rows, std::int64_t done_batches, std::int64_t done_rows,
-                                   Clock::time_point start)
+                                   Clock::time_point start, std::optional<Terminal> terminal)
     : mode_(mode),
       out_(out),
       total_batches_(total_batches),
@@ -30,8 +67,9 @@ ProgressReporter::ProgressReporter(ProgressMode mode, std::ostream& out, std::in
       done_batches_(done_batches),
       done_rows_(done_rows),
       start_(start),
-      last_print_(start) {
-  if (mode_ == ProgressMode::auto_) mode_ = isatty(STDERR_FILENO) ? ProgressMode::bar : ProgressMode::lines;
+      last_print_(start),
+      terminal_(std::move(terminal)) {
+  if (mode_ == ProgressMode::auto_) mode_ = terminal_ ? ProgressMode::bar : ProgressMode::lines;
   interval_ = mode_ == ProgressMode::bar ? std::chrono::milliseconds(250) : std::chrono::milliseconds(2000);
 }
 
@@ -70,6 +108,63 @@ std::string ProgressReporter::line(Clock::time_point now) const {
       format_duration(eta), failed, flight);
 }
 
+std::string ProgressReporter::bar_line(Clock::time_point now, int columns) const {
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const auto new_batches = done_batches_ - start_batches_;
+  const double eta = new_batches > 0 ? elapsed / static_cast<double>(new_batches) *
+                                           static_cast<double>(total_batches_ - done_batches_)
+                                     : NAN;
+  const double pct = total_batches_ > 0
+                         ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_)
+                         : 100.0;
+  std::string flight;
+  for (const auto& [state, n] : in_flight_)
+    if (n > 0) flight += fmt::format("{}{} {}", flight.empty() ? "" : " ", state, n);
+
+  // Fields in display order, each with its priority (0 is kept first).
+  struct Field {
+    std::string text;
+    int priority;
+  };
+  std::vector<Field> fields = {
+      {fmt::format(" {}/{} {:.1f}%", done_batches_, total_batches_, pct), 0},
+      {failed_batches_ ? fmt::format("  failed {}", failed_batches_) : "", 1},
+      {fmt::format("  rows {}/{}", done_rows_, total_rows_), 5},
+      {fmt::format("  {:.1f} MB", static_cast<double>(bytes_) / 1e6), 6},
+      {fmt::format("  {:.2f} MB/s", elapsed > 0 ? static_cast<double>(bytes_) / 1e6 / elapsed : 0.0), 4},
+      {fmt::format("  ETA {}", format_duration(eta)), 2},
+      {flight.empty() ? "" : "  " + flight, 3},
+  };
+  constexpr int kMinBar = 8, kMaxBar = 30;
+  // One column short of the width: a line that reaches the last column wraps on some terminals.
+  const int room = std::max(columns, 20) - 1;
+  std::vector<bool> keep(fields.size(), false);
+  int used = kMinBar + 2;  // "[" bar "]"
+  // Strictly by priority: once a field does not fit, no less useful one takes its place.
+  for (int priority = 0; priority <= 6; ++priority) {
+    bool fits = true;
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      const int len = static_cast<int>(fields[i].text.size());
+      if (fields[i].priority != priority || len == 0) continue;
+      if (used + len > room) {
+        fits = false;
+        break;
+      }
+      keep[i] = true;
+      used += len;
+    }
+    if (!fits) break;
+  }
+  const int width = std::clamp(kMinBar + room - used, kMinBar, kMaxBar);
+  const int filled = total_batches_ > 0 ? static_cast<int>(width * done_batches_ / total_batches_) : width;
+  std::string out = "[" + std::string(static_cast<std::size_t>(filled), '#') +
+                    std::string(static_cast<std::size_t>(width - filled), '.') + "]";
+  for (std::size_t i = 0; i < fields.size(); ++i)
+    if (keep[i]) out += fields[i].text;
+  if (static_cast<int>(out.size()) > room) out.resize(static_cast<std::size_t>(room));
+  return out;
+}
+
 std::string ProgressReporter::json(Clock::time_point now, const std::string& event) const {
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   nlohmann::json j{{"event", event},
@@ -90,12 +185,9 @@ void ProgressReporter::tick(Clock::time_point now, bool force) {
   last_print_ = now;
   switch (mode_) {
     case ProgressMode::bar: {
-      const int width = 30;
-      const int filled =
-          total_batches_ > 0 ? static_cast<int>(width * done_batches_ / total_batches_) : width;
-      out_ << '\r' << '[' << std::string(static_cast<size_t>(filled), '#')
-           << std::string(static_cast<size_t>(width - filled), '.') << "] " << line(now) << "\x1b[K"
-           << std::flush;
+      const int columns = terminal_ && terminal_->columns ? terminal_->columns() : 0;
+      out_ << '\r' << bar_line(now, columns > 0 ? columns : 80) << "\x1b[K" << std::flush;
+      bar_drawn_ = true;
       break;
     }
     case ProgressMode::lines:
@@ -118,8 +210,18 @@ void ProgressReporter::finish(Clock::time_point now, const std::string& outcome)
     out_ << j.dump() << '\n' << std::flush;
     return;
   }
-  if (mode_ == ProgressMode::bar) out_ << '\n';
+  if (mode_ == ProgressMode::bar && bar_drawn_) out_ << "\r\x1b[K";
   out_ << line(now) << "  -> " << outcome << '\n' << std::flush;
+}
+
+void ProgressReporter::log(const std::string& text) {
+  if (text.empty()) return;
+  if (mode_ == ProgressMode::bar && bar_drawn_) {
+    out_ << "\r\x1b[K";
+    bar_drawn_ = false;
+    last_print_ = start_ - interval_;  // redraw at the next tick
+  }
+  out_ << text << std::flush;
 }
 
 }  // namespace ndif::run

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "ndif_sweep/core/error.hpp"
@@ -407,6 +408,9 @@ WorkerSettings worker_settings(const RunContext& c) {
 /// before it sends anything new) and the coordinator that hands them out.
 struct RootLoop {
   std::vector<store::JournalEntry> journal;
+  /// What the coordinator and rank 0's worker log, printed through the progress reporter so that
+  /// a message never tears the bar.
+  std::ostringstream log;
   std::optional<ProgressReporter> progress;
   std::optional<Coordinator> coordinator;
 };
@@ -431,7 +435,8 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
   }
   const auto to_go = journaled.size() + fresh.size();
   loop.progress.emplace(options.progress, std::cerr, ctx.batches,
-                        static_cast<std::int64_t>(job.prompts.size()), done_batches, done_rows, Clock::now());
+                        static_cast<std::int64_t>(job.prompts.size()), done_batches, done_rows, Clock::now(),
+                        find_terminal());
   if (setup.resumed) {
     std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
                              ctx.output, done_batches, ctx.batches, to_go, ranks);
@@ -455,7 +460,7 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
       a.journaled = loop.journal[static_cast<std::size_t>(b)];
     return a;
   };
-  loop.coordinator.emplace(std::move(pending), ranks, std::move(assignment_of), *loop.progress, std::cerr);
+  loop.coordinator.emplace(std::move(pending), ranks, std::move(assignment_of), *loop.progress, loop.log);
 }
 
 /// Waits, without spinning, until every message this rank sent has been taken or `patience` has
@@ -507,14 +512,20 @@ int run_sweep(const RunOptions& options) {
     if (root) start_root_loop(loop, *setup, ctx, output, options, comm.size());
     TransportClient client(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts});
     FileSink sink(output);
-    Worker worker(worker_settings(ctx), *encoder, client, sink, static_cast<std::uint64_t>(rank), std::cerr);
+    Worker worker(worker_settings(ctx), *encoder, client, sink, static_cast<std::uint64_t>(rank),
+                  root ? static_cast<std::ostream&>(loop.log) : std::cerr);
+    const auto show_log = [&] {
+      if (!root || loop.log.tellp() == 0) return;
+      loop.progress->log(loop.log.str());
+      loop.log.str("");
+    };
     DrainRequest seen = DrainRequest::none;
     for (int turn = 0; !worker.finished(); ++turn) {
       if (turn == 10) injected_failure("run", rank);
       // A signal on any rank goes to the coordinator, which drains every rank.
       if (const auto sig = drain_requested(); sig > seen) {
         seen = sig;
-        if (root) std::cerr << fmt::format("ndif-sweep: {} received\n", last_signal_name());
+        if (root) loop.log << fmt::format("ndif-sweep: {} received\n", last_signal_name());
         link.send(0, msg::SignalSeen{sig == DrainRequest::abandon_in_flight});
       }
       while (auto m = link.receive()) {
@@ -527,8 +538,10 @@ int run_sweep(const RunOptions& options) {
       }
       if (worker.finished()) break;
       worker.turn(kTurn, link);
+      show_log();
       if (root) loop.progress->tick(Clock::now());
     }
+    show_log();
     flush(link);
     injected_failure("finalize", rank);
     output.close();
@@ -550,6 +563,7 @@ int run_sweep(const RunOptions& options) {
     } catch (const Error& e) {
       abort_all(comm, e.what(), static_cast<int>(e.exit_code()));
     }
+    loop.progress->log(loop.log.str());
     loop.progress->finish(Clock::now(), outcome.name);
     if (const auto& why = loop.coordinator->refusal())
       std::cerr << "ndif-sweep: error: the service refused the request: " << *why << '\n';

@@ -124,6 +124,32 @@ class BadInputs(TempDirTestCase):
                     self.assert_rejected(sweep(command, job_path, timeout=60), name)
                     self.assertEqual(file_fingerprint(target), before, f"{name}: {command} changed the output")
 
+    def test_bad_flags_are_exit_2_before_anything_is_opened_also_on_a_complete_file(self):
+        job_path, _ = make_job(self.dir, GOOD_LINES)
+        result = sweep("run", job_path, timeout=120)
+        self.assertEqual(result.returncode, 0, result.describe())
+        target = self.dir / "out.h5"
+        before = file_fingerprint(target)
+        runs_before = harness.status_json(target)["runs"]
+        time.sleep(0.01)
+        cases = {
+            ("--max-inflight", "0"): "--max-inflight: must be at least 1, got 0",
+            ("--max-inflight", "-3"): "--max-inflight: must be at least 1, got -3",
+            ("--max-inflight", "two"): "--max-inflight",
+            ("--progress", "fancy"): "--progress: expected auto, bar, lines, jsonl or none",
+            ("--endpoint", "ftp://example"): "ftp://example",
+            ("--output", str(self.dir / "no_such_dir" / "x.h5")): "no_such_dir",
+            ("--unknown-flag",): "--unknown-flag",
+        }
+        for flags, needle in cases.items():
+            for ranks in (None, 2):
+                with self.subTest(flags=flags, ranks=ranks):
+                    result = sweep("run", job_path, *flags, ranks=ranks, timeout=60)
+                    self.assertEqual(result.returncode, 2, result.describe())
+                    self.assertIn(needle, result.stderr + result.stdout)
+                    self.assertEqual(file_fingerprint(target), before, f"{flags} changed the file")
+        self.assertEqual(harness.status_json(target)["runs"], runs_before)
+
     def test_output_path_that_is_a_directory_is_exit_2(self):
         job_path, _ = make_job(self.dir, GOOD_LINES, output="outdir")
         (self.dir / "outdir").mkdir()

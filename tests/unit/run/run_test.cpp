@@ -176,5 +176,60 @@ TEST(Progress, JsonlEventsAreOneObjectPerLine) {
   EXPECT_EQ(events[1].at("outcome"), "incomplete");
 }
 
+TEST(Progress, TheBarAlwaysFitsTheTerminalAndKeepsTheMostUsefulFields) {
+  std::ostringstream out;
+  const auto t0 = ProgressReporter::Clock::now();
+  ProgressReporter p(ProgressMode::bar, out, 19000, 2000000, 0, 0, t0);
+  for (int i = 0; i < 1234; ++i) p.batch_done(105, 390000);
+  p.batch_failed();
+  p.set_in_flight({{"QUEUED", 12}, {"RUNNING", 4}, {"RETRY", 1}});
+  const auto now = t0 + std::chrono::seconds(600);
+  for (int columns : {1, 20, 40, 60, 80, 100, 120, 160, 250}) {
+    const auto line = p.bar_line(now, columns);
+    EXPECT_LT(static_cast<int>(line.size()), std::max(columns, 20)) << columns << ": " << line;
+    EXPECT_EQ(line.find('\n'), std::string::npos);
+  }
+  EXPECT_THAT(p.bar_line(now, 40), HasSubstr("1234/19000 6.5%"));
+  const auto eighty = p.bar_line(now, 80);
+  EXPECT_THAT(eighty, HasSubstr("failed 1"));
+  EXPECT_THAT(eighty, HasSubstr("ETA "));
+  EXPECT_THAT(eighty, HasSubstr("QUEUED 12 RETRY 1 RUNNING 4"));
+  const auto wide = p.bar_line(now, 160);
+  EXPECT_THAT(wide, HasSubstr("rows 129570/2000000"));
+  EXPECT_THAT(wide, HasSubstr("MB/s"));
+  EXPECT_THAT(wide, HasSubstr("[#" + std::string(29, '.') + "]"));  // 30 columns, 6.5% of them filled
+  EXPECT_THAT(wide, HasSubstr("QUEUED 12 RETRY 1 RUNNING 4"));
+}
+
+TEST(Progress, TheBarFollowsTheTerminalsWidthAtEveryRedraw) {
+  std::ostringstream out;
+  int columns = 120;
+  const auto t0 = ProgressReporter::Clock::now();
+  ProgressReporter p(ProgressMode::auto_, out, 10, 100, 0, 0, t0, Terminal{[&] { return columns; }});
+  EXPECT_EQ(p.mode(), ProgressMode::bar);
+  p.set_in_flight({{"QUEUED", 2}});
+  p.tick(t0 + std::chrono::seconds(1), true);
+  columns = 50;
+  p.tick(t0 + std::chrono::seconds(2), true);
+  // Each redraw: carriage return, the line, erase to the end of the line.
+  std::vector<std::string> draws;
+  std::string text = out.str();
+  for (std::size_t at = 0; (at = text.find('\r', at)) != std::string::npos; ++at) {
+    const auto end = text.find("\x1b[K", at);
+    ASSERT_NE(end, std::string::npos);
+    draws.push_back(text.substr(at + 1, end - at - 1));
+  }
+  ASSERT_EQ(draws.size(), 2U);
+  EXPECT_LT(draws[0].size(), 120U);
+  EXPECT_GT(draws[0].size(), 60U);
+  EXPECT_LT(draws[1].size(), 50U);
+  // A log message clears the bar's line first and does not end up inside it.
+  p.log("ndif-sweep: batch 3 attempt 1 failed; retrying\n");
+  EXPECT_THAT(out.str(), HasSubstr("\r\x1b[Kndif-sweep: batch 3"));
+  // Without a terminal, auto means lines.
+  ProgressReporter plain(ProgressMode::auto_, out, 10, 100, 0, 0, t0);
+  EXPECT_EQ(plain.mode(), ProgressMode::lines);
+}
+
 }  // namespace
 }  // namespace ndif::run

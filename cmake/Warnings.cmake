@@ -14,7 +14,7 @@ if(NDIF_SANITIZE)
   target_link_options(ndif_sanitizers INTERFACE -fsanitize=address,undefined)
 endif()
 
-# ndif_mpi_sanitizer_options(TARGET): for a test program that initialises MPI (see the file).
+# ndif_mpi_sanitizer_options(TARGET): for a program that initialises MPI (see the file).
 function(ndif_mpi_sanitizer_options target)
   if(NDIF_SANITIZE)
     target_sources(${target} PRIVATE ${PROJECT_SOURCE_DIR}/cmake/asan_options_mpi.cpp)

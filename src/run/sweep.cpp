@@ -32,8 +32,8 @@
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/coordinator.hpp"
-#include "ndif_sweep/run/link.hpp"
 #include "ndif_sweep/run/local_server.hpp"
+#include "ndif_sweep/run/mpi_link.hpp"
 #include "ndif_sweep/run/service.hpp"
 #include "ndif_sweep/run/signals.hpp"
 #include "ndif_sweep/run/worker.hpp"
@@ -383,7 +383,7 @@ int root_step(const Communicator& comm, Step&& step) {
   comm.abort(code == 0 ? 1 : code);
 }
 
-/// The test hook of docs/design.md ("No rank hangs"): NDIF_SWEEP_TEST_FAIL="phase:rank" makes
+/// The test hook of docs/design.md (the run loop): NDIF_SWEEP_TEST_FAIL="phase:rank" makes
 /// that rank fail as it enters `phase` (start, run, finalize, outcome), so that tests can show
 /// every rank ends, with the documented exit code, whatever fails where.
 void injected_failure(const char* phase, int rank) {
@@ -391,6 +391,22 @@ void injected_failure(const char* phase, int rank) {
   if (spec == nullptr || fmt::format("{}:{}", phase, rank) != spec) return;
   throw StorageError(fmt::format("injected test failure (NDIF_SWEEP_TEST_FAIL={})", spec));
 }
+
+/// Where a rank's batches go: its handle on the shared file (independent writes).
+class FileSink final : public BatchSink {
+ public:
+  explicit FileSink(store::ParallelOutput& output) : output_(output) {}
+  void journal(std::int32_t batch, const store::JournalEntry& entry) override {
+    output_.journal(batch, entry);
+  }
+  void write(const Assignment& batch, const std::vector<std::span<const std::byte>>& parts,
+             const store::BatchStats& stats) override {
+    output_.write_batch(batch.batch, batch.rows, parts, stats);
+  }
+
+ private:
+  store::ParallelOutput& output_;
+};
 
 WorkerSettings worker_settings(const RunContext& c) {
   WorkerSettings s;

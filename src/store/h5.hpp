@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "ndif_sweep/core/dtype.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/batch_records.hpp"
 
 namespace ndif::store::h5 {
 

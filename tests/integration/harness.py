@@ -26,7 +26,7 @@ import numpy as np
 SOURCE = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("NDIF_BUILD_DIR", SOURCE / "build"))
 
-# mpirun as root, quiet and loopback only (docs/design.md, MPI as root); ctest sets the same.
+# mpirun as root (it refuses without these), quiet and loopback only; ctest sets the same.
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",

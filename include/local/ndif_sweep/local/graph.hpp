@@ -32,7 +32,7 @@ struct RequestGraph {
 /// Runs the graph: reads the invokes' token ids from the last node (the InterleavingTracer),
 /// left-pads them to the longest, runs every other node in order and returns the G2 result dict
 /// `{node_index: value}` for the nodes that LockProtocol nodes reference, in node order.
-/// Throws InputError whose message starts with kInvalidRequest when the request cannot run
+/// Throws InputError whose message starts with kInvalidRequestPrefix when the request cannot run
 /// (unknown function or module path, layer or index out of range, `.input`, shape mismatch).
 [[nodiscard]] torchsave::Value run_request(const RequestGraph& request, const SyntheticModel& model);
 

@@ -1,18 +1,16 @@
 #pragma once
 /// \file
 /// How the ranks of a run reach each other: a small interface with an MPI implementation for runs
-/// and an in-process one, so the coordinator and the workers can be driven in a unit test without
-/// MPI. A message to one's own rank never goes through MPI.
+/// (mpi_link.hpp) and an in-process one here, so the coordinator and the workers can be driven in
+/// a unit test without MPI.
 
 #include <chrono>
 #include <deque>
-#include <list>
 #include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
 
-#include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/messages.hpp"
 
 namespace ndif::run {
@@ -29,23 +27,6 @@ class Link {
   [[nodiscard]] virtual std::optional<std::pair<int, Message>> receive() = 0;
   /// True once every message this rank sent has left it (a receiver has taken it).
   [[nodiscard]] virtual bool flushed() = 0;
-};
-
-/// The link over MPI point-to-point messages (one tag). Sends never block: each is started and
-/// kept until MPI is done with it, so two ranks sending each other at once cannot deadlock.
-class MpiLink final : public Link {
- public:
-  explicit MpiLink(const Communicator& comm) : comm_(comm) {}
-  [[nodiscard]] int rank() const noexcept override { return comm_.rank(); }
-  [[nodiscard]] int size() const noexcept override { return comm_.size(); }
-  void send(int to, const Message& message) override;
-  [[nodiscard]] std::optional<std::pair<int, Message>> receive() override;
-  [[nodiscard]] bool flushed() override;
-
- private:
-  const Communicator& comm_;
-  std::deque<Message> to_self_;      // delivered without MPI
-  std::list<OutgoingSend> sending_;  // stable addresses: MPI holds pointers into them
 };
 
 /// Every rank's link in one process, for tests: `link(r)` is rank r's end.

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "ndif_sweep/plan/batch_plan.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/batch_records.hpp"
 
 namespace ndif::run {
 

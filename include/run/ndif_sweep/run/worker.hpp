@@ -22,7 +22,7 @@
 #include "ndif_sweep/run/link.hpp"
 #include "ndif_sweep/run/messages.hpp"
 #include "ndif_sweep/run/signals.hpp"
-#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/batch_records.hpp"
 
 namespace ndif::run {
 
@@ -62,7 +62,8 @@ class TransportClient final : public JobClient {
   remote::JobTransport transport_;
 };
 
-/// Where a worker's batches go: the shared output file, or a test's record of it.
+/// Where a worker's batches go: the shared output file (a run's store::ParallelOutput), or a test's
+/// record of it.
 class BatchSink {
  public:
   virtual ~BatchSink() = default;
@@ -71,22 +72,6 @@ class BatchSink {
   /// Writes a batch's data, one part per probe, and then its flag.
   virtual void write(const Assignment& batch, const std::vector<std::span<const std::byte>>& parts,
                      const store::BatchStats& stats) = 0;
-};
-
-/// The BatchSink of a run: the rank's handle on the shared file (independent writes).
-class FileSink final : public BatchSink {
- public:
-  explicit FileSink(store::ParallelOutput& output) : output_(output) {}
-  void journal(std::int32_t batch, const store::JournalEntry& entry) override {
-    output_.journal(batch, entry);
-  }
-  void write(const Assignment& batch, const std::vector<std::span<const std::byte>>& parts,
-             const store::BatchStats& stats) override {
-    output_.write_batch(batch.batch, batch.rows, parts, stats);
-  }
-
- private:
-  store::ParallelOutput& output_;
 };
 
 /// What every worker's requests share: the job's half of remote::BatchRequest, and its limits.

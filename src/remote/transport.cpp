@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <list>
 #include <nlohmann/json.hpp>
@@ -423,7 +424,8 @@ struct JobTransport::Impl {
         wake = std::min(wake, a.deadline);
         if (a.phase == Phase::waiting_to_poll) wake = std::min(wake, a.next_poll);
       }
-      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - after).count();
+      // Rounded up: a wake-up less than 1 ms away must not become a run of zero-time polls.
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - after).count();
       curl::check_multi(curl_multi_poll(multi.get(), nullptr, 0,
                                         static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
                         "curl_multi_poll");

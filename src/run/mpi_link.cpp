@@ -3,6 +3,7 @@
 namespace ndif::run {
 
 void MpiLink::send(int to, const Message& message) {
+  ++sent_;
   if (to == comm_.rank()) {
     to_self_.push_back(message);
     return;

@@ -140,7 +140,8 @@ void Worker::turn(std::chrono::milliseconds wait, Link& link) {
       until = std::min(until, *w.send_at);
   }
 
-  auto events = client_.run(std::chrono::duration_cast<std::chrono::milliseconds>(until - now));
+  // Rounded up, so that a retry due in under 1 ms is a short wait rather than a turn that spins.
+  auto events = client_.run(std::chrono::ceil<std::chrono::milliseconds>(until - now));
 
   for (const auto& s : events.submitted) {
     const auto it = work_.find(static_cast<std::int32_t>(s.ticket.batch));

@@ -2,6 +2,7 @@
 /// \file
 /// The run loop's Link over MPI. A message to one's own rank never goes through MPI.
 
+#include <cstdint>
 #include <deque>
 #include <list>
 #include <optional>
@@ -22,11 +23,14 @@ class MpiLink final : public Link {
   void send(int to, const Message& message) override;
   [[nodiscard]] std::optional<std::pair<int, Message>> receive() override;
   [[nodiscard]] bool flushed() override;
+  /// Messages sent so far, to itself included (the run loop paces its turns by it).
+  [[nodiscard]] std::uint64_t sent() const noexcept { return sent_; }
 
  private:
   const Communicator& comm_;
   std::deque<Message> to_self_;      // delivered without MPI
   std::list<OutgoingSend> sending_;  // stable addresses: MPI holds pointers into them
+  std::uint64_t sent_ = 0;
 };
 
 }  // namespace ndif::run

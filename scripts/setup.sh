@@ -21,7 +21,8 @@ PKGS=(
   libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libutf8proc-dev libzstd-dev zlib1g-dev libxxhash-dev libcpp-httplib-dev zstd
-  python3 python3-numpy python3-h5py python3-torch
+  python3 python3-numpy python3-h5py python3-matplotlib python3-torch
+  python3-nbclient python3-nbformat python3-ipykernel
   slurm-wlm munge
   tmux
   clang libclang-rt-14-dev

@@ -71,6 +71,20 @@ int main(int argc, char** argv) {
   auto* verify = app.add_subcommand("verify", "re-check every completed batch against its stored checksum");
   verify->add_option("file", verify_file, "output HDF5 file")->required();
 
+  ndif::run::ReportOptions report_opts;
+  auto* report_cmd = app.add_subcommand(
+      "report", "PNGs and one HTML page of the standard analyses (Python package ndif_sweep)");
+  report_cmd->add_option("file", report_opts.file, "output HDF5 file (complete, partial or live)")
+      ->required();
+  report_cmd->add_option("--by", report_opts.by, "meta field with two values that splits the rows")
+      ->required();
+  report_cmd->add_option("--to", report_opts.to, "directory for the PNGs and index.html")->required();
+  report_cmd->add_option("--probe", report_opts.probes, "probe to report (repeatable; default every probe)");
+  report_cmd->add_option("--position", report_opts.position, "index into the file's positions (default 0)");
+  report_cmd->add_option("--kind", report_opts.kind, "linear probe: ridge|logistic")
+      ->check(CLI::IsMember({"ridge", "logistic"}));
+  report_cmd->add_option("--python", report_opts.python, "Python interpreter (default python3)");
+
   std::string tok_file;
   bool tok_special = false, tok_offsets = false;
   auto* tokenize =
@@ -129,6 +143,8 @@ int main(int argc, char** argv) {
       ndif::run::status_command(status_file, status_json, std::cout);
     } else if (*exp) {
       ndif::run::export_command(export_file, export_dir, export_format, std::cout);
+    } else if (*report_cmd) {
+      return ndif::run::report_command(report_opts);
     } else if (*verify) {
       return ndif::run::verify_command(verify_file, std::cout);
     } else if (*tokenize) {

@@ -1,10 +1,16 @@
 #include "ndif_sweep/run/commands.hpp"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <ostream>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/remote/nnsight_encoder.hpp"
 #include "ndif_sweep/store/readers.hpp"
 
 namespace ndif::run {
@@ -44,6 +50,42 @@ int verify_command(const std::filesystem::path& file, std::ostream& out) {
   const auto report = store::verify(file);
   out << report.to_text();
   return report.ok() ? 0 : 6;
+}
+
+int report_command(const ReportOptions& options) {
+  std::vector<std::string> args{options.python,
+                                "-m",
+                                "ndif_sweep.report",
+                                options.file.string(),
+                                "--by",
+                                options.by,
+                                "--to",
+                                options.to.string(),
+                                "--position",
+                                std::to_string(options.position),
+                                "--kind",
+                                options.kind};
+  for (const auto& p : options.probes) {
+    args.emplace_back("--probe");
+    args.push_back(p);
+  }
+  // The bundled package first, so that the report matches this binary; the user's PYTHONPATH after.
+  if (const auto dir = remote::bundled_package_dir(); !dir.empty()) {
+    const char* old = std::getenv("PYTHONPATH");
+    const std::string path = old && *old ? dir.string() + ":" + old : dir.string();
+    ::setenv("PYTHONPATH", path.c_str(), 1);
+  }
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::cout.flush();
+  ::execvp(argv[0], argv.data());
+  const int error = errno;
+  std::cerr << fmt::format(
+      "ndif-sweep: error: report: cannot start the interpreter {:?}: {}; pass --python with the path of a "
+      "Python 3 that has numpy, h5py and matplotlib\n",
+      options.python, std::strerror(error));
+  return static_cast<int>(ExitCode::invalid_input);
 }
 
 }  // namespace ndif::run

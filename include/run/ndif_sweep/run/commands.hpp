@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iosfwd>
 #include <string>
+#include <vector>
 
 #include "ndif_sweep/run/job.hpp"
 #include "ndif_sweep/run/progress.hpp"
@@ -45,5 +46,21 @@ void export_command(const std::filesystem::path& file, const std::filesystem::pa
 
 /// `ndif-sweep verify`: returns 0 when every completed batch matches its checksum, else 6.
 [[nodiscard]] int verify_command(const std::filesystem::path& file, std::ostream& out);
+
+/// Flags of `ndif-sweep report`.
+struct ReportOptions {
+  std::filesystem::path file;
+  std::string by;  ///< the meta field that splits the rows into two groups
+  std::filesystem::path to;
+  std::vector<std::string> probes;  ///< empty: every probe
+  int position = 0;
+  std::string kind = "ridge";
+  std::string python = "python3";  ///< the interpreter with numpy, h5py and matplotlib
+};
+
+/// `ndif-sweep report`: runs the `ndif_sweep` Python package's report (python/ndif_sweep/report.py)
+/// in place of this process, the bundled package first on PYTHONPATH. Returns only on failure to
+/// start it (exit 2, naming the interpreter); the report's own exit code is the command's.
+[[nodiscard]] int report_command(const ReportOptions& options);
 
 }  // namespace ndif::run

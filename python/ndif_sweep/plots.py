@@ -36,6 +36,12 @@ def _finish(fig, ax, path, own):
     return out
 
 
+def _integer_layers(ax):
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _axes(ax):
     if ax is not None:
         return ax.figure, ax, False
@@ -49,6 +55,7 @@ def layer_curve(layers: Sequence[int], values, path=None, title: str = "", ylabe
     fig, ax, own = _axes(ax)
     ax.plot(list(layers), np.asarray(values, dtype=float), marker="o", label=label)
     ax.set_xlabel("layer")
+    _integer_layers(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -84,10 +91,11 @@ def probe_accuracy(layers, accuracy, path=None, probe: str = "", field: str = ""
         ax.axhline(chance, color="grey", linestyle="--", label="chance")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("layer")
+    _integer_layers(ax)
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{probe}: predicting {field!r} per layer")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     return _finish(fig, ax, path, own)
 
 

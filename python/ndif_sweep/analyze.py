@@ -93,7 +93,8 @@ def group_means(sweep: Sweep, probe: str, rows: Sequence[int], position: int = 0
     return total / count[:, None]
 
 
-def _cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def cosine_similarity(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Cosine similarity along the last axis (per layer for (L, H) inputs)."""
     return (u * v).sum(axis=-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
 
 
@@ -104,7 +105,7 @@ def group_cosine(sweep: Sweep, probe: str, field: str, a=None, b=None, position:
     g = groups(sweep, field, a, b)
     ma = group_means(sweep, probe, g.rows[0], position, chunk_rows)
     mb = group_means(sweep, probe, g.rows[1], position, chunk_rows)
-    return _cosine(ma, mb)
+    return cosine_similarity(ma, mb)
 
 
 @dataclass

@@ -51,7 +51,7 @@ def make_report(path, by: str, to, probes=None, position: int = 0, kind: str = "
         figures.append((f"{probe}: mean norm", plots.norms(layers, norms, out / f"{probe}_norms.png", probe)))
         ma = analyze.group_means(sweep, probe, g.rows[0], position)
         mb = analyze.group_means(sweep, probe, g.rows[1], position)
-        cos = analyze._cosine(ma, mb)
+        cos = analyze.cosine_similarity(ma, mb)
         figures.append((f"{probe}: cosine of group means",
                         plots.cosine(layers, cos, out / f"{probe}_cosine.png", probe, (a, b))))
         figures.append((f"{probe}: distance of group means",

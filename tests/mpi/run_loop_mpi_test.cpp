@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "loop_fakes.hpp"
+#include "mpi_checks.hpp"
 #include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/coordinator.hpp"
 #include "ndif_sweep/run/mpi_link.hpp"
@@ -24,16 +25,9 @@ using namespace ndif;
 using namespace ndif::run;
 using namespace std::chrono_literals;
 
-int failures = 0;
-int rank = 0;
-int size = 1;
+ndif::mpitest::MpiChecks checks;
 
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::cerr << "rank " << rank << ": FAILED " << what << "\n";
-  }
-}
+void expect(bool ok, const std::string& what) { checks.expect(ok, what); }
 
 /// How this rank's scripted NDIF behaves in a scenario.
 struct Script {
@@ -64,17 +58,18 @@ Result run_loop(const Communicator& comm, const Script& script) {
     if (script.prompt_tokens > 0) a.padded_len = static_cast<std::int32_t>(script.prompt_tokens);
     return a;
   };
-  if (rank == 0) {
+  if (checks.rank == 0) {
     progress.emplace(ProgressMode::none, log, script.batches, 2 * script.batches, 0, 0,
                      ProgressReporter::Clock::now());
     std::deque<std::int32_t> pending;
     for (int b = 0; b < script.batches; ++b) pending.push_back(b);
-    coordinator.emplace(std::move(pending), size, assignment_of, *progress, log);
+    coordinator.emplace(std::move(pending), checks.size, assignment_of, *progress, log);
   }
   testing::FakeClient client;
   testing::RecordingSink sink;
   remote::GraphRequestEncoder encoder;
-  Worker worker(testing::test_settings(3), encoder, client, sink, static_cast<std::uint64_t>(rank), log);
+  Worker worker(testing::test_settings(3), encoder, client, sink, static_cast<std::uint64_t>(checks.rank),
+                log);
   std::map<std::int64_t, int> failed_once;
   bool signalled = false;
   const auto deadline = std::chrono::steady_clock::now() + 120s;
@@ -100,7 +95,7 @@ Result run_loop(const Communicator& comm, const Script& script) {
       }
     }
     worker.turn(5ms, link);
-    if (script.signal_after_first && rank == size - 1 && !signalled && !sink.written.empty()) {
+    if (script.signal_after_first && checks.rank == checks.size - 1 && !signalled && !sink.written.empty()) {
       signalled = true;
       link.send(0, msg::SignalSeen{false});
     }
@@ -114,9 +109,9 @@ Result run_loop(const Communicator& comm, const Script& script) {
     std::memcpy(&v, w.parts.at(0).data() + w.parts[0].size() - 2, 2);
     expect(v == testing::test_value(w.batch), "batch " + std::to_string(w.batch) + " holds its own data");
   }
-  if (rank == 0) {
+  if (checks.rank == 0) {
     const auto outcome = coordinator->outcome();
-    for (int r = 0; r < size; ++r) link.send(r, msg::Outcome{outcome.exit_code});
+    for (int r = 0; r < checks.size; ++r) link.send(r, msg::Outcome{outcome.exit_code});
   }
   while (!worker.outcome()) {
     while (auto m = link.receive()) worker.receive(m->second);
@@ -131,11 +126,11 @@ Result run_loop(const Communicator& comm, const Script& script) {
 /// Rank 0: how often each batch was written across all ranks.
 std::vector<int> written_counts(const Result& r, int batches) {
   int n = static_cast<int>(r.written.size());
-  std::vector<int> counts_per_rank(static_cast<std::size_t>(size));
+  std::vector<int> counts_per_rank(static_cast<std::size_t>(checks.size));
   MPI_Gather(&n, 1, MPI_INT, counts_per_rank.data(), 1, MPI_INT, 0, MPI_COMM_WORLD);
-  std::vector<int> displacements(static_cast<std::size_t>(size), 0);
+  std::vector<int> displacements(static_cast<std::size_t>(checks.size), 0);
   int total = 0;
-  for (int k = 0; k < size; ++k) {
+  for (int k = 0; k < checks.size; ++k) {
     displacements[static_cast<std::size_t>(k)] = total;
     total += counts_per_rank[static_cast<std::size_t>(k)];
   }
@@ -143,7 +138,7 @@ std::vector<int> written_counts(const Result& r, int batches) {
   MPI_Gatherv(r.written.data(), n, MPI_INT32_T, all.data(), counts_per_rank.data(), displacements.data(),
               MPI_INT32_T, 0, MPI_COMM_WORLD);
   std::vector<int> counts(static_cast<std::size_t>(batches), 0);
-  if (rank == 0)
+  if (checks.rank == 0)
     for (int k = 0; k < total; ++k) ++counts.at(static_cast<std::size_t>(all[static_cast<std::size_t>(k)]));
   return counts;
 }
@@ -158,7 +153,7 @@ void run_all() {
     expect(r.exit_code == 0, "complete run: outcome 0, got " + std::to_string(r.exit_code));
     expect(!r.written.empty(), "complete run: this rank wrote batches");
     const auto counts = written_counts(r, script.batches);
-    if (rank == 0)
+    if (checks.rank == 0)
       for (int b = 0; b < script.batches; ++b)
         expect(counts[static_cast<std::size_t>(b)] == 1, "batch " + std::to_string(b) + " written once");
   }
@@ -169,7 +164,7 @@ void run_all() {
     script.signal_after_first = true;
     const auto r = run_loop(comm, script);
     const auto counts = written_counts(r, script.batches);
-    if (rank == 0) {
+    if (checks.rank == 0) {
       int done = 0;
       for (const int c : counts) {
         expect(c <= 1, "drained run: no batch written twice");
@@ -198,17 +193,12 @@ void run_all() {
 
 int main(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  checks.start();
   try {
     run_all();
   } catch (const std::exception& e) {
-    std::cerr << "rank " << rank << ": " << e.what() << "\n";
+    std::cerr << "rank " << checks.rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  int total = 0;
-  MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (rank == 0)
-    std::cout << (total == 0 ? "ok" : "FAILED") << ": " << size << " ranks, " << total << " failed checks\n";
-  return total == 0 ? 0 : 1;
+  return checks.finish();
 }

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <string>
 
+#include "mpi_checks.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/store/output_file.hpp"
 #include "ndif_sweep/store/output_lock.hpp"
@@ -24,16 +25,9 @@ namespace fs = std::filesystem;
 using namespace ndif::store;
 using namespace ndif::store::testing;
 
-int failures = 0;
-int rank = 0;
-int size = 1;
+ndif::mpitest::MpiChecks checks;
 
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::cerr << "rank " << rank << ": FAILED " << what << "\n";
-  }
-}
+void expect(bool ok, const std::string& what) { checks.expect(ok, what); }
 
 void write_batch(ParallelOutput& output, const FileLayout& layout, std::size_t b) {
   std::vector<std::vector<std::byte>> data;
@@ -82,11 +76,11 @@ void run(const fs::path& dir) {
   {
     OutputLock lock = OutputLock::acquire(file, MPI_COMM_WORLD);
     expect(lock.held(), "lock held");
-    if (rank == 0) {
+    if (checks.rank == 0) {
       expect(check_existing(file, layout.job_hash) == Existing::absent, "file absent before create");
       create_output_file(file, layout);
-      append_run_record(file,
-                        RunRecord{"2025-01-31T12:00:00Z", size, "localhost", "", 0, "0.1.0", "running"});
+      append_run_record(
+          file, RunRecord{"2025-01-31T12:00:00Z", checks.size, "localhost", "", 0, "0.1.0", "running"});
       try {
         (void)OutputLock::acquire_exclusive(file, std::chrono::milliseconds(100));
         expect(false, "a second run got the lock");
@@ -96,13 +90,14 @@ void run(const fs::path& dir) {
     MPI_Barrier(MPI_COMM_WORLD);
     ParallelOutput output = ParallelOutput::open(file, MPI_COMM_WORLD);
     expect(output.batch_count() == batches, "batch count");
-    for (std::size_t b = static_cast<std::size_t>(rank); b < batches; b += static_cast<std::size_t>(size))
+    for (std::size_t b = static_cast<std::size_t>(checks.rank); b < batches;
+         b += static_cast<std::size_t>(checks.size))
       if (first_phase(b)) write_batch(output, layout, b);
     MPI_Barrier(MPI_COMM_WORLD);
     const auto flags = output.read_done_flags();
     for (std::size_t b = 0; b < batches; ++b)
       expect(flags[b] == (first_phase(b) ? 1 : 0), "flag seen by every rank, batch " + std::to_string(b));
-    if (rank == 0 && std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") == 0) {
+    if (checks.rank == 0 && std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") == 0) {
       // A separate serial reader (h5py) sees the flags while every rank still has the file open.
       const std::string command =
           "/usr/bin/python3 -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
@@ -112,7 +107,7 @@ void run(const fs::path& dir) {
     }
     output.close();
     MPI_Barrier(MPI_COMM_WORLD);
-    if (rank == 0) {
+    if (checks.rank == 0) {
       set_run_outcome(file, 0, "incomplete");
       check_file(file, layout, false);
     }
@@ -122,7 +117,7 @@ void run(const fs::path& dir) {
   // Resume: the same job, ranks taking the missing batches in reverse order.
   {
     OutputLock lock = OutputLock::acquire(file, MPI_COMM_WORLD);
-    if (rank == 0)
+    if (checks.rank == 0)
       expect(check_existing(file, layout.job_hash) == Existing::same_job, "resume sees the same job");
     MPI_Barrier(MPI_COMM_WORLD);
     ParallelOutput output = ParallelOutput::open(file, MPI_COMM_WORLD);
@@ -133,11 +128,11 @@ void run(const fs::path& dir) {
     // Every rank must split the same pending list: nobody writes before all have read the flags.
     MPI_Barrier(MPI_COMM_WORLD);
     for (std::size_t k = 0; k < pending.size(); ++k)
-      if (static_cast<int>(k % static_cast<std::size_t>(size)) == size - 1 - rank)
+      if (static_cast<int>(k % static_cast<std::size_t>(checks.size)) == checks.size - 1 - checks.rank)
         write_batch(output, layout, pending[k]);
     output.close();
     MPI_Barrier(MPI_COMM_WORLD);
-    if (rank == 0) {
+    if (checks.rank == 0) {
       check_file(file, layout, true);
       const auto runs = read_run_records(file);
       expect(runs.size() == 1 && runs[0].outcome == "incomplete", "run record kept");
@@ -149,11 +144,10 @@ void run(const fs::path& dir) {
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  checks.start();
 
   std::string dir;
-  if (rank == 0) {
+  if (checks.rank == 0) {
     std::string pattern = (fs::temp_directory_path() / "ndif-store-mpi-XXXXXX").string();
     dir = ::mkdtemp(pattern.data()) ? pattern : "";
   }
@@ -163,22 +157,18 @@ int main(int argc, char** argv) {
   MPI_Bcast(dir.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
 
   if (dir.empty()) {
-    ++failures;
+    checks.expect(false, "rank 0 made a temporary directory");
   } else {
     try {
       run(dir);
     } catch (const std::exception& e) {
-      std::cerr << "rank " << rank << ": " << e.what() << "\n";
+      std::cerr << "rank " << checks.rank << ": " << e.what() << "\n";
       // A throw on one rank would leave the others in a collective call: end the whole job.
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
   }
-  int total = 0;
-  MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (rank == 0) {
-    std::cout << (total == 0 ? "ok" : "FAILED") << ": " << size << " ranks, " << total << " failed checks\n";
-    if (!dir.empty()) fs::remove_all(dir);
-  }
+  const int code = checks.finish();
+  if (checks.rank == 0 && !dir.empty()) fs::remove_all(dir);
   MPI_Finalize();
-  return total == 0 ? 0 : 1;
+  return code;
 }

@@ -30,7 +30,7 @@ def _finite_rows(x: np.ndarray) -> np.ndarray:
 def layer_norms(sweep: Sweep, probe: str, rows: Optional[Sequence[int]] = None,
                 chunk_rows: Optional[int] = CHUNK_ROWS) -> np.ndarray:
     """(L,) the mean L2 norm of the activation vectors of each layer, over rows and positions."""
-    n_layers = len(sweep.probes[probe]) if probe in sweep.probes else 0
+    n_layers = len(sweep.layers(probe))
     total = np.zeros(n_layers)
     count = np.zeros(n_layers)
     for _, data in sweep.iter_acts(probe, None, rows=rows, chunk_rows=chunk_rows):
@@ -46,7 +46,7 @@ def layer_norms(sweep: Sweep, probe: str, rows: Optional[Sequence[int]] = None,
 def nonfinite_counts(sweep: Sweep, probe: str, rows: Optional[Sequence[int]] = None,
                      chunk_rows: Optional[int] = CHUNK_ROWS) -> np.ndarray:
     """(L,) int64: NaN or infinite values of each layer (float16 overflow shows up here)."""
-    counts = np.zeros(len(sweep.probes.get(probe, [])), dtype=np.int64)
+    counts = np.zeros(len(sweep.layers(probe)), dtype=np.int64)
     for _, data in sweep.iter_acts(probe, None, rows=rows, chunk_rows=chunk_rows):
         counts += (~np.isfinite(data)).sum(axis=(0, 2, 3))
     return counts
@@ -256,7 +256,7 @@ def linear_probe(sweep: Sweep, probe: str, field: str, kind: str = "ridge", posi
         raise SweepError(f"linear_probe: meta field {field!r} has {len(classes)} value(s) among the valid rows")
     label_of = {c: i for i, c in enumerate(classes)}
     labels = np.array([label_of[v] for v in values])
-    chosen_layers = list(sweep.probes[probe] if layers is None else layers)
+    chosen_layers = sweep.layers(probe) if layers is None else list(layers)
     train, test = split_rows(np.arange(rows.size), test_fraction, seed)
     if train.size < 2:
         raise SweepError(f"linear_probe: {rows.size} valid rows are too few to hold some out")

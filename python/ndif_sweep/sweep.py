@@ -112,12 +112,19 @@ class Sweep:
     def done(self) -> np.ndarray:
         """The batch flags as they are now (bool, one per batch)."""
         with _h5py().File(self.path, "r") as f:
-            return f["batches/done"][...].astype(bool)
+            return self._flags(f)
+
+    @staticmethod
+    def _flags(f) -> np.ndarray:
+        return f["batches/done"][...].astype(bool)
 
     @property
     def rows(self) -> np.ndarray:
         """The valid prompt rows (int64, ascending): those whose batch is flagged done, now."""
-        return np.flatnonzero(self.done()[self._batch]).astype(np.int64)
+        return self._valid_rows(self.done())
+
+    def _valid_rows(self, done: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(done[self._batch]).astype(np.int64)
 
     @property
     def complete(self) -> bool:
@@ -129,6 +136,11 @@ class Sweep:
     def probes(self) -> Dict[str, List[int]]:
         """{probe name: [layer numbers]} in dataset order."""
         return {k: list(v) for k, v in self._probes.items()}
+
+    def layers(self, probe: str) -> List[int]:
+        """The layer numbers of one probe, in dataset order (an error naming the probe if unknown)."""
+        self._layer_index(probe, None)
+        return list(self._probes[probe])
 
     def dtype(self, probe: str) -> str:
         """The stored dtype name of a probe: float16, bfloat16 or float32."""
@@ -145,16 +157,18 @@ class Sweep:
             raise SweepError(f"{self.path}: probe {probe!r} has no layer {layer}; its layers are {layers}")
         return layers.index(layer)
 
-    def _check_rows(self, rows, valid: np.ndarray) -> np.ndarray:
+    def _chosen(self, rows, done: np.ndarray) -> np.ndarray:
+        """The valid rows under the flags `done`, or `rows` once each is known to be valid."""
         if rows is None:
-            return valid
+            return self._valid_rows(done)
         asked = np.asarray(rows, dtype=np.int64).ravel()
-        for r in asked:
-            if r < 0 or r >= self.n_prompts:
-                raise SweepError(f"{self.path}: row {int(r)} is out of range (the file has {self.n_prompts} rows)")
-        ok = np.isin(asked, valid)
-        if not ok.all():
-            r = int(asked[np.flatnonzero(~ok)[0]])
+        outside = (asked < 0) | (asked >= self.n_prompts)
+        if outside.any():
+            r = int(asked[np.argmax(outside)])
+            raise SweepError(f"{self.path}: row {r} is out of range (the file has {self.n_prompts} rows)")
+        invalid = ~done[self._batch[asked]]
+        if invalid.any():
+            r = int(asked[np.argmax(invalid)])
             raise SweepError(f"{self.path}: row {r} is not valid yet: its batch {int(self._batch[r])} is not "
                              f"done (ask for rows from Sweep.rows)")
         return asked
@@ -189,8 +203,7 @@ class Sweep:
         bfloat16 as float32. Reads everything asked for at once: see `iter_acts` for bounded memory."""
         li = self._layer_index(probe, layer)
         with _h5py().File(self.path, "r") as f:
-            valid = np.flatnonzero(f["batches/done"][...].astype(bool)[self._batch])
-            chosen = self._check_rows(rows, valid)
+            chosen = self._chosen(rows, self._flags(f))
             return self._convert(probe, self._read(f["acts"][probe], chosen, li))
 
     def iter_acts(self, probe: str, layer: Optional[int] = None, rows: Optional[Sequence[int]] = None,
@@ -203,8 +216,7 @@ class Sweep:
         valid rows are fixed when iteration starts; the file stays open while it runs."""
         li = self._layer_index(probe, layer)
         with _h5py().File(self.path, "r") as f:
-            valid = np.flatnonzero(f["batches/done"][...].astype(bool)[self._batch])
-            chosen = self._check_rows(rows, valid)
+            chosen = self._chosen(rows, self._flags(f))
             ds = f["acts"][probe]
             if chunk_rows is None:
                 row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:] if layer is None else ds.shape[2:]))
@@ -230,7 +242,7 @@ class Sweep:
                 self._positions = f["prompts/positions"][...].astype(np.int64)
 
     def _pick(self, rows):
-        return self.rows if rows is None else self._check_rows(rows, self.rows)
+        return self._chosen(rows, self.done())
 
     @property
     def ids(self) -> List[str]:

@@ -155,6 +155,27 @@ class TempDirTestCase(unittest.TestCase):
         self.addCleanup(stop)
         return proc
 
+    def start_sweep(self, *args, env=None):
+        """`ndif-sweep ARGS` in the background, in its own process group, output discarded; stopped
+        in cleanup."""
+        return self.own_process(subprocess.Popen(sweep_cmd(*args), stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 env=env or base_env(), start_new_session=True))
+
+    def kill_after_batches(self, proc, output, batches, timeout=240):
+        """SIGKILL to the whole process group of a run once `batches` batches of `output` are flagged
+        (`status --json`); fails if the run ended or stalled first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.assertIsNone(proc.poll(), f"the run ended before {batches} batches were flagged")
+            self.assertLess(time.monotonic(), deadline, f"{batches} batches were not flagged in {timeout} s")
+            status = status_json(output) if Path(output).exists() else None
+            if status and status["batches"]["done"] >= batches:
+                break
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
     def start_server(self, *args, env=None):
         server = LocalServer(self.dir, *args, env=env)
         self.addCleanup(server.stop)

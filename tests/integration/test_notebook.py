@@ -10,10 +10,8 @@ Runs with the project's test environment (.venv), like test_nnsight_peer."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -88,17 +86,8 @@ class NotebookOnRealModel(PeerTestCase):
         out = self.dir / "out.h5"
 
         # Partial: a real run killed with SIGKILL after a few batches.
-        proc = self.own_process(subprocess.Popen(
-            harness.sweep_cmd("run", job_path, "--max-inflight", 1, "--progress", "none"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env(), start_new_session=True))
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            st = harness.status_json(out) if out.exists() else None
-            if st and st["batches"]["done"] >= 5:
-                break
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc = self.start_sweep("run", job_path, "--max-inflight", 1, "--progress", "none", env=self.env())
+        self.kill_after_batches(proc, out, 5)
         partial = ndif_sweep.open_sweep(out)
         valid = partial.rows
         self.assertGreater(valid.size, 8)

@@ -7,13 +7,8 @@ source that does not go through the file. Files: float16 (complete, and partial 
 real run), bfloat16, and a live file read while a run writes it.
 """
 
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
-import unittest
 
 import numpy as np
 
@@ -247,18 +242,9 @@ class PackageTest(harness.TempDirTestCase):
     def test_partial_file_after_kill_equals_complete_restricted(self):
         server = self.start_server("--layers", "4", "--hidden", "32", "--latency-ms", "150", "--workers", "1")
         job, _, _ = make(self.dir / "partial", max_prompts=2)
-        proc = self.own_process(subprocess.Popen(
-            harness.sweep_cmd("run", job, "--endpoint", server.url, "--max-inflight", 1, "--progress", "none"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=harness.base_env(), start_new_session=True))
+        proc = self.start_sweep("run", job, "--endpoint", server.url, "--max-inflight", 1, "--progress", "none")
         out = self.dir / "partial" / "out.h5"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            st = harness.status_json(out) if out.exists() else None
-            if st and st["batches"]["done"] >= 6:
-                break
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        self.kill_after_batches(proc, out, 6)
         part = ndif_sweep.open_sweep(out)
         full = ndif_sweep.open_sweep(Files.f16)
         rows = part.rows
@@ -273,9 +259,9 @@ class PackageTest(harness.TempDirTestCase):
         with self.assertRaisesRegex(ndif_sweep.SweepError, f"row {invalid} is not valid yet"):
             part.acts("resid", 0, [int(rows[0]), invalid])
         self.assertEqual(part.meta("kind"), full.meta("kind", rows))
-        if np.unique(np.array(part.meta("kind"))).size == 2:
-            np.testing.assert_allclose(analyze.group_cosine(part, "resid", "kind"),
-                                       self._cosine_on(full, rows), rtol=1e-12)
+        self.assertEqual(sorted(set(part.meta("kind"))), list(KINDS), "both kinds among the valid rows")
+        np.testing.assert_allclose(analyze.group_cosine(part, "resid", "kind"), self._cosine_on(full, rows),
+                                   rtol=1e-12)
 
     def _cosine_on(self, full, rows):
         kinds = np.array(full.meta("kind", rows))
@@ -286,9 +272,7 @@ class PackageTest(harness.TempDirTestCase):
     def test_live_file_while_a_run_writes_it(self):
         server = self.start_server("--layers", "4", "--hidden", "32", "--latency-ms", "100", "--workers", "1")
         job, _, _ = make(self.dir / "live", max_prompts=2)
-        proc = self.own_process(subprocess.Popen(
-            harness.sweep_cmd("run", job, "--endpoint", server.url, "--max-inflight", 1, "--progress", "none"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=harness.base_env(), start_new_session=True))
+        proc = self.start_sweep("run", job, "--endpoint", server.url, "--max-inflight", 1, "--progress", "none")
         out = self.dir / "live" / "out.h5"
         while not out.exists() and proc.poll() is None:
             time.sleep(0.05)

@@ -210,6 +210,11 @@ std::filesystem::path bundled_package_dir() {
   return {};
 }
 
+std::string python_path_with(const std::filesystem::path& package_dir, std::string_view existing) {
+  if (package_dir.empty()) return std::string(existing);
+  return existing.empty() ? package_dir.string() : package_dir.string() + ":" + std::string(existing);
+}
+
 struct NnsightEncoder::Impl {
   EncoderOptions options;
   EncoderJob job;
@@ -252,8 +257,7 @@ struct NnsightEncoder::Impl {
       if (name == "HF_HUB_OFFLINE" || name == "TRANSFORMERS_OFFLINE" || name == "PYTHONUNBUFFERED") continue;
       env.emplace_back(line);
     }
-    if (!options.package_dir.empty())
-      pythonpath = options.package_dir.string() + (pythonpath.empty() ? "" : ":" + pythonpath);
+    pythonpath = python_path_with(options.package_dir, pythonpath);
     if (!pythonpath.empty()) env.push_back("PYTHONPATH=" + pythonpath);
     // The encoder never touches the network, whatever the user's environment says.
     env.emplace_back("HF_HUB_OFFLINE=1");

@@ -70,11 +70,9 @@ int report_command(const ReportOptions& options) {
     args.push_back(p);
   }
   // The bundled package first, so that the report matches this binary; the user's PYTHONPATH after.
-  if (const auto dir = remote::bundled_package_dir(); !dir.empty()) {
-    const char* old = std::getenv("PYTHONPATH");
-    const std::string path = old && *old ? dir.string() + ":" + old : dir.string();
-    ::setenv("PYTHONPATH", path.c_str(), 1);
-  }
+  const char* existing = std::getenv("PYTHONPATH");
+  const auto path = remote::python_path_with(remote::bundled_package_dir(), existing ? existing : "");
+  if (!path.empty()) ::setenv("PYTHONPATH", path.c_str(), 1);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

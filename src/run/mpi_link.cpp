@@ -3,7 +3,7 @@
 namespace ndif::run {
 
 void MpiLink::send(int to, const Message& message) {
-  ++sent_;
+  ++moved_;
   if (to == comm_.rank()) {
     to_self_.push_back(message);
     return;
@@ -24,10 +24,12 @@ std::optional<std::pair<int, Message>> MpiLink::receive() {
   if (!to_self_.empty()) {
     Message m = std::move(to_self_.front());
     to_self_.pop_front();
+    ++moved_;
     return std::pair{comm_.rank(), std::move(m)};
   }
   auto m = comm_.try_receive();
   if (!m) return std::nullopt;
+  ++moved_;
   return std::pair{m->source, decode_message(m->payload)};
 }
 

@@ -497,7 +497,8 @@ class TurnPacer {
   static constexpr std::chrono::milliseconds kShortest{1};
   static constexpr std::chrono::milliseconds kLongest{50};
 
-  /// The wait of the next turn, given how many messages this rank has sent and received so far.
+  /// The wait of the next turn, given how many messages this rank has sent and received so far
+  /// (MpiLink::moved).
   std::chrono::milliseconds next(std::uint64_t moved) noexcept {
     if (moved != moved_) {
       moved_ = moved;
@@ -561,7 +562,6 @@ int run_sweep(const RunOptions& options) {
     };
     DrainRequest seen = DrainRequest::none;
     TurnPacer pacer;
-    std::uint64_t received = 0;
     for (int turn = 0; !worker.finished(); ++turn) {
       if (turn == 10) injected_failure("run", rank);
       // A signal on any rank goes to the coordinator, which drains every rank.
@@ -571,7 +571,6 @@ int run_sweep(const RunOptions& options) {
         link.send(0, msg::SignalSeen{sig == DrainRequest::abandon_in_flight});
       }
       while (auto m = link.receive()) {
-        ++received;
         if (!to_coordinator(m->second))
           worker.receive(m->second);
         else if (loop.coordinator)
@@ -580,7 +579,7 @@ int run_sweep(const RunOptions& options) {
           throw InternalError(fmt::format("run loop: rank {} received a message meant for rank 0", rank));
       }
       if (worker.finished()) break;
-      worker.turn(pacer.next(received + link.sent()), link);
+      worker.turn(pacer.next(link.moved()), link);
       show_log();
       if (root) loop.progress->tick(Clock::now());
     }

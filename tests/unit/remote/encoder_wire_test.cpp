@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/remote/nnsight_encoder.hpp"
 
 namespace ndif::remote::wire {
 namespace {
@@ -155,6 +156,14 @@ TEST(EncoderReplies, HelloAndOpenAnswersAreReadAndChecked) {
   EXPECT_TRUE(model.position_ids);
   EXPECT_EQ(model.read_order.size(), 2U);
   EXPECT_THROW(static_cast<void>(open_reply({{"ok", true}, {"pad_token_id", -1}})), EncoderFailure);
+}
+
+// The encoder's environment and `ndif-sweep report` put the bundled package ahead of the user's path.
+TEST(PythonPath, BundledPackageComesFirst) {
+  EXPECT_EQ(python_path_with("/opt/ndif/python", ""), "/opt/ndif/python");
+  EXPECT_EQ(python_path_with("/opt/ndif/python", "/home/me/lib:/x"), "/opt/ndif/python:/home/me/lib:/x");
+  EXPECT_EQ(python_path_with("", "/home/me/lib"), "/home/me/lib");
+  EXPECT_EQ(python_path_with("", ""), "");
 }
 
 }  // namespace

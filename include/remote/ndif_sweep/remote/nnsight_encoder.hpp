@@ -20,6 +20,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ndif_sweep/core/error.hpp"
@@ -90,5 +91,10 @@ class NnsightEncoder final : public RequestEncoder {
 /// project's python/ directory when this binary runs from its build tree, or
 /// <prefix>/share/ndif-sweep/python when installed; empty when neither exists.
 [[nodiscard]] std::filesystem::path bundled_package_dir();
+
+/// A PYTHONPATH with `package_dir` (when not empty) ahead of `existing`, so that the `ndif_sweep`
+/// package that matches this binary is the one imported.
+[[nodiscard]] std::string python_path_with(const std::filesystem::path& package_dir,
+                                           std::string_view existing);
 
 }  // namespace ndif::remote

@@ -23,14 +23,15 @@ class MpiLink final : public Link {
   void send(int to, const Message& message) override;
   [[nodiscard]] std::optional<std::pair<int, Message>> receive() override;
   [[nodiscard]] bool flushed() override;
-  /// Messages sent so far, to itself included (the run loop paces its turns by it).
-  [[nodiscard]] std::uint64_t sent() const noexcept { return sent_; }
+  /// Messages sent and received so far, to and from itself included: the run loop shortens its
+  /// turns while this moves.
+  [[nodiscard]] std::uint64_t moved() const noexcept { return moved_; }
 
  private:
   const Communicator& comm_;
   std::deque<Message> to_self_;      // delivered without MPI
   std::list<OutgoingSend> sending_;  // stable addresses: MPI holds pointers into them
-  std::uint64_t sent_ = 0;
+  std::uint64_t moved_ = 0;
 };
 
 }  // namespace ndif::run

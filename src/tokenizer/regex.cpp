@@ -4,8 +4,10 @@
 #include <pcre2.h>
 
 #include <array>
+#include <optional>
 
 #include "ndif_sweep/core/error.hpp"
+#include "split_scanner.hpp"
 #include "unicode.hpp"
 
 namespace ndif::tokenizer::detail {
@@ -18,6 +20,7 @@ struct MatchDataDeleter {
 };
 
 struct Regex::Code {
+  std::optional<SplitScanner> scanner;  // set: the pattern is matched by its scanner, not PCRE2
   std::unique_ptr<pcre2_code, CodeDeleter> code;
   bool jit = false;
 };
@@ -32,14 +35,34 @@ std::string pcre2_message(int error_code) {
 
 }  // namespace
 
-Regex::Regex(const std::string& pattern, const std::string& where) : code_(std::make_unique<Code>()) {
+namespace {
+
+pcre2_code* compile(const std::string& pattern, int& error_code, PCRE2_SIZE& error_offset) {
+  // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts.
+  return pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                       PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset, nullptr);
+}
+
+}  // namespace
+
+Regex::Regex(const std::string& pattern, const std::string& where, bool literal)
+    : code_(std::make_unique<Code>()) {
+  if (!literal) code_->scanner = scanner_for(pattern);
+  if (code_->scanner) return;
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts.
-  code_->code.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                  PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset,
-                                  nullptr));
+  // Property escapes become explicit ranges of the reference's Unicode version (split_scanner.hpp).
+  code_->code.reset(compile(literal ? pattern : expand_unicode_classes(pattern), error_code, error_offset));
   if (!code_->code) {
+    // Report the error against the pattern as written.
+    int original_code = 0;
+    PCRE2_SIZE original_offset = 0;
+    if (pcre2_code* original = compile(pattern, original_code, original_offset); original == nullptr) {
+      error_code = original_code;
+      error_offset = original_offset;
+    } else {
+      pcre2_code_free(original);
+    }
     throw InputError(where + ": regex " + pattern + " does not compile at offset " +
                      std::to_string(error_offset) + ": " + pcre2_message(error_code));
   }
@@ -55,7 +78,7 @@ Regex Regex::literal(std::string_view literal, const std::string& where) {
     quoted.push_back(c);
   }
   // An empty literal never matches, as in the reference.
-  return Regex(literal.empty() ? std::string("(*FAIL)") : quoted, where);
+  return Regex(literal.empty() ? std::string("(*FAIL)") : quoted, where, true);
 }
 
 Regex::Regex(Regex&&) noexcept = default;
@@ -63,6 +86,7 @@ Regex& Regex::operator=(Regex&&) noexcept = default;
 Regex::~Regex() = default;
 
 std::vector<ByteRange> Regex::find_all(std::string_view subject) const {
+  if (code_->scanner) return scan(*code_->scanner, subject);
   std::vector<ByteRange> matches;
   std::unique_ptr<pcre2_match_data, MatchDataDeleter> data(
       pcre2_match_data_create_from_pattern(code_->code.get(), nullptr));

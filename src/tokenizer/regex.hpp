@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// A compiled PCRE2 pattern (UTF + Unicode properties, JIT-compiled when available) that lists
-/// its non-overlapping matches, as the pre-tokenizers and normalizers need.
+/// A pre-tokenizer or normalizer pattern that lists its non-overlapping matches: one of the known
+/// split patterns through its scanner (split_scanner.hpp), any other through PCRE2 (UTF, Unicode
+/// property escapes rewritten to the reference's Unicode version, JIT-compiled when available).
 
 #include <cstddef>
 #include <memory>
@@ -17,8 +18,9 @@ using ByteRange = std::pair<std::size_t, std::size_t>;
 
 class Regex {
  public:
-  /// Compiles `pattern`. Throws InputError naming `where` (file and key) and PCRE2's message.
-  Regex(const std::string& pattern, const std::string& where);
+  /// Compiles `pattern` (taken as it is, without scanner or rewriting, when `literal`). Throws
+  /// InputError naming `where` (file and key) and PCRE2's message.
+  Regex(const std::string& pattern, const std::string& where, bool literal = false);
   /// A pattern that matches `literal` exactly.
   [[nodiscard]] static Regex literal(std::string_view literal, const std::string& where);
 

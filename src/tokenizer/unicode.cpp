@@ -1,9 +1,9 @@
 #include "unicode.hpp"
 
-#include <utf8proc.h>
-
 #include <algorithm>
-#include <array>
+#include <cstdint>
+#include <iterator>
+#include <utility>
 
 #include "ndif_sweep/core/utf8.hpp"
 
@@ -14,36 +14,80 @@ char32_t decode_at(std::string_view text, std::size_t at) noexcept {
   return next_code_point(text, at).value_or(0xFFFD);
 }
 
+namespace tables {
+#include "unicode_tables.inc"
+}  // namespace tables
+
 namespace {
 
-int combining_class(char32_t c) noexcept {
-  return utf8proc_get_property(static_cast<utf8proc_int32_t>(c))->combining_class;
+// One byte per code point from a two-stage table (an index of 128-character blocks).
+template <std::size_t IndexSize, std::size_t BlocksSize>
+std::uint8_t lookup(const std::uint16_t (&index)[IndexSize], const std::uint8_t (&blocks)[BlocksSize],
+                    char32_t c) noexcept {
+  if (c >= 0x110000) return 0;
+  const std::size_t block = index[c >> tables::kBlockShift];
+  return blocks[(block << tables::kBlockShift) | (c & ((1U << tables::kBlockShift) - 1))];
+}
+
+std::uint8_t normalization_flags(char32_t c) noexcept {
+  return lookup(tables::kNormalizationFlagsIndex, tables::kNormalizationFlagsBlocks, c);
+}
+
+// Hangul syllables decompose and compose by arithmetic (Unicode chapter 3.12).
+constexpr char32_t kSyllableBase = 0xAC00, kLeadBase = 0x1100, kVowelBase = 0x1161, kTrailBase = 0x11A7;
+constexpr char32_t kLeadCount = 19, kVowelCount = 21, kTrailCount = 28;
+constexpr char32_t kSyllableCount = kLeadCount * kVowelCount * kTrailCount;
+
+bool is_syllable(char32_t c) noexcept { return c >= kSyllableBase && c < kSyllableBase + kSyllableCount; }
+// Jamo that a preceding lead or LV syllable absorbs.
+bool is_vowel_or_trail(char32_t c) noexcept {
+  return (c >= kVowelBase && c < kVowelBase + kVowelCount) ||
+         (c > kTrailBase && c < kTrailBase + kTrailCount);
 }
 
 // Full (recursive) decomposition of one character, Hangul included.
 void decompose_char(char32_t c, bool compatible, std::vector<char32_t>& out) {
-  std::array<utf8proc_int32_t, 32> buffer{};
-  int last_boundclass = 0;
-  const auto options =
-      static_cast<utf8proc_option_t>(UTF8PROC_DECOMPOSE | (compatible ? UTF8PROC_COMPAT : 0));
-  const auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buffer.data(), buffer.size(),
-                                         options, &last_boundclass);
-  if (n <= 0 || static_cast<std::size_t>(n) > buffer.size()) {
+  if (is_syllable(c)) {
+    const char32_t index = c - kSyllableBase;
+    out.push_back(kLeadBase + index / (kVowelCount * kTrailCount));
+    out.push_back(kVowelBase + (index % (kVowelCount * kTrailCount)) / kTrailCount);
+    if (const char32_t trail = index % kTrailCount; trail != 0) out.push_back(kTrailBase + trail);
+    return;
+  }
+  const std::uint8_t flags = normalization_flags(c);
+  if ((flags & (compatible ? tables::kHasCanonical | tables::kHasCompat : tables::kHasCanonical)) == 0) {
     out.push_back(c);
     return;
   }
-  for (utf8proc_ssize_t k = 0; k < n; ++k)
-    out.push_back(static_cast<char32_t>(buffer[static_cast<std::size_t>(k)]));
+  const auto* entries = std::begin(tables::kDecompositions);
+  const auto* end = std::end(tables::kDecompositions);
+  const auto* entry = std::lower_bound(entries, end, c, [](const auto& e, char32_t v) { return e.code < v; });
+  if (entry == end || entry->code != c) {  // unreachable: the flags come from the same table
+    out.push_back(c);
+    return;
+  }
+  const auto at = compatible ? entry->compat_at : entry->canonical_at;
+  const auto length = compatible ? entry->compat_length : entry->canonical_length;
+  out.insert(out.end(), tables::kDecompositionPool + at, tables::kDecompositionPool + at + length);
 }
 
 // The primary composite of `first` and `second`, or 0 when they do not compose.
-char32_t compose_pair(char32_t first, char32_t second) {
-  // Every second element of a canonical composition lies at or above U+0300.
-  if (second < 0x300) return 0;
-  std::array<utf8proc_int32_t, 2> pair{static_cast<utf8proc_int32_t>(first),
-                                       static_cast<utf8proc_int32_t>(second)};
-  const auto n = utf8proc_normalize_utf32(pair.data(), 2, UTF8PROC_COMPOSE);
-  return n == 1 ? static_cast<char32_t>(pair[0]) : 0;
+char32_t compose_pair(char32_t first, char32_t second) noexcept {
+  if (first >= kLeadBase && first < kLeadBase + kLeadCount && second >= kVowelBase &&
+      second < kVowelBase + kVowelCount) {
+    return kSyllableBase + ((first - kLeadBase) * kVowelCount + (second - kVowelBase)) * kTrailCount;
+  }
+  if (is_syllable(first) && (first - kSyllableBase) % kTrailCount == 0 && second > kTrailBase &&
+      second < kTrailBase + kTrailCount) {
+    return first + (second - kTrailBase);
+  }
+  if ((normalization_flags(second) & tables::kComposesSecond) == 0) return 0;
+  const auto* end = std::end(tables::kCompositions);
+  const auto* entry = std::lower_bound(std::begin(tables::kCompositions), end, std::pair{first, second},
+                                       [](const auto& e, const std::pair<char32_t, char32_t>& v) {
+                                         return e.first != v.first ? e.first < v.first : e.second < v.second;
+                                       });
+  return entry != end && entry->first == first && entry->second == second ? entry->composite : 0;
 }
 
 struct Pending {
@@ -149,8 +193,35 @@ std::vector<ChangedChar> normalize(std::string_view text, NormalForm form) {
   return recompose(decomposed);
 }
 
-bool is_normalization_stable(std::string_view text, NormalForm) noexcept {
-  return std::all_of(text.begin(), text.end(), [](char b) { return static_cast<unsigned char>(b) < 0x80; });
+GeneralCategory general_category(char32_t c) noexcept {
+  return static_cast<GeneralCategory>(lookup(tables::kCategoryIndex, tables::kCategoryBlocks, c));
+}
+
+int combining_class(char32_t c) noexcept {
+  return lookup(tables::kCombiningClassIndex, tables::kCombiningClassBlocks, c);
+}
+
+bool is_normalization_stable(std::string_view text, NormalForm form) noexcept {
+  const bool compatible = form == NormalForm::nfkc || form == NormalForm::nfkd;
+  const bool composed = form == NormalForm::nfc || form == NormalForm::nfkc;
+  // A character is left alone when it has no decomposition of the form and combining class 0 and,
+  // for the composed forms, never merges with what precedes it (the quick check of UAX #15, from
+  // the same tables as the normalization itself).
+  const auto unstable =
+      static_cast<std::uint8_t>(tables::kHasCanonical | (compatible ? tables::kHasCompat : 0) |
+                                (composed ? tables::kComposesSecond : 0));
+  for (std::size_t at = 0; at < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[at]);
+    if (lead < 0x80) {
+      ++at;
+      continue;
+    }
+    const char32_t c = decode_at(text, at);
+    at += utf8_length(lead);
+    if ((normalization_flags(c) & unstable) != 0 || combining_class(c) != 0) return false;
+    if (composed ? is_vowel_or_trail(c) : is_syllable(c)) return false;
+  }
+  return true;
 }
 
 bool is_whitespace(char32_t c) noexcept {
@@ -176,15 +247,15 @@ bool is_whitespace(char32_t c) noexcept {
 }
 
 bool is_alphanumeric(char32_t c) noexcept {
-  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
-    case UTF8PROC_CATEGORY_LU:
-    case UTF8PROC_CATEGORY_LL:
-    case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM:
-    case UTF8PROC_CATEGORY_LO:
-    case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_NO:
+  switch (general_category(c)) {
+    case GeneralCategory::Lu:
+    case GeneralCategory::Ll:
+    case GeneralCategory::Lt:
+    case GeneralCategory::Lm:
+    case GeneralCategory::Lo:
+    case GeneralCategory::Nd:
+    case GeneralCategory::Nl:
+    case GeneralCategory::No:
       return true;
     default:
       return false;

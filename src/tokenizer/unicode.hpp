@@ -1,7 +1,11 @@
 #pragma once
 /// \file
-/// UTF-8 and Unicode helpers of the tokenizer: decoding, validation, and the normalization forms
-/// with the per-character change counts that offset alignment needs.
+/// UTF-8 and Unicode helpers of the tokenizer: decoding, character classes, and the normalization
+/// forms with the per-character change counts that offset alignment needs.
+///
+/// The Unicode data are the reference's, not the system's: general categories of Unicode 16.0 (its
+/// pre-tokenizer regexes) and normalization data of Unicode 9.0 (its normalizers), from tables
+/// generated into unicode_tables.inc (scripts/gen_unicode_tables.py; docs/tokenizer-unicode.md).
 
 #include <cstdint>
 #include <string>
@@ -40,6 +44,48 @@ enum class NormalForm { nfc, nfd, nfkc, nfkd };
 
 /// Whether `text` is certainly unchanged by `form` (a fast path for ASCII and other stable text).
 [[nodiscard]] bool is_normalization_stable(std::string_view text, NormalForm form) noexcept;
+
+/// Unicode general categories, in the order of the generated tables.
+enum class GeneralCategory : std::uint8_t {
+  Cn,
+  Lu,
+  Ll,
+  Lt,
+  Lm,
+  Lo,
+  Mn,
+  Mc,
+  Me,
+  Nd,
+  Nl,
+  No,
+  Pc,
+  Pd,
+  Ps,
+  Pe,
+  Pi,
+  Pf,
+  Po,
+  Sm,
+  Sc,
+  Sk,
+  So,
+  Zs,
+  Zl,
+  Zp,
+  Cc,
+  Cf,
+  Cs,
+  Co
+};
+/// Number of GeneralCategory values.
+inline constexpr int kGeneralCategoryCount = 30;
+
+/// General category of `c` in Unicode 16.0 (Cn for unassigned and out-of-range values).
+[[nodiscard]] GeneralCategory general_category(char32_t c) noexcept;
+
+/// Canonical combining class of `c` in the reference's normalization data (Unicode 9.0).
+[[nodiscard]] int combining_class(char32_t c) noexcept;
 
 /// Unicode White_Space, as Rust's char::is_whitespace.
 [[nodiscard]] bool is_whitespace(char32_t c) noexcept;

@@ -45,9 +45,10 @@ pcre2_code* compile(const std::string& pattern, int& error_code, PCRE2_SIZE& err
 
 }  // namespace
 
-Regex::Regex(const std::string& pattern, const std::string& where, bool literal)
+Regex::Regex(const std::string& pattern, const std::string& where, Kind kind)
     : code_(std::make_unique<Code>()) {
-  if (!literal) code_->scanner = scanner_for(pattern);
+  const bool literal = kind == Kind::literal;
+  if (kind == Kind::automatic) code_->scanner = scanner_for(pattern);
   if (code_->scanner) return;
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
@@ -78,8 +79,14 @@ Regex Regex::literal(std::string_view literal, const std::string& where) {
     quoted.push_back(c);
   }
   // An empty literal never matches, as in the reference.
-  return Regex(literal.empty() ? std::string("(*FAIL)") : quoted, where, true);
+  return Regex(literal.empty() ? std::string("(*FAIL)") : quoted, where, Kind::literal);
 }
+
+Regex Regex::without_scanner(const std::string& pattern, const std::string& where) {
+  return Regex(pattern, where, Kind::pcre2);
+}
+
+bool Regex::scanned() const noexcept { return code_->scanner.has_value(); }
 
 Regex::Regex(Regex&&) noexcept = default;
 Regex& Regex::operator=(Regex&&) noexcept = default;

@@ -18,9 +18,12 @@ using ByteRange = std::pair<std::size_t, std::size_t>;
 
 class Regex {
  public:
-  /// Compiles `pattern` (taken as it is, without scanner or rewriting, when `literal`). Throws
-  /// InputError naming `where` (file and key) and PCRE2's message.
-  Regex(const std::string& pattern, const std::string& where, bool literal = false);
+  /// Compiles `pattern`. Throws InputError naming `where` (file and key) and PCRE2's message.
+  Regex(const std::string& pattern, const std::string& where) : Regex(pattern, where, Kind::automatic) {}
+  /// `pattern` through PCRE2 even when a scanner knows it (for tests and benchmarks of the scanners).
+  [[nodiscard]] static Regex without_scanner(const std::string& pattern, const std::string& where);
+  /// Whether a scanner matches this pattern.
+  [[nodiscard]] bool scanned() const noexcept;
   /// A pattern that matches `literal` exactly.
   [[nodiscard]] static Regex literal(std::string_view literal, const std::string& where);
 
@@ -32,6 +35,8 @@ class Regex {
   ~Regex();
 
  private:
+  enum class Kind { automatic, pcre2, literal };
+  Regex(const std::string& pattern, const std::string& where, Kind kind);
   struct Code;
   std::unique_ptr<Code> code_;
 };

@@ -4,7 +4,8 @@
 #   usage: bench/run_tokenizer_bench.sh [BUILD_DIR] [STRINGS] [REPEAT]
 #          (defaults: build, 20000 strings, best of 3 passes)
 # Builds the tokenizer_bench target in BUILD_DIR (Release-like flags come from the project's
-# default RelWithDebInfo), runs both sides file by file, and prints a Markdown table.
+# default RelWithDebInfo), runs both sides file by file, and prints a Markdown table; then the
+# split scanners against PCRE2 on the same corpus (split_bench).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$repo/build}
@@ -14,7 +15,7 @@ tokenizers=$repo/data/tokenizers
 [ -d "$tokenizers/node_modules/tokenizers" ] || { echo "run scripts/fetch-tokenizers.sh first" >&2; exit 1; }
 
 cmake -S "$repo" -B "$build" -DNDIF_BENCH=ON >/dev/null
-cmake --build "$build" --target tokenizer_bench -j2 >/dev/null
+cmake --build "$build" --target tokenizer_bench split_bench -j2 >/dev/null
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -51,3 +52,5 @@ for name, o in ours.items():
           f"| {k(r1['encode_batch_one_thread_tokens_per_s'])} | {k(r['encode_loop_tokens_per_s'])} "
           f"| {k(o['all_threads_tokens_per_s'])} | {k(r['encode_batch_all_cores_tokens_per_s'])} |")
 PY
+echo
+"$build/bin/split_bench" "$work/corpus.jsonl" --repeat "$repeat"

@@ -6,8 +6,8 @@ usage: gen_corpus.py COUNT [--seed N] > strings.jsonl   (one JSON string per lin
 The strings mix scripts, marks and spacing that tokenizers treat differently: multilingual words,
 CJK, right-to-left text, combining marks, emoji with joiners, whitespace runs, tabs and newlines,
 long digit runs, code, URLs, special-token literals, empty and one-character strings.
-Random code points are drawn among assigned characters (Unicode 14, this Python's and PCRE2's
-tables): characters assigned later are classified differently by the reference's newer tables.
+Random code points are drawn among the characters this Python knows as assigned; every code point
+of the reference's Unicode version is in the corpora of gen_unicode_corpus.py.
 """
 import argparse
 import json

@@ -1,0 +1,59 @@
+// Fuzzes the split scanners and the property-escape rewriting with arbitrary bytes: text that is
+// valid UTF-8 must split the same through every scanner and through PCRE2 on the same pattern
+// (a difference aborts), and any pattern text must either compile after rewriting or be refused
+// with an InputError, never crash.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/utf8.hpp"
+#include "regex.hpp"
+#include "split_scanner.hpp"
+
+namespace {
+
+using ndif::tokenizer::detail::Regex;
+
+const char* const kPatterns[] = {
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)",
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+    R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+};
+
+bool valid_utf8(std::string_view text) {
+  for (std::size_t at = 0; at < text.size();) {
+    if (!ndif::next_code_point(text, at)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  if (!input.empty() && input.front() == '#') {  // the rest is a pattern
+    try {
+      const Regex pattern(std::string(input.substr(1)), "fuzz");
+      (void)pattern.find_all("a\xC3\xA9 1 \xE4\xB8\xAD!");
+    } catch (const ndif::InputError&) {
+    }
+    return 0;
+  }
+  if (!valid_utf8(input)) return 0;  // the tokenizer checks its input before splitting
+  static const auto pairs = [] {
+    std::vector<std::pair<Regex, Regex>> p;
+    for (const char* pattern : kPatterns)
+      p.emplace_back(Regex(pattern, "fuzz"), Regex::without_scanner(pattern, "fuzz"));
+    return p;
+  }();
+  for (const auto& [scanned, engine] : pairs) {
+    if (!scanned.scanned() || scanned.find_all(input) != engine.find_all(input)) std::abort();
+  }
+  return 0;
+}

@@ -14,21 +14,12 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "regex.hpp"
+#include "split_scanner.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using ndif::tokenizer::detail::Regex;
-
-const std::pair<const char*, const char*> kPatterns[] = {
-    {"gpt2", R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)"},
-    {"llama3",
-     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
-    {"qwen2",
-     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
-    {"o200k",
-     R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
-};
 
 // Best MB/s of `repeat` passes over `texts`, and the pieces of one pass.
 std::pair<double, std::size_t> measure(const Regex& pattern, const std::vector<std::string>& texts,
@@ -68,7 +59,9 @@ int main(int argc, char** argv) {
             << " passes\n\n";
   std::cout << "| pattern | pieces | scanner MB/s | PCRE2 JIT MB/s | scanner / PCRE2 "
                "|\n|---|---:|---:|---:|---:|\n";
-  for (const auto& [name, text] : kPatterns) {
+  for (const auto& known : ndif::tokenizer::detail::known_split_patterns()) {
+    const std::string name(known.name);
+    const std::string text(known.pattern);
     const Regex scanned(text, name);
     const Regex engine = Regex::without_scanner(text, name);
     const auto [scanner_rate, scanner_pieces] = measure(scanned, texts, bytes, repeat);
@@ -78,8 +71,8 @@ int main(int argc, char** argv) {
                 << '\n';
       return 1;
     }
-    std::printf("| %s | %zu | %.1f | %.1f | %.2f |\n", name, scanner_pieces, scanner_rate, engine_rate,
-                scanner_rate / engine_rate);
+    std::printf("| %s | %zu | %.1f | %.1f | %.2f |\n", name.c_str(), scanner_pieces, scanner_rate,
+                engine_rate, scanner_rate / engine_rate);
   }
   return 0;
 }

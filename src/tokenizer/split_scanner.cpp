@@ -246,11 +246,18 @@ std::size_t match(SplitScanner scanner, const Scan& s, std::size_t i) {
 
 }  // namespace
 
+std::span<const KnownSplitPattern> known_split_patterns() noexcept {
+  static constexpr KnownSplitPattern patterns[] = {{SplitScanner::gpt2, "gpt2", kGpt2},
+                                                   {SplitScanner::llama3, "llama3", kLlama3},
+                                                   {SplitScanner::qwen2, "qwen2", kQwen2},
+                                                   {SplitScanner::o200k, "o200k", kO200k}};
+  return patterns;
+}
+
 std::optional<SplitScanner> scanner_for(std::string_view pattern) noexcept {
-  if (pattern == kGpt2) return SplitScanner::gpt2;
-  if (pattern == kLlama3) return SplitScanner::llama3;
-  if (pattern == kQwen2) return SplitScanner::qwen2;
-  if (pattern == kO200k) return SplitScanner::o200k;
+  for (const auto& known : known_split_patterns()) {
+    if (pattern == known.pattern) return known.scanner;
+  }
   return std::nullopt;
 }
 

@@ -10,6 +10,7 @@
 /// regex engine, which was the largest share of encoding time.
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,16 @@ enum class SplitScanner {
   qwen2,   ///< as llama3 with \p{N} one digit at a time
   o200k,   ///< cased word pieces with marks, contractions, \p{N}{1,3}, [\r\n/]*
 };
+
+/// A scanner's pattern as tokenizer.json files spell it.
+struct KnownSplitPattern {
+  SplitScanner scanner;
+  std::string_view name;     ///< the family: "gpt2", "llama3", "qwen2", "o200k"
+  std::string_view pattern;  ///< the regex, character for character
+};
+
+/// Every pattern that has a scanner.
+[[nodiscard]] std::span<const KnownSplitPattern> known_split_patterns() noexcept;
 
 /// The scanner for `pattern` when it is one of the known patterns, character for character.
 [[nodiscard]] std::optional<SplitScanner> scanner_for(std::string_view pattern) noexcept;

@@ -19,13 +19,6 @@ namespace {
 
 using ndif::tokenizer::detail::Regex;
 
-const char* const kPatterns[] = {
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)",
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-    R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-};
-
 bool valid_utf8(std::string_view text) {
   for (std::size_t at = 0; at < text.size();) {
     if (!ndif::next_code_point(text, at)) return false;
@@ -48,8 +41,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!valid_utf8(input)) return 0;  // the tokenizer checks its input before splitting
   static const auto pairs = [] {
     std::vector<std::pair<Regex, Regex>> p;
-    for (const char* pattern : kPatterns)
+    for (const auto& known : ndif::tokenizer::detail::known_split_patterns()) {
+      const std::string pattern(known.pattern);
       p.emplace_back(Regex(pattern, "fuzz"), Regex::without_scanner(pattern, "fuzz"));
+    }
     return p;
   }();
   for (const auto& [scanned, engine] : pairs) {

@@ -139,14 +139,10 @@ std::vector<std::string> random_texts(std::size_t count) {
 }
 
 TEST(SplitScanner, EveryScannerMatchesWhatPcre2MatchesForItsPattern) {
-  const std::vector<std::string> patterns = {
-      R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)",
-      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-      R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-  };
   const auto texts = random_texts(20000);
-  for (const auto& pattern : patterns) {
+  ASSERT_EQ(known_split_patterns().size(), 4U);
+  for (const auto& known : known_split_patterns()) {
+    const std::string pattern(known.pattern);
     const Regex scanned(pattern, "test");
     ASSERT_TRUE(scanned.scanned()) << pattern;
     const Regex engine = Regex::without_scanner(pattern, "test");
@@ -159,6 +155,22 @@ TEST(SplitScanner, EveryScannerMatchesWhatPcre2MatchesForItsPattern) {
     }
     EXPECT_EQ(differ, 0U) << pattern;
   }
+}
+
+TEST(SplitScanner, ThePatternsOfTheTokenizerFilesHaveScanners) {
+  // As Llama-3.1's, Qwen3's and o200k's tokenizer.json spell them (and GPT-2's ByteLevel regex).
+  EXPECT_EQ(
+      scanner_for(
+          R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"),
+      SplitScanner::llama3);
+  EXPECT_EQ(
+      scanner_for(
+          R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"),
+      SplitScanner::qwen2);
+  EXPECT_EQ(
+      scanner_for(
+          R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)"),
+      SplitScanner::o200k);
 }
 
 TEST(SplitScanner, OnlyTheKnownPatternsCharacterForCharacter) {

@@ -38,9 +38,11 @@ std::string pcre2_message(int error_code) {
 namespace {
 
 pcre2_code* compile(const std::string& pattern, int& error_code, PCRE2_SIZE& error_offset) {
-  // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts.
-  return pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                       PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error_code, &error_offset, nullptr);
+  // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts. A pattern
+  // comes from a user's file, so PCRE2 checks its UTF-8 (invalid UTF-8 is a compile error, not a
+  // read past the pattern); subjects were checked on entry to the tokenizer and are matched unchecked.
+  return pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                       &error_code, &error_offset, nullptr);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/utf8.hpp"
 #include "regex.hpp"
 #include "split_scanner.hpp"
@@ -197,6 +198,13 @@ TEST(SplitScanner, SplitsNewCharactersAsLettersAndDigits) {
 }  // namespace
 
 namespace {
+
+TEST(ExpandUnicodeClasses, InvalidUtf8InAPatternIsAnInputError) {
+  // Found by split_fuzz: a pattern with invalid UTF-8 used to be compiled unchecked.
+  const std::string pattern("=|{L}[\xff\x00\xe8\xd0s\\\xff]\xfd\\p\\w", 18);
+  EXPECT_THROW(Regex(pattern, "test"), ndif::InputError);
+  EXPECT_THROW(Regex(std::string("\xc3("), "test"), ndif::InputError);
+}
 
 TEST(ExpandUnicodeClasses, Pcre2ClassifiesByUnicode16WhateverItsOwnTables) {
   const Regex letters(R"(\p{L}+|\P{L})", "test");

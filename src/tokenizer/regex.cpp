@@ -33,10 +33,6 @@ std::string pcre2_message(int error_code) {
   return std::string(reinterpret_cast<const char*>(buffer.data()));
 }
 
-}  // namespace
-
-namespace {
-
 pcre2_code* compile(const std::string& pattern, int& error_code, PCRE2_SIZE& error_offset) {
   // The reference's regexes are Unicode-aware: \s, \p{L} and (?i) cover all scripts. A pattern
   // comes from a user's file, so PCRE2 checks its UTF-8 (invalid UTF-8 is a compile error, not a

@@ -1,7 +1,11 @@
 #include "split_scanner.hpp"
 
+#include <fmt/format.h>
+
 #include <array>
+#include <compare>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -254,6 +258,13 @@ std::span<const KnownSplitPattern> known_split_patterns() noexcept {
   return patterns;
 }
 
+std::string_view split_pattern(SplitScanner scanner) noexcept {
+  for (const auto& known : known_split_patterns()) {
+    if (known.scanner == scanner) return known.pattern;
+  }
+  return {};
+}
+
 std::optional<SplitScanner> scanner_for(std::string_view pattern) noexcept {
   for (const auto& known : known_split_patterns()) {
     if (pattern == known.pattern) return known.scanner;
@@ -366,79 +377,46 @@ std::optional<CategoryMask> category_mask(std::string_view name) {
 
 using Ranges = std::vector<std::pair<char32_t, char32_t>>;  // inclusive, ascending
 
-Ranges ranges_where(bool (*member)(char32_t, CategoryMask), CategoryMask mask) {
+// What one escape stands for: White_Space or a set of categories, possibly negated.
+struct EscapeClass {
+  bool white_space;
+  CategoryMask mask;
+  bool negated;
+  auto operator<=>(const EscapeClass&) const = default;
+};
+
+// The code points of `escape` as ranges, without surrogates (which cannot occur in valid UTF-8 and
+// which PCRE2 refuses in a class of a UTF pattern). Cached: a class of Unicode 16.0 never changes.
+const Ranges& ranges_of(const EscapeClass& escape) {
+  static std::mutex mutex;
+  static std::map<EscapeClass, Ranges> cache;
+  const std::lock_guard lock(mutex);
+  if (const auto it = cache.find(escape); it != cache.end()) return it->second;
   Ranges ranges;
   for (char32_t c = 0; c < 0x110000; ++c) {
-    if (!member(c, mask)) continue;
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    const bool member = escape.white_space ? is_whitespace(c) : (escape.mask & bit(general_category(c))) != 0;
+    if (member == escape.negated) continue;
     if (!ranges.empty() && ranges.back().second + 1 == c) {
       ranges.back().second = c;
     } else {
       ranges.emplace_back(c, c);
     }
   }
-  return ranges;
-}
-
-bool in_categories(char32_t c, CategoryMask mask) {
-  // Surrogates cannot occur in valid UTF-8; PCRE2 refuses them in a class of a UTF pattern.
-  return (c < 0xD800 || c > 0xDFFF) && (mask & bit(general_category(c))) != 0;
-}
-bool in_white_space(char32_t c, CategoryMask) { return is_whitespace(c); }
-
-Ranges complement(const Ranges& ranges) {
-  Ranges out;
-  char32_t next = 0;
-  for (const auto& [first, last] : ranges) {
-    if (first > next) out.emplace_back(next, first - 1);
-    next = last + 1;
-  }
-  if (next < 0x110000) out.emplace_back(next, 0x10FFFF);
-  // Drop the surrogates, which a UTF pattern may not name.
-  Ranges valid;
-  for (const auto& [first, last] : out) {
-    if (last < 0xD800 || first > 0xDFFF) {
-      valid.emplace_back(first, last);
-      continue;
-    }
-    if (first < 0xD800) valid.emplace_back(first, 0xD7FF);
-    if (last > 0xDFFF) valid.emplace_back(0xE000, last);
-  }
-  return valid;
+  return cache.emplace(escape, std::move(ranges)).first->second;
 }
 
 std::string class_body(const Ranges& ranges) {
   std::string out;
-  auto hex = [&](char32_t c) {
-    out += "\\x{";
-    constexpr std::string_view digits = "0123456789abcdef";
-    std::string h;
-    do {
-      h.insert(h.begin(), digits[c & 0xF]);
-      c >>= 4;
-    } while (c != 0);
-    out += h;
-    out += '}';
-  };
   for (const auto& [first, last] : ranges) {
-    hex(first);
-    if (last != first) {
-      out += '-';
-      hex(last);
+    if (last == first) {
+      fmt::format_to(std::back_inserter(out), "\\x{{{:x}}}", static_cast<std::uint32_t>(first));
+    } else {
+      fmt::format_to(std::back_inserter(out), "\\x{{{:x}}}-\\x{{{:x}}}", static_cast<std::uint32_t>(first),
+                     static_cast<std::uint32_t>(last));
     }
   }
   return out;
-}
-
-// The ranges of one escape, cached: a class of Unicode 16.0 never changes while running.
-const Ranges& escape_ranges(const std::string& key, bool white_space, CategoryMask mask, bool negated) {
-  static std::mutex mutex;
-  static std::map<std::string, Ranges> cache;
-  const std::lock_guard lock(mutex);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  Ranges ranges = white_space ? ranges_where(in_white_space, 0) : ranges_where(in_categories, mask);
-  if (negated) ranges = complement(ranges);
-  return cache.emplace(key, std::move(ranges)).first->second;
 }
 
 }  // namespace
@@ -516,9 +494,7 @@ std::string expand_unicode_classes(std::string_view pattern) {
       continue;
     }
     // Inside a class a negated escape becomes its complement's ranges; outside, a class of its own.
-    const bool complement_now = negated && in_class;
-    const auto& ranges = escape_ranges(std::string(pattern.substr(i, consumed)) + (complement_now ? "!" : ""),
-                                       white_space, mask.value_or(0), complement_now);
+    const auto& ranges = ranges_of({white_space, mask.value_or(0), negated && in_class});
     if (in_class) {
       out += class_body(ranges);
     } else {

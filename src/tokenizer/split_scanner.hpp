@@ -37,6 +37,9 @@ struct KnownSplitPattern {
 /// Every pattern that has a scanner.
 [[nodiscard]] std::span<const KnownSplitPattern> known_split_patterns() noexcept;
 
+/// The pattern of `scanner`, character for character.
+[[nodiscard]] std::string_view split_pattern(SplitScanner scanner) noexcept;
+
 /// The scanner for `pattern` when it is one of the known patterns, character for character.
 [[nodiscard]] std::optional<SplitScanner> scanner_for(std::string_view pattern) noexcept;
 

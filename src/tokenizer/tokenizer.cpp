@@ -10,6 +10,7 @@
 #include "ndif_sweep/core/files.hpp"
 #include "normalized_string.hpp"
 #include "regex.hpp"
+#include "split_scanner.hpp"
 #include "tokenizer_json.hpp"
 #include "unicode.hpp"
 
@@ -463,9 +464,9 @@ void Tokenizer::Impl::pre_tokenize(std::vector<Split>& splits) const {
       if (const auto* s = std::get_if<SplitStep>(&step)) {
         for (auto& piece : split.text.split(s->pattern, s->behavior, s->invert)) emit(std::move(piece));
       } else if (const auto* b = std::get_if<ByteLevelStep>(&step)) {
-        static const Regex gpt2_words(
-            R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)",
-            "ByteLevel pre-tokenizer");
+        // GPT-2's word pattern, which its scanner matches.
+        static const Regex gpt2_words(std::string(detail::split_pattern(detail::SplitScanner::gpt2)),
+                                      "ByteLevel pre-tokenizer");
         if (b->add_prefix_space && split.text.text().rfind(' ', 0) != 0) split.text.prepend(" ");
         if (b->use_regex) {
           for (auto& piece : split.text.split(gpt2_words, SplitBehavior::isolated, false)) {

@@ -19,13 +19,6 @@ namespace {
 
 using ndif::tokenizer::detail::Regex;
 
-bool valid_utf8(std::string_view text) {
-  for (std::size_t at = 0; at < text.size();) {
-    if (!ndif::next_code_point(text, at)) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -38,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     return 0;
   }
-  if (!valid_utf8(input)) return 0;  // the tokenizer checks its input before splitting
+  if (ndif::first_invalid_utf8(input)) return 0;  // the tokenizer checks its input before splitting
   static const auto pairs = [] {
     std::vector<std::pair<Regex, Regex>> p;
     for (const auto& known : ndif::tokenizer::detail::known_split_patterns()) {

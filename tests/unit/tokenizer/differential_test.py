@@ -77,12 +77,21 @@ def make_corpora(root, work, count, wanted):
         python = os.path.join(root, ".venv", "bin", "python")
         if not os.path.exists(python):
             sys.exit(f"the Unicode corpora need {python} with unicodedata2 16.0.0: run scripts/setup.sh")
-        subprocess.run([python, os.path.join(root, "tests", "tools", "gen_unicode_corpus.py"), work], check=True,
-                       stdout=subprocess.DEVNULL)
+        summary = json.loads(subprocess.run([python, os.path.join(root, "tests", "tools", "gen_unicode_corpus.py"), work],
+                                            check=True, stdout=subprocess.PIPE).stdout)
         for name in wanted:
             if name != "generated":
                 with open(os.path.join(work, name + ".jsonl"), "rb") as f:
                     corpora[name] = f.read()
+        # The corpora must hold what they promise: every code point of Unicode 16.0 (292,531 are
+        # assigned, private use included), so that 100% equal cannot come from an empty corpus.
+        if "alone" in corpora:
+            seen = {c for line in corpora["alone"].decode().splitlines() for c in json.loads(line)}
+            if len(seen) != summary["assigned"] or summary["assigned"] < 290000:
+                sys.exit(f"the alone corpus holds {len(seen)} code points, not the {summary['assigned']} assigned ones")
+        for name, corpus in corpora.items():
+            if corpus.count(b"\n") < 1000:
+                sys.exit(f"the {name} corpus has fewer than 1,000 strings")
     return corpora
 
 

@@ -272,6 +272,9 @@ struct LocalServer::Impl {
   std::uint64_t completed_jobs = 0;
   std::uint64_t failed_jobs = 0;
   std::uint64_t downloads = 0;
+  /// Result bytes written to clients, also of downloads that failed: the wire side of the bench's
+  /// useful-versus-received figure. Atomic: the download threads add to it outside the mutex.
+  std::atomic<std::uint64_t> bytes_sent{0};
   std::map<std::string, std::shared_ptr<Job>> jobs;
   std::multimap<Clock::time_point, std::shared_ptr<Job>> delayed;
   std::deque<std::shared_ptr<Job>> queue;
@@ -653,8 +656,9 @@ struct LocalServer::Impl {
           if (slow) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
           }
-          return sink.write(reinterpret_cast<const char*>(file->data()) + offset,
-                            slow ? std::min<std::size_t>(n, 2048) : n);
+          const std::size_t sent = slow ? std::min<std::size_t>(n, 2048) : n;
+          bytes_sent += sent;
+          return sink.write(reinterpret_cast<const char*>(file->data()) + offset, sent);
         },
         [this, job](bool success) {
           std::lock_guard lock(mutex);
@@ -669,11 +673,9 @@ struct LocalServer::Impl {
 
   void get_stats(httplib::Response& res) {
     std::lock_guard lock(mutex);
-    const json stats{{"submitted", submitted},
-                     {"completed", completed_jobs},
-                     {"errored", failed_jobs},
-                     {"downloaded", downloads},
-                     {"queued", queue.size() + delayed.size()}};
+    const json stats{{"submitted", submitted},          {"completed", completed_jobs},
+                     {"errored", failed_jobs},          {"downloaded", downloads},
+                     {"bytes_sent", bytes_sent.load()}, {"queued", queue.size() + delayed.size()}};
     res.set_content(stats.dump(), "application/json");
   }
 

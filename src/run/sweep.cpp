@@ -417,6 +417,8 @@ WorkerSettings worker_settings(const RunContext& c) {
   s.hidden = c.hidden;
   s.max_inflight = c.max_inflight;
   s.retry = c.retry;
+  // The benchmark hook of docs/design.md (the run loop): the one-batch-at-a-time baseline.
+  s.overlap_downloads = env_or_empty("NDIF_SWEEP_BENCH_SERIAL") != "1";
   return s;
 }
 

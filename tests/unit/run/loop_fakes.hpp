@@ -80,6 +80,7 @@ class FakeClient final : public JobClient {
     remote::EncodedRequest request;
     bool resumed = false;
     std::chrono::milliseconds since_submit{0};
+    bool downloading = false;  ///< COMPLETED at the service, its result on its way
   };
 
   void submit(remote::JobTicket ticket, remote::EncodedRequest request) override {
@@ -98,7 +99,10 @@ class FakeClient final : public JobClient {
     return std::exchange(pending, {});
   }
   [[nodiscard]] std::vector<remote::JobState> in_flight_states() const override {
-    return std::vector<remote::JobState>(in_flight.size(), remote::JobState::queued);
+    std::vector<remote::JobState> states;
+    for (const auto& job : in_flight)
+      states.push_back(job.downloading ? remote::JobState::completed : remote::JobState::queued);
+    return states;
   }
   void cancel_all() noexcept override {
     cancelled += static_cast<int>(in_flight.size());
@@ -129,6 +133,12 @@ class FakeClient final : public JobClient {
                                          http, std::move(why)};
     pending.finished.push_back(std::move(f));
     return true;
+  }
+  /// Marks the job in flight for `batch` as downloading its result; false if none is in flight.
+  bool start_download(std::int64_t batch) {
+    for (auto& job : in_flight)
+      if (job.ticket.batch == batch) return job.downloading = true;
+    return false;
   }
   /// Completes every job in flight.
   void complete_all() {

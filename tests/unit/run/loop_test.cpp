@@ -213,6 +213,46 @@ TEST(Loop, NoWorkerHoldsMoreThanItsSlots) {
   EXPECT_EQ(loop.written(), 9);
 }
 
+TEST(Loop, ADownloadingJobGivesItsSlotToTheNextBatchAndDownloadsAreBoundedByAsManyAgain) {
+  Loop loop(1, batches(8), 2);
+  loop.start();
+  auto& client = *loop.clients[0];
+  ASSERT_EQ(client.submits.size(), 2U);
+  ASSERT_TRUE(client.start_download(client.in_flight[0].ticket.batch));
+  loop.start();
+  // Two wait at the service again, beside the one downloading.
+  EXPECT_EQ(client.submits.size(), 3U);
+  for (auto& job : client.in_flight) job.downloading = true;
+  loop.start();
+  // Three download and one more was sent: four held, twice max_inflight, and no more.
+  EXPECT_EQ(client.submits.size(), 4U);
+  for (auto& job : client.in_flight) job.downloading = true;
+  loop.start();
+  EXPECT_EQ(client.submits.size(), 4U);
+  EXPECT_EQ(loop.workers[0]->batches_held(), 4U);
+  loop.run([&] { loop.complete_all(); });
+  ASSERT_TRUE(loop.all_finished());
+  EXPECT_EQ(loop.written(), 8);
+}
+
+TEST(Loop, WithoutOverlapADownloadingJobKeepsItsSlotUntilItIsWritten) {
+  Loop loop(1, batches(4), 1);
+  auto settings = testing::test_settings(1);
+  settings.overlap_downloads = false;
+  loop.workers[0] =
+      std::make_unique<Worker>(settings, loop.encoder, *loop.clients[0], *loop.sinks[0], 0, loop.log);
+  loop.start();
+  auto& client = *loop.clients[0];
+  ASSERT_EQ(client.submits.size(), 1U);
+  ASSERT_TRUE(client.start_download(client.in_flight[0].ticket.batch));
+  loop.start();
+  EXPECT_EQ(client.submits.size(), 1U);
+  loop.run([&] { loop.complete_all(); });
+  ASSERT_TRUE(loop.all_finished());
+  EXPECT_EQ(loop.written(), 4);
+  EXPECT_EQ(client.submits.size(), 4U);
+}
+
 TEST(Loop, RanksThatGetNoBatchGoIdleAndTheRunFinishes) {
   Loop loop(4, batches(1));
   loop.run([&] { loop.complete_all(); });

@@ -85,6 +85,10 @@ struct WorkerSettings {
   spec::RetryOptions retry;
   /// How often at most the worker reports its jobs' queue states (they also go out on a change).
   std::chrono::milliseconds states_every{std::chrono::seconds(1)};
+  /// Whether a job's slot goes to the next batch as soon as its result starts to download (true:
+  /// the next job queues while this one downloads) or only once its data is written (the
+  /// one-batch-at-a-time loop that bench/link_bench.py measures as its baseline).
+  bool overlap_downloads = true;
 };
 
 class Worker {
@@ -128,7 +132,7 @@ class Worker {
   void start(Work& w);
   void on_finished(remote::FinishedJob& job, Link& link);
   void report_states(Link& link);
-  [[nodiscard]] int free_slots() const noexcept;
+  [[nodiscard]] int free_slots() const;
 
   WorkerSettings settings_;
   remote::RequestEncoder& encoder_;

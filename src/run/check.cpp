@@ -128,7 +128,7 @@ std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& enc
                              const std::string& base_url, const std::string& api_key,
                              const std::string& model_key) {
   const auto started = Clock::now();
-  const auto& prompt = job.encoded.front();
+  const auto prompt = encode_batch(job, {0}).front();
   remote::BatchRequest request{job.spec.model,
                                model_key,
                                {prompt},
@@ -251,14 +251,9 @@ int check_command(const std::filesystem::path& job_file, bool probe, bool as_jso
   }
   list.step("encode", [&] {
     const auto& batch = job->plan.batches.front();
-    remote::BatchRequest request{job->spec.model,
-                                 model_key,
-                                 {},
-                                 batch.padded_len,
-                                 job->spec.probes,
-                                 job->spec.dtype,
-                                 job->model_config.hidden_size};
-    for (auto row : batch.rows) request.prompts.push_back(job->encoded[static_cast<std::size_t>(row)]);
+    remote::BatchRequest request{
+        job->spec.model,  model_key,       encode_batch(*job, batch.rows), batch.padded_len,
+        job->spec.probes, job->spec.dtype, job->model_config.hidden_size};
     const auto started = Clock::now();
     const auto encoded = encoder->encode(request);
     return fmt::format("batch 0 ({} prompts of up to {} tokens) in {:.0f} ms: {} request{}",

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <thread>
+
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
 #include "ndif_sweep/core/hash.hpp"
@@ -70,14 +73,14 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
   const auto prompts_text = read_file(job.spec.prompts, "prompts file");
   const auto tokenizer_text = read_file(job.spec.tokenizer, "tokenizer file");
   job.prompts = spec::parse_prompts(prompts_text, job.spec.prompts, job.spec.positions);
-  const auto tok = tokenizer::Tokenizer::from_json(tokenizer_text, job.spec.tokenizer.string());
-  job.encoded = plan::encode_prompts(job.prompts, tok, job.spec.add_special_tokens, job.spec.prompts);
-  job.n_tokens.reserve(job.encoded.size());
-  for (const auto& e : job.encoded) job.n_tokens.push_back(static_cast<std::int32_t>(e.ids.size()));
+  job.tokenizer = std::make_shared<const tokenizer::Tokenizer>(
+      tokenizer::Tokenizer::from_json(tokenizer_text, job.spec.tokenizer.string()));
+  job.shapes = plan::measure_prompts(job.prompts, *job.tokenizer, job.spec.add_special_tokens,
+                                     job.spec.prompts, std::max(1U, std::thread::hardware_concurrency()));
+  job.n_tokens = job.shapes.n_tokens;
 
   job.shape.hidden = job.model_config.hidden_size;
-  job.shape.positions =
-      job.encoded.empty() ? 0 : static_cast<std::int64_t>(job.encoded.front().positions.size());
+  job.shape.positions = job.shapes.positions_per_row;
   job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
   for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
   job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
@@ -86,6 +89,10 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
   job.prompts_sha256 = sha256_hex(prompts_text);
   job.job_hash = sha256_hex(job_identity(job).dump());
   return job;
+}
+
+std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
+  return plan::encode_rows(job.prompts, rows, *job.tokenizer, job.spec.add_special_tokens, job.spec.prompts);
 }
 
 nlohmann::json job_identity(const PreparedJob& job) {

@@ -108,18 +108,12 @@ void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& j
                     config.hidden_size, config.num_hidden_layers,
                     job.spec.model_config ? "\"model_config\"" : "the service's GET /status"));
   }
-  if (model.vocab_size > 0) {
-    for (std::size_t row = 0; row < job.encoded.size(); ++row) {
-      for (const auto id : job.encoded[row].ids) {
-        if (id < 0 || id >= model.vocab_size) {
-          throw InputError(fmt::format(
-              "{}:{}: token id {} is outside the model's vocabulary of {}; \"tokenizer\" in {} is not this "
-              "model's tokenizer",
-              job.spec.prompts.string(), job.prompts[row].line, id, model.vocab_size,
-              job.spec.job_file.string()));
-        }
-      }
-    }
+  if (model.vocab_size > 0 && job.shapes.max_token_id >= model.vocab_size) {
+    throw InputError(fmt::format(
+        "{}:{}: token id {} is outside the model's vocabulary of {}; \"tokenizer\" in {} is not this "
+        "model's tokenizer",
+        job.spec.prompts.string(), job.prompts[job.shapes.max_token_row].line, job.shapes.max_token_id,
+        model.vocab_size, job.spec.job_file.string()));
   }
 }
 
@@ -197,8 +191,10 @@ std::size_t run_tokenizer_canary(const PreparedJob& job, remote::NnsightEncoder&
   texts.reserve(rows.size());
   for (auto row : rows) texts.push_back(job.prompts[row].text);
   const auto reference = encoder.tokenize(texts, job.spec.add_special_tokens);
+  std::vector<std::int64_t> rows64(rows.begin(), rows.end());
+  const auto encoded = encode_batch(job, rows64);
   for (std::size_t k = 0; k < rows.size(); ++k) {
-    const auto& ours = job.encoded[rows[k]].ids;
+    const auto& ours = encoded[k].ids;
     const auto& theirs = reference[k];
     const std::vector<std::int64_t> ours64(ours.begin(), ours.end());
     if (ours64 == theirs) continue;

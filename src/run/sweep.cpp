@@ -314,10 +314,9 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
     layout.text.push_back(job.prompts[i].text);
     layout.id.push_back(job.prompts[i].id);
     layout.meta.push_back(job.prompts[i].meta_json);
-    layout.n_tokens.push_back(job.n_tokens[i]);
-    layout.positions.insert(layout.positions.end(), job.encoded[i].positions.begin(),
-                            job.encoded[i].positions.end());
   }
+  layout.n_tokens = job.n_tokens;
+  layout.positions = job.shapes.positions;
   layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
   layout.batch_of_row = job.plan.batch_of_row;
   layout.order = job.plan.order;
@@ -472,7 +471,8 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
   auto assignment_of = [&job, &loop](std::int32_t b) {
     const auto& batch = job.plan.batches[static_cast<std::size_t>(b)];
     Assignment a{b, batch.rows, batch.padded_len, {}, std::nullopt};
-    for (auto row : batch.rows) a.prompts.push_back(job.encoded[static_cast<std::size_t>(row)]);
+    // Tokenized again here rather than kept from planning: rank 0 holds no prompt's token ids.
+    a.prompts = encode_batch(job, batch.rows);
     if (static_cast<std::size_t>(b) < loop.journal.size() &&
         !loop.journal[static_cast<std::size_t>(b)].empty())
       a.journaled = loop.journal[static_cast<std::size_t>(b)];

@@ -148,6 +148,63 @@ TEST(EncodePrompts, TheTinyTokenizerGivesTheExpectedIds) {
               ElementsAre(260, 258, 32, 115, 257));
 }
 
+std::vector<spec::PromptRecord> many_prompts(std::size_t n) {
+  const char* texts[] = {"The cat sat", "The cat", "sat", "cat sat The cat"};
+  std::vector<spec::PromptRecord> prompts;
+  for (std::size_t k = 0; k < n; ++k)
+    prompts.push_back(record(k + 1, texts[k % 4], {index(-1), span("at", 0, true)}));
+  return prompts;
+}
+
+TEST(MeasurePrompts, EveryThreadCountKeepsTheLengthsAndPositionsOfOneThreadsEncoding) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto prompts = many_prompts(1000);
+  const auto encoded = encode(prompts);
+  std::vector<std::int32_t> lengths, positions;
+  std::int32_t max_id = -1;
+  for (const auto& e : encoded) {
+    lengths.push_back(static_cast<std::int32_t>(e.ids.size()));
+    positions.insert(positions.end(), e.positions.begin(), e.positions.end());
+    max_id = std::max(max_id, *std::max_element(e.ids.begin(), e.ids.end()));
+  }
+  for (unsigned threads : {1U, 2U, 3U, 8U}) {
+    const auto shapes = measure_prompts(prompts, tokenizer, true, "p.jsonl", threads);
+    EXPECT_EQ(shapes.n_tokens, lengths) << threads;
+    EXPECT_EQ(shapes.positions, positions) << threads;
+    EXPECT_EQ(shapes.positions_per_row, 2);
+    EXPECT_EQ(shapes.max_token_id, max_id);
+    const auto& at = encoded[shapes.max_token_row].ids;
+    EXPECT_NE(std::find(at.begin(), at.end(), max_id), at.end());
+  }
+}
+
+TEST(MeasurePrompts, TheFirstBadPromptInFileOrderIsReportedWhateverTheThreads) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  auto prompts = many_prompts(1000);
+  prompts[900].positions = {index(40), index(0)};
+  prompts[300].positions = {index(-30), index(0)};
+  for (unsigned threads : {1U, 2U, 4U}) {
+    try {
+      (void)measure_prompts(prompts, tokenizer, true, "p.jsonl", threads);
+      ADD_FAILURE() << "no error with " << threads << " threads";
+    } catch (const InputError& e) {
+      EXPECT_STREQ(e.what(), "p.jsonl:301: position -30 is out of range for a prompt of 6 tokens") << threads;
+    }
+  }
+}
+
+TEST(EncodeRows, ABatchIsEncodedInItsRowOrderAsThePlanEncodedIt) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto prompts = many_prompts(8);
+  const auto all = encode(prompts);
+  const auto batch = encode_rows(prompts, {6, 1, 3}, tokenizer, true, "p.jsonl");
+  ASSERT_EQ(batch.size(), 3u);
+  EXPECT_EQ(batch[0].ids, all[6].ids);
+  EXPECT_EQ(batch[1].positions, all[1].positions);
+  EXPECT_EQ(batch[2].ids, all[3].ids);
+  EXPECT_THROW((void)encode_rows(prompts, {8}, tokenizer, true, "p.jsonl"), InternalError);
+}
+
 TEST(EncodePrompts, IndicesCountFromTheEndWhenNegative) {
   const auto encoded = encode({record(1, "The cat sat", {index(-1), index(0), index(2), index(-6)})});
   EXPECT_THAT(encoded[0].positions, ElementsAre(5, 0, 2, 0));

@@ -48,11 +48,17 @@ class JobFiles : public ::testing::Test {
 
 TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
   const auto prepared = prepare_job(job(), {}, no_network);
-  ASSERT_EQ(prepared.encoded.size(), 3u);
+  ASSERT_EQ(prepared.shapes.positions_per_row, 2);
   // [<bos>, T, he, Ġcat]; [<bos>, T, he, Ġcat, Ġsat, Ġ, o, n, Ġthe, Ġ, m, at]; [<bos>, a]
   EXPECT_EQ(prepared.n_tokens, (std::vector<std::int32_t>{4, 12, 2}));
-  EXPECT_EQ(prepared.encoded[0].positions, (std::vector<std::int32_t>{0, 3}));
-  EXPECT_EQ(prepared.encoded[2].positions, (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(prepared.shapes.positions, (std::vector<std::int32_t>{0, 3, 0, 11, 0, 1}));
+  // A batch's prompts are tokenized again when it is handed out, in its row order.
+  const auto batch = encode_batch(prepared, {2, 0});
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(batch[0].ids.size(), 2u);
+  EXPECT_EQ(batch[0].positions, (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(batch[1].ids.size(), 4u);
+  EXPECT_EQ(batch[1].positions, (std::vector<std::int32_t>{0, 3}));
   EXPECT_EQ(prepared.model_config.hidden_size, 8);
   EXPECT_EQ(prepared.shape.row_bytes(), 4 * 2 * 8 * 2);
   ASSERT_EQ(prepared.plan.batches.size(), 1u);

@@ -28,6 +28,31 @@ struct EncodedPrompt {
                                                         bool add_special_tokens,
                                                         const std::filesystem::path& prompts_file);
 
+/// Tokenizes the prompts `rows` (indices into `prompts`) and resolves their positions, in that
+/// order: what a rank sends for one batch. Deterministic, so a batch re-encoded on another rank or
+/// in a later run is the same. Throws as encode_prompts.
+[[nodiscard]] std::vector<EncodedPrompt> encode_rows(const std::vector<spec::PromptRecord>& prompts,
+                                                     const std::vector<std::int64_t>& rows,
+                                                     const tokenizer::Tokenizer& tokenizer,
+                                                     bool add_special_tokens,
+                                                     const std::filesystem::path& prompts_file);
+
+/// What planning keeps of every prompt: small integers, never its token ids.
+struct PromptShapes {
+  std::vector<std::int32_t> n_tokens;   ///< N: tokens of each prompt, special tokens included
+  std::vector<std::int32_t> positions;  ///< N x P resolved positions, row-major
+  std::int64_t positions_per_row = 0;   ///< P
+  std::int32_t max_token_id = -1;       ///< the largest token id of any prompt (vocabulary check)
+  std::size_t max_token_row = 0;        ///< a prompt that holds it
+};
+
+/// Tokenizes every prompt on `threads` threads (contiguous slices) and keeps their lengths and
+/// positions. Checks as encode_prompts, and throws the error of the first bad prompt in file
+/// order, whatever the thread count.
+[[nodiscard]] PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
+                                           const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                                           const std::filesystem::path& prompts_file, unsigned threads);
+
 /// Where token p of a prompt of n tokens sits in a batch left-padded to S tokens: p + (S - n).
 struct PaddingOffset {
   std::int32_t value = 0;

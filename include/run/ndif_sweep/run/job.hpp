@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/tokenizer/tokenizer.hpp"
 
 namespace ndif::run {
 
@@ -29,8 +31,11 @@ struct JobOverrides {
 struct PreparedJob {
   spec::JobSpec spec;
   std::vector<spec::PromptRecord> prompts;
-  std::vector<plan::EncodedPrompt> encoded;
+  /// Lengths and positions of every prompt (its token ids are not kept: encode_batch makes a
+  /// batch's again when it is handed out).
+  plan::PromptShapes shapes;
   std::vector<std::int32_t> n_tokens;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
   spec::ModelConfig model_config;
   plan::RowShape shape;
   plan::BatchPlan plan;
@@ -60,6 +65,11 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 /// reaching the service at another address keeps the hash; anything that changes stored values
 /// changes it.
 [[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
+
+/// The token ids and positions of the prompts `rows`, in that order, tokenized again as planning
+/// did (deterministic). Throws as plan::encode_rows.
+[[nodiscard]] std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job,
+                                                            const std::vector<std::int64_t>& rows);
 
 /// The `plan --json` object (docs/user-guide.md section 2).
 [[nodiscard]] nlohmann::json plan_summary_json(const PreparedJob& job);

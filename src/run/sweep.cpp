@@ -4,7 +4,8 @@
 // Every rank is a worker with `max_inflight` NDIF jobs in flight; rank 0 is also the coordinator.
 // Rank 0 prepares the job (parse, tokenize, plan), creates or checks the output file and hands out
 // pending batches as ranks ask for them; an assignment carries the batch's token ids and positions,
-// so workers never read the prompts. The rank that wrote a batch sets its flag right after the data
+// tokenized again as it is handed out (rank 0 keeps lengths and positions, not ids), so workers
+// never read the prompts. The rank that wrote a batch sets its flag right after the data
 // write returns, so a crash of any rank, rank 0 included, loses no finished batch.
 #include <fmt/format.h>
 #include <unistd.h>

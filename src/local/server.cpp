@@ -54,6 +54,8 @@ constexpr auto kKeepError = std::chrono::minutes(10);
 constexpr auto kKeepUndelivered = std::chrono::hours(1);
 /// The cap on an inflated request body, far above any sweep batch.
 constexpr std::size_t kMaxRequestBytes = std::size_t{1} << 30;
+/// Connections served at once (cpp-httplib: one thread each, while kept alive).
+constexpr std::size_t kHttpThreads = 128;
 /// Downloads are written in chunks of this size; the bandwidth cap is shared per chunk.
 constexpr std::size_t kChunk = 16 * 1024;
 
@@ -700,7 +702,11 @@ struct LocalServer::Impl {
   }
 
   void route() {
-    http.new_task_queue = [] { return new httplib::ThreadPool(16); };
+    // cpp-httplib keeps a thread per open connection, kept-alive ones included, and every job of
+    // every rank may download on its own connection: 16 threads stalled polls and new downloads
+    // behind idle kept-alive connections with 8 ranks (bench/link_bench.py). Idle threads cost
+    // only their stacks' address space.
+    http.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
     http.Post("/request",
               [this](const httplib::Request& req, httplib::Response& res) { post_request(req, res); });
     http.Get(R"(/response/([^/]+))",

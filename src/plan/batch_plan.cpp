@@ -75,6 +75,42 @@ BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens, const spec:
   return plan;
 }
 
+BatchPlan plan_from_arrays(const std::vector<std::int32_t>& n_tokens, const std::vector<std::int64_t>& order,
+                           const std::vector<std::int64_t>& start, const std::vector<std::int64_t>& count) {
+  const auto n = static_cast<std::int64_t>(n_tokens.size());
+  auto require = [](bool ok, const char* what) {
+    if (!ok) throw SpecMismatch(std::string("the stored batch plan is inconsistent: ") + what);
+  };
+  require(static_cast<std::int64_t>(order.size()) == n, "/batches/order does not hold one entry per prompt");
+  require(start.size() == count.size() && !start.empty(),
+          "/batches/start and /batches/count differ or are empty");
+  BatchPlan plan;
+  plan.order = order;
+  plan.start = start;
+  plan.count = count;
+  plan.batch_of_row.assign(n_tokens.size(), -1);
+  std::int64_t next = 0;
+  for (std::size_t b = 0; b < start.size(); ++b) {
+    require(start[b] == next && count[b] > 0 && count[b] <= n - next,
+            "the batches are not contiguous in order");
+    Batch batch;
+    batch.index = static_cast<std::int32_t>(b);
+    for (std::int64_t k = start[b]; k < start[b] + count[b]; ++k) {
+      const std::int64_t row = order[static_cast<std::size_t>(k)];
+      require(row >= 0 && row < n, "/batches/order names a row outside /prompts");
+      auto& owner = plan.batch_of_row[static_cast<std::size_t>(row)];
+      require(owner < 0, "/batches/order names a row twice");
+      owner = batch.index;
+      batch.rows.push_back(row);
+      batch.padded_len = std::max(batch.padded_len, n_tokens[static_cast<std::size_t>(row)]);
+    }
+    next += count[b];
+    plan.batches.push_back(std::move(batch));
+  }
+  require(next == n, "the batches do not cover every prompt");
+  return plan;
+}
+
 PlanSummary summarize(const BatchPlan& plan, const std::vector<std::int32_t>& n_tokens,
                       const RowShape& shape) {
   PlanSummary summary;

@@ -55,10 +55,11 @@ spec::JobSpec load_job_spec(const std::filesystem::path& job_file, const JobOver
 
 PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverrides& overrides,
                         const ModelConfigSource& config_source) {
-  return prepare_job(load_job_spec(job_file, overrides), config_source);
+  return prepare_job(load_job_spec(job_file, overrides), config_source, {});
 }
 
-PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source) {
+PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
+                        const StoredPlanSource& stored_plan) {
   PreparedJob job;
   job.spec = std::move(spec);
 
@@ -70,29 +71,61 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
   }
 
   // Each file is read once: parsed and hashed from the same bytes, so the hash is of what was used.
-  const auto prompts_text = read_file(job.spec.prompts, "prompts file");
+  job.prompts_text = std::make_shared<const std::string>(read_file(job.spec.prompts, "prompts file"));
   const auto tokenizer_text = read_file(job.spec.tokenizer, "tokenizer file");
-  job.prompts = spec::parse_prompts(prompts_text, job.spec.prompts, job.spec.positions);
   job.tokenizer = std::make_shared<const tokenizer::Tokenizer>(
       tokenizer::Tokenizer::from_json(tokenizer_text, job.spec.tokenizer.string()));
+  job.tokenizer_sha256 = sha256_hex(tokenizer_text);
+  job.prompts_sha256 = sha256_hex(*job.prompts_text);
+  job.job_hash = sha256_hex(job_identity(job).dump());
+  job.line_starts = spec::line_starts(*job.prompts_text);
+
+  job.shape.hidden = job.model_config.hidden_size;
+  job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
+  for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
+
+  // A file of this very job holds the plan that was made from these bytes: a restart takes it
+  // and tokenizes nothing but the batches it sends.
+  if (stored_plan) {
+    if (auto stored = stored_plan(job)) {
+      if (stored->n_tokens.size() != job.line_starts.size())
+        throw SpecMismatch(fmt::format("the output file's plan holds {} prompts but {} has {}",
+                                       stored->n_tokens.size(), job.spec.prompts.string(),
+                                       job.line_starts.size()));
+      job.plan = plan::plan_from_arrays(stored->n_tokens, stored->order, stored->start, stored->count);
+      job.n_tokens = std::move(stored->n_tokens);
+      job.shape.positions = stored->positions_per_row;
+      job.shapes.positions_per_row = stored->positions_per_row;
+      job.plan_from_file = true;
+      return job;
+    }
+  }
+
+  job.prompts = spec::parse_prompts(*job.prompts_text, job.spec.prompts, job.spec.positions);
   job.shapes = plan::measure_prompts(job.prompts, *job.tokenizer, job.spec.add_special_tokens,
                                      job.spec.prompts, std::max(1U, std::thread::hardware_concurrency()));
   job.n_tokens = job.shapes.n_tokens;
-
-  job.shape.hidden = job.model_config.hidden_size;
   job.shape.positions = job.shapes.positions_per_row;
-  job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
-  for (const auto& p : job.spec.probes) job.shape.total_layers += static_cast<std::int64_t>(p.layers.size());
   job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
-
-  job.tokenizer_sha256 = sha256_hex(tokenizer_text);
-  job.prompts_sha256 = sha256_hex(prompts_text);
-  job.job_hash = sha256_hex(job_identity(job).dump());
   return job;
 }
 
+spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
+  if (row >= 0 && static_cast<std::size_t>(row) < job.prompts.size())
+    return job.prompts[static_cast<std::size_t>(row)];
+  return spec::parse_prompt_line(*job.prompts_text, job.line_starts, static_cast<std::size_t>(row),
+                                 job.spec.prompts, job.spec.positions);
+}
+
 std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
-  return plan::encode_rows(job.prompts, rows, *job.tokenizer, job.spec.add_special_tokens, job.spec.prompts);
+  // Row 0 first: every prompt must have as many positions as the file's first.
+  std::vector<spec::PromptRecord> records{prompt_record(job, 0)};
+  std::vector<std::int64_t> picks;
+  for (const auto row : rows) {
+    picks.push_back(static_cast<std::int64_t>(records.size()));
+    records.push_back(prompt_record(job, row));
+  }
+  return plan::encode_rows(records, picks, *job.tokenizer, job.spec.add_special_tokens, job.spec.prompts);
 }
 
 nlohmann::json job_identity(const PreparedJob& job) {

@@ -112,8 +112,8 @@ void check_encoder_model(const remote::EncoderModel& model, const PreparedJob& j
     throw InputError(fmt::format(
         "{}:{}: token id {} is outside the model's vocabulary of {}; \"tokenizer\" in {} is not this "
         "model's tokenizer",
-        job.spec.prompts.string(), job.prompts[job.shapes.max_token_row].line, job.shapes.max_token_id,
-        model.vocab_size, job.spec.job_file.string()));
+        job.spec.prompts.string(), job.shapes.max_token_row + 1, job.shapes.max_token_id, model.vocab_size,
+        job.spec.job_file.string()));
   }
 }
 
@@ -189,7 +189,7 @@ std::size_t run_tokenizer_canary(const PreparedJob& job, remote::NnsightEncoder&
   const auto rows = canary_rows(job.n_tokens);
   std::vector<std::string> texts;
   texts.reserve(rows.size());
-  for (auto row : rows) texts.push_back(job.prompts[row].text);
+  for (auto row : rows) texts.push_back(prompt_record(job, static_cast<std::int64_t>(row)).text);
   const auto reference = encoder.tokenize(texts, job.spec.add_special_tokens);
   std::vector<std::int64_t> rows64(rows.begin(), rows.end());
   const auto encoded = encode_batch(job, rows64);
@@ -205,8 +205,8 @@ std::size_t run_tokenizer_canary(const PreparedJob& job, remote::NnsightEncoder&
         "difference at "
         "token {}); positions would be read from the wrong tokens. Use the model's own tokenizer.json as "
         "\"tokenizer\" in {}, with \"add_special_tokens\" as the model expects",
-        job.spec.prompts.string(), job.prompts[rows[k]].line, job.spec.tokenizer.string(),
-        ids_excerpt(ours64), ids_excerpt(theirs), at, job.spec.job_file.string()));
+        job.spec.prompts.string(), rows[k] + 1, job.spec.tokenizer.string(), ids_excerpt(ours64),
+        ids_excerpt(theirs), at, job.spec.job_file.string()));
   }
   return rows.size();
 }

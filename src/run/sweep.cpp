@@ -41,6 +41,7 @@
 #include "ndif_sweep/store/output_file.hpp"
 #include "ndif_sweep/store/output_lock.hpp"
 #include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/store/readers.hpp"
 
 namespace ndif::run {
 namespace {
@@ -212,7 +213,21 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   }
 
   auto& job = setup->job;
-  job = prepare_job(std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); });
+  job = prepare_job(
+      std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); },
+      [](const PreparedJob& j) -> std::optional<StoredPlanArrays> {
+        // Another job's file (or a damaged one) is refused below, once the prompts were checked:
+        // broken input is exit 2 whatever file the output path holds.
+        try {
+          if (store::check_existing(j.spec.output, j.job_hash) != store::Existing::same_job)
+            return std::nullopt;
+        } catch (const SpecMismatch&) {
+          return std::nullopt;
+        }
+        auto stored = store::read_plan(j.spec.output);
+        return StoredPlanArrays{std::move(stored.n_tokens), stored.positions_per_row, std::move(stored.order),
+                                std::move(stored.start), std::move(stored.count)};
+      });
   const auto& final_spec = job.spec;
   // The bundled server accepts any non-empty key.
   if (c.api_key.empty()) c.api_key = "ndif-local";
@@ -302,7 +317,9 @@ int all_ranks_step(const Communicator& comm, Step&& step) {
   return worst;
 }
 
-store::FileLayout file_layout(const PreparedJob& job, const std::string& model_key) {
+/// The file's layout; the prompts' strings are moved out of `job.prompts`, which is cleared after
+/// the file is made (a second copy of every text would be the largest thing rank 0 holds).
+store::FileLayout file_layout(PreparedJob& job, const std::string& model_key) {
   const auto& spec = job.spec;
   store::FileLayout layout;
   layout.job_json = spec.canonical_json().dump();
@@ -311,10 +328,13 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
   layout.model_key = model_key;
   layout.tokenizer_sha256 = job.tokenizer_sha256;
   layout.tool_version = kToolVersion;
-  for (std::size_t i = 0; i < job.prompts.size(); ++i) {
-    layout.text.push_back(job.prompts[i].text);
-    layout.id.push_back(job.prompts[i].id);
-    layout.meta.push_back(job.prompts[i].meta_json);
+  layout.text.reserve(job.prompts.size());
+  layout.id.reserve(job.prompts.size());
+  layout.meta.reserve(job.prompts.size());
+  for (auto& prompt : job.prompts) {
+    layout.text.push_back(std::move(prompt.text));
+    layout.id.push_back(std::move(prompt.id));
+    layout.meta.push_back(std::move(prompt.meta_json));
   }
   layout.n_tokens = job.n_tokens;
   layout.positions = job.shapes.positions;
@@ -335,7 +355,17 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
 void start_on_root(RootSetup& setup, int ranks) {
   const auto& spec = setup.job.spec;
   setup.resumed = store::check_existing(spec.output, setup.job.job_hash) == store::Existing::same_job;
-  if (!setup.resumed) store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
+  if (!setup.resumed) {
+    if (setup.job.plan_from_file)
+      throw StorageError(fmt::format("{} was removed while this run started; run the same command again",
+                                     spec.output.string()));
+    store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
+    // Their strings moved into the file: parse a row again from here on.
+    setup.job.prompts.clear();
+  }
+  // The parsed prompts served planning and the file; a batch parses its lines again when handed out.
+  setup.job.prompts.clear();
+  setup.job.prompts.shrink_to_fit();
 
   if (spec.endpoint == "local") {
     setup.local = std::make_unique<LocalServerProcess>(LocalServerProcess::default_binary(), spec.local);
@@ -453,7 +483,7 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
   }
   const auto to_go = journaled.size() + fresh.size();
   loop.progress.emplace(options.progress, std::cerr, ctx.batches,
-                        static_cast<std::int64_t>(job.prompts.size()), done_batches, done_rows, Clock::now(),
+                        static_cast<std::int64_t>(job.n_tokens.size()), done_batches, done_rows, Clock::now(),
                         find_terminal());
   if (setup.resumed) {
     std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
@@ -465,7 +495,7 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
           journaled.size());
   } else {
     std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
-                             job.prompts.size(), ctx.batches, ctx.output, ranks, job.spec.endpoint);
+                             job.n_tokens.size(), ctx.batches, ctx.output, ranks, job.spec.endpoint);
   }
   std::deque<std::int32_t> pending = std::move(journaled);
   pending.insert(pending.end(), fresh.begin(), fresh.end());

@@ -69,6 +69,29 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
 
 }  // namespace
 
+std::vector<std::size_t> line_starts(std::string_view text) {
+  std::vector<std::size_t> starts;
+  if (text.ends_with('\n')) text.remove_suffix(1);
+  if (text.empty()) return starts;
+  starts.push_back(0);
+  for (auto at = text.find('\n'); at != std::string_view::npos; at = text.find('\n', at + 1))
+    starts.push_back(at + 1);
+  return starts;
+}
+
+PromptRecord parse_prompt_line(std::string_view text, const std::vector<std::size_t>& starts, std::size_t row,
+                               const std::filesystem::path& path,
+                               const std::vector<PositionSpec>& default_positions) {
+  if (row >= starts.size())
+    throw InternalError("parse_prompt_line: row " + std::to_string(row) + " of " +
+                        std::to_string(starts.size()));
+  const std::size_t begin = starts[row];
+  std::size_t end = row + 1 < starts.size() ? starts[row + 1] - 1 : text.size();
+  if (end > begin && text[end - 1] == '\n') --end;  // the last line's own newline
+  const std::string prefix = path.string() + ":" + std::to_string(row + 1) + ": ";
+  return parse_line(text.substr(begin, end - begin), row + 1, prefix, default_positions);
+}
+
 std::vector<PromptRecord> parse_prompts(const std::string& text, const std::filesystem::path& path,
                                         const std::vector<PositionSpec>& default_positions) {
   const std::string name = path.string();

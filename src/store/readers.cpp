@@ -106,6 +106,25 @@ void read_rows(const ProbeReader& probe, std::span<const std::int64_t> ascending
 
 }  // namespace reading
 
+StoredPlan read_plan(const std::filesystem::path& path) {
+  Handle file = reading::open_output(path);
+  StoredPlan plan;
+  plan.n_tokens = h5::read_all<std::int32_t>(file.get(), "prompts/n_tokens");
+  {
+    Handle positions = h5::open_dataset(file.get(), "prompts/positions");
+    const auto shape = h5::dataset_shape(positions.get(), "prompts/positions");
+    if (shape.size() != 2)
+      throw SpecMismatch("output file " + path.string() + ": /prompts/positions is not N x P");
+    plan.positions_per_row = static_cast<std::int64_t>(shape[1]);
+    positions.close("close /prompts/positions");
+  }
+  plan.order = h5::read_all<std::int64_t>(file.get(), "batches/order");
+  plan.start = h5::read_all<std::int64_t>(file.get(), "batches/start");
+  plan.count = h5::read_all<std::int64_t>(file.get(), "batches/count");
+  file.close("close " + path.string());
+  return plan;
+}
+
 FileStatus read_status(const std::filesystem::path& path) {
   Handle file = reading::open_output(path);
   const std::string where = path.string();

@@ -205,6 +205,33 @@ TEST(EncodeRows, ABatchIsEncodedInItsRowOrderAsThePlanEncodedIt) {
   EXPECT_THROW((void)encode_rows(prompts, {8}, tokenizer, true, "p.jsonl"), InternalError);
 }
 
+TEST(PlanFromArrays, TheStoredArraysGiveBackThePlanTheyCameFrom) {
+  const std::vector<std::int32_t> n_tokens{5, 9, 2, 9, 1, 7, 3};
+  spec::BatchOptions options;
+  options.max_prompts = 3;
+  const RowShape shape{2, 1, 4, 2};
+  const auto made = make_batch_plan(n_tokens, options, shape);
+  const auto again = plan_from_arrays(n_tokens, made.order, made.start, made.count);
+  ASSERT_EQ(again.batches.size(), made.batches.size());
+  for (std::size_t b = 0; b < made.batches.size(); ++b) {
+    EXPECT_EQ(again.batches[b].index, made.batches[b].index);
+    EXPECT_EQ(again.batches[b].rows, made.batches[b].rows);
+    EXPECT_EQ(again.batches[b].padded_len, made.batches[b].padded_len);
+  }
+  EXPECT_EQ(again.batch_of_row, made.batch_of_row);
+}
+
+TEST(PlanFromArrays, InconsistentArraysFromAFileAreRefused) {
+  const std::vector<std::int32_t> n{3, 4, 5};
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1}, {0}, {2}), SpecMismatch);
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1, 1}, {0, 2}, {2, 1}), SpecMismatch);
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1, 7}, {0, 2}, {2, 1}), SpecMismatch);
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1, 2}, {0, 1}, {2, 1}), SpecMismatch);
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1, 2}, {0}, {2}), SpecMismatch);
+  EXPECT_THROW((void)plan_from_arrays(n, {0, 1, 2}, {0, 2}, {2, 0}), SpecMismatch);
+  EXPECT_NO_THROW((void)plan_from_arrays(n, {2, 0, 1}, {0, 1}, {1, 2}));
+}
+
 TEST(EncodePrompts, IndicesCountFromTheEndWhenNegative) {
   const auto encoded = encode({record(1, "The cat sat", {index(-1), index(0), index(2), index(-6)})});
   EXPECT_THAT(encoded[0].positions, ElementsAre(5, 0, 2, 0));

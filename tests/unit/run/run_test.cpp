@@ -68,6 +68,40 @@ TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
   EXPECT_EQ(prepared.job_hash.size(), 64u);
 }
 
+TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPlanningDid) {
+  const auto fresh = prepare_job(job(), {}, no_network);
+  bool asked = false;
+  const auto restart = prepare_job(
+      load_job_spec(dir_ / "job.json", {}), no_network,
+      [&](const PreparedJob& j) -> std::optional<StoredPlanArrays> {
+        asked = true;
+        // The identity is known before the plan is asked for.
+        EXPECT_EQ(j.job_hash, fresh.job_hash);
+        return StoredPlanArrays{fresh.n_tokens, 2, fresh.plan.order, fresh.plan.start, fresh.plan.count};
+      });
+  ASSERT_TRUE(asked);
+  EXPECT_TRUE(restart.plan_from_file);
+  EXPECT_TRUE(restart.prompts.empty());
+  EXPECT_EQ(restart.n_tokens, fresh.n_tokens);
+  EXPECT_EQ(restart.shape.row_bytes(), fresh.shape.row_bytes());
+  ASSERT_EQ(restart.plan.batches.size(), fresh.plan.batches.size());
+  EXPECT_EQ(restart.plan.batches[0].rows, fresh.plan.batches[0].rows);
+  EXPECT_EQ(restart.plan.batches[0].padded_len, fresh.plan.batches[0].padded_len);
+  const auto again = encode_batch(restart, restart.plan.batches[0].rows);
+  const auto first = encode_batch(fresh, fresh.plan.batches[0].rows);
+  ASSERT_EQ(again.size(), first.size());
+  for (std::size_t k = 0; k < again.size(); ++k) {
+    EXPECT_EQ(again[k].ids, first[k].ids);
+    EXPECT_EQ(again[k].positions, first[k].positions);
+  }
+  // A stored plan of another prompt count is not this file's.
+  EXPECT_THROW((void)prepare_job(load_job_spec(dir_ / "job.json", {}), no_network,
+                                 [&](const PreparedJob&) -> std::optional<StoredPlanArrays> {
+                                   return StoredPlanArrays{{4, 12}, 2, {1, 0}, {0}, {2}};
+                                 }),
+               SpecMismatch);
+}
+
 TEST_F(JobFiles, JobHashIgnoresRunSteeringKeysButNotData) {
   const auto base = prepare_job(job(), {}, no_network).job_hash;
   EXPECT_EQ(prepare_job(job(R"(, "max_inflight": 7, "retry": {"max_attempts": 2})"), {}, no_network).job_hash,

@@ -512,6 +512,28 @@ TEST(Prompts, CrlfLineEndingsAreAccepted) {
   EXPECT_EQ(records[1].text, "b");
 }
 
+TEST(Prompts, OneLineParsedThroughTheLineIndexIsTheRecordOfTheWholeParse) {
+  const std::vector<PositionSpec> defaults{PositionSpec{.is_span = false, .index = -1, .span = {}}};
+  for (const std::string text :
+       {"\"a\"\n{\"prompt\": \"b\", \"id\": 7, \"meta\": {\"k\": 1}}\r\n\"c \\u00e9\"\n",
+        "\"a\"\n{\"prompt\": \"b\", \"id\": 7, \"meta\": {\"k\": 1}}\r\n\"c \\u00e9\""}) {
+    const auto all = parse_prompts(text, "p.jsonl", defaults);
+    const auto starts = line_starts(text);
+    ASSERT_EQ(starts.size(), all.size());
+    for (std::size_t row = 0; row < all.size(); ++row) {
+      const auto one = parse_prompt_line(text, starts, row, "p.jsonl", defaults);
+      EXPECT_EQ(one.line, all[row].line);
+      EXPECT_EQ(one.text, all[row].text);
+      EXPECT_EQ(one.id, all[row].id);
+      EXPECT_EQ(one.meta_json, all[row].meta_json);
+      EXPECT_EQ(one.positions.size(), all[row].positions.size());
+    }
+    EXPECT_THROW((void)parse_prompt_line(text, starts, 3, "p.jsonl", defaults), InternalError);
+  }
+  EXPECT_TRUE(line_starts("").empty());
+  EXPECT_EQ(line_starts("\"a\"\n"), (std::vector<std::size_t>{0}));
+}
+
 TEST(Prompts, ReadsTheFileFromDisk) {
   const auto path = std::filesystem::temp_directory_path() / "ndif_spec_test_prompts.jsonl";
   { std::ofstream(path) << "\"x\"\n{\"prompt\": \"y\"}\n"; }

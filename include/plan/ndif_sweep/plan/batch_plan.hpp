@@ -97,6 +97,15 @@ struct BatchPlan {
 [[nodiscard]] BatchPlan make_batch_plan(const std::vector<std::int32_t>& n_tokens,
                                         const spec::BatchOptions& options, const RowShape& shape);
 
+/// The plan made whole again from the arrays an output file stores (/prompts/n_tokens,
+/// /batches/order, /batches/start, /batches/count): what a restart takes instead of tokenizing and
+/// planning anew. The arrays come from a file, so they are checked (every row in exactly one
+/// batch, the batches contiguous in `order`); throws SpecMismatch saying which check failed.
+[[nodiscard]] BatchPlan plan_from_arrays(const std::vector<std::int32_t>& n_tokens,
+                                         const std::vector<std::int64_t>& order,
+                                         const std::vector<std::int64_t>& start,
+                                         const std::vector<std::int64_t>& count);
+
 /// The pre-flight estimate printed by `ndif-sweep plan` (docs/user-guide.md section 2, `plan --json`).
 struct PlanSummary {
   std::int64_t prompts = 0;

@@ -30,7 +30,14 @@ struct JobOverrides {
 /// Everything known about a job before any output file or network is touched.
 struct PreparedJob {
   spec::JobSpec spec;
+  /// The prompts file as read, and where each of its lines begins (row r is line r + 1).
+  std::shared_ptr<const std::string> prompts_text;
+  std::vector<std::size_t> line_starts;
+  /// Every prompt parsed, when the job was planned here (empty when the plan came from the output
+  /// file, and once the file is created); prompt_record parses a row again when it is not here.
   std::vector<spec::PromptRecord> prompts;
+  /// The plan came from an output file of this job: nothing was tokenized, `shapes` holds P only.
+  bool plan_from_file = false;
   /// Lengths and positions of every prompt (its token ids are not kept: encode_batch makes a
   /// batch's again when it is handed out).
   plan::PromptShapes shapes;
@@ -44,6 +51,19 @@ struct PreparedJob {
   std::string job_hash;  ///< identity of the data the job produces; see job_identity()
 };
 
+/// The plan arrays of an output file (store::StoredPlan), for a restart.
+struct StoredPlanArrays {
+  std::vector<std::int32_t> n_tokens;
+  std::int64_t positions_per_row = 0;
+  std::vector<std::int64_t> order;
+  std::vector<std::int64_t> start;
+  std::vector<std::int64_t> count;
+};
+
+/// Asked once the job's identity (`job_hash`) is known: the plan of an existing output file of this
+/// job, or nothing (then the prompts are tokenized and planned).
+using StoredPlanSource = std::function<std::optional<StoredPlanArrays>(const PreparedJob&)>;
+
 /// Where the model's shape comes from when the spec does not give it (GET /status of the service).
 using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>;
 
@@ -56,7 +76,12 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 /// The same, in two steps: the spec with the flags applied (throws InputError), then the rest.
 [[nodiscard]] spec::JobSpec load_job_spec(const std::filesystem::path& job_file,
                                           const JobOverrides& overrides);
-[[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source);
+/// With `stored_plan`, a restart takes the plan of the file instead of tokenizing every prompt.
+[[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
+                                      const StoredPlanSource& stored_plan = {});
+
+/// Row `row` of the prompts file, parsed (again, when `prompts` does not hold it).
+[[nodiscard]] spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row);
 
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer
 /// a run (output, timeouts, retry, max_inflight, api_key_env), with the endpoint reduced to "local"

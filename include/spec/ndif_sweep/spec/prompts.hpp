@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ndif_sweep/spec/job_spec.hpp"
@@ -28,5 +29,16 @@ struct PromptRecord {
 [[nodiscard]] std::vector<PromptRecord> parse_prompts(const std::string& text,
                                                       const std::filesystem::path& path,
                                                       const std::vector<PositionSpec>& default_positions);
+
+/// Where each line of a prompts file's text begins: row r is line r + 1. One trailing newline ends
+/// the last line. O(N) offsets, what a run keeps instead of the parsed prompts.
+[[nodiscard]] std::vector<std::size_t> line_starts(std::string_view text);
+
+/// Parses row `row` of a prompts file's text (`starts` from line_starts), as parse_prompts parsed
+/// it; the checks that need every line (unique ids, no blank line) are parse_prompts' alone. Throws
+/// InputError naming the file and line, InternalError for a row past the end.
+[[nodiscard]] PromptRecord parse_prompt_line(std::string_view text, const std::vector<std::size_t>& starts,
+                                             std::size_t row, const std::filesystem::path& path,
+                                             const std::vector<PositionSpec>& default_positions);
 
 }  // namespace ndif::spec

@@ -60,6 +60,18 @@ struct FileStatus {
   [[nodiscard]] std::string to_text() const;
 };
 
+/// The plan a file was created with: what a restart reads instead of tokenizing and planning again.
+struct StoredPlan {
+  std::vector<std::int32_t> n_tokens;  ///< /prompts/n_tokens
+  std::int64_t positions_per_row = 0;  ///< P, the second dimension of /prompts/positions
+  std::vector<std::int64_t> order;     ///< /batches/order
+  std::vector<std::int64_t> start;     ///< /batches/start
+  std::vector<std::int64_t> count;     ///< /batches/count
+};
+
+/// Reads the stored plan of `path`. Serial, read-only.
+[[nodiscard]] StoredPlan read_plan(const std::filesystem::path& path);
+
 /// Reads the progress of `path`. Serial, read-only.
 [[nodiscard]] FileStatus read_status(const std::filesystem::path& path);
 

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/memory.hpp"
 #include "ndif_sweep/core/version.hpp"
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/communicator.hpp"
@@ -23,6 +24,7 @@ int report(const ndif::Error& e, bool print) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ndif::keep_large_buffers();
   CLI::App app{"ndif-sweep: resumable activation sweeps on NDIF, written to one shared HDF5 file"};
   app.set_version_flag("--version", std::string("ndif-sweep ") + ndif::kToolVersion);
   app.require_subcommand(1);

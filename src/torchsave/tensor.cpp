@@ -55,6 +55,22 @@ std::optional<std::string> view_error(std::int64_t storage_numel, std::int64_t o
 
 }  // namespace detail
 
+std::optional<std::span<const std::byte>> Tensor::contiguous_view() const {
+  if (!storage) throw InternalError("torchsave: contiguous_view() of a tensor without storage");
+  const std::size_t es = element_size(storage->dtype);
+  const auto storage_numel = static_cast<std::int64_t>(storage->bytes.size() / es);
+  if (auto err = detail::view_error(storage_numel, offset, shape, stride))
+    throw InternalError(fmt::format("torchsave: tensor view does not fit its storage: {}", *err));
+  // Row-major: each stride is the product of the later sizes (a dimension of size 1 has any stride).
+  std::int64_t expect = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] != 1 && stride[d] != expect) return std::nullopt;
+    expect *= shape[d];
+  }
+  const auto n = static_cast<std::size_t>(numel());
+  return std::span<const std::byte>(storage->bytes.data() + static_cast<std::size_t>(offset) * es, n * es);
+}
+
 std::vector<std::byte> Tensor::contiguous_bytes() const {
   if (!storage) throw InternalError("torchsave: contiguous_bytes() of a tensor without storage");
   const std::size_t es = element_size(storage->dtype);

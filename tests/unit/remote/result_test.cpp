@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <string>
+#include <tuple>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
@@ -36,7 +37,7 @@ std::vector<std::byte> pattern16(std::size_t count) {
   return bytes;
 }
 
-std::uint16_t at16(const std::vector<std::byte>& bytes, std::size_t i) {
+std::uint16_t at16(std::span<const std::byte> bytes, std::size_t i) {
   std::uint16_t v = 0;
   std::memcpy(&v, bytes.data() + 2 * i, 2);
   return v;
@@ -123,6 +124,63 @@ TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
   const auto decoded = decode_result(file_of(g2_result(ts::Value{view})), expected_f16());
   EXPECT_EQ(at16(decoded.probes[0].bytes, 0), 4);
   EXPECT_EQ(at16(decoded.probes[1].bytes, 15), 24 + 16 + 7 + 4);
+}
+
+ExpectedResult one_probe() {
+  auto e = expected_f16();
+  e.probe_layers = {3};
+  return e;
+}
+
+TEST(ResultDecoder, OneProbeOfAContiguousTensorIsReadInPlaceWithExactBytes) {
+  const auto decoded =
+      decode_result(file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)))), one_probe());
+  ASSERT_EQ(decoded.probes.size(), 1u);
+  EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 3, 2, 4}));
+  ASSERT_EQ(decoded.probes[0].bytes.size(), 48u * 2);
+  EXPECT_TRUE(decoded.copies.empty());
+  EXPECT_NE(decoded.storage, nullptr);
+  for (std::size_t i = 0; i < 48; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, i), i);
+}
+
+TEST(ResultDecoder, OneProbeOfAPermutedViewIsCopiedInRowMajorOrder) {
+  // (b, l, p, h) at b*24 + l*8 + p + 2h: positions and hidden swapped in memory.
+  auto storage = std::make_shared<ts::Storage>();
+  storage->dtype = DType::float16;
+  storage->bytes = pattern16(48);
+  ts::Tensor view;
+  view.storage = storage;
+  view.shape = {2, 3, 2, 4};
+  view.stride = {24, 8, 1, 2};
+  EXPECT_FALSE(view.contiguous_view().has_value());
+  const auto decoded = decode_result(file_of(g2_result(ts::Value{view})), one_probe());
+  ASSERT_EQ(decoded.copies.size(), 1u);
+  for (std::size_t b = 0; b < 2; ++b)
+    for (std::size_t l = 0; l < 3; ++l)
+      for (std::size_t p = 0; p < 2; ++p)
+        for (std::size_t h = 0; h < 4; ++h)
+          EXPECT_EQ(at16(decoded.probes[0].bytes, ((b * 3 + l) * 2 + p) * 4 + h), b * 24 + l * 8 + p + 2 * h);
+}
+
+TEST(ResultDecoder, CountsEveryNonFinite16BitPatternOnce) {
+  // All 65536 patterns and one more (an infinity) that the word-at-a-time loop leaves to its tail:
+  // float16 has 2 x 1024 patterns with the exponent all ones, bfloat16 2 x 128.
+  auto bytes = pattern16(65536);
+  const std::uint16_t inf16 = 0x7C00, inf_bf16 = 0x7F80;
+  ExpectedResult e;
+  e.saved_node = 20;
+  e.batch = 1;
+  e.probe_layers = {1};
+  e.positions = 1;
+  e.hidden = 65537;
+  for (const auto& [dtype, inf, expect] :
+       {std::tuple{DType::float16, inf16, 2048 + 1}, std::tuple{DType::bfloat16, inf_bf16, 256 + 1}}) {
+    auto data = bytes;
+    data.resize(data.size() + 2);
+    std::memcpy(data.data() + data.size() - 2, &inf, 2);
+    e.dtype = dtype;
+    EXPECT_EQ(decode_result(file_of(g2_result(tensor(dtype, {1, 1, 1, 65537}, data))), e).nonfinite, expect);
+  }
 }
 
 TEST(ResultDecoder, AcceptsZstdCompressedFiles) {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -14,14 +15,18 @@ namespace ndif::remote {
 
 /// One probe's rows of a batch: a contiguous row-major (B, L_p, P, H) buffer in the requested dtype.
 struct ProbeBlock {
-  std::vector<std::int64_t> shape;  ///< {B, L_p, P, H}
-  std::vector<std::byte> bytes;
+  std::vector<std::int64_t> shape;   ///< {B, L_p, P, H}
+  std::span<const std::byte> bytes;  ///< into the DecodedResult that holds this block
 };
 
-/// A decoded batch result, split per probe in probe order.
+/// A decoded batch result, split per probe in probe order. Move-only in effect: the blocks view
+/// memory it owns (the result's own storage when one probe's rows are already contiguous, which
+/// saves a copy of the whole batch; copies per probe otherwise).
 struct DecodedResult {
   std::vector<ProbeBlock> probes;
-  std::int64_t nonfinite = 0;  ///< NaN and infinite values among all probes' elements
+  std::int64_t nonfinite = 0;                  ///< NaN and infinite values among all probes' elements
+  std::shared_ptr<const void> storage;         ///< keeps the decoded storage alive
+  std::vector<std::vector<std::byte>> copies;  ///< per-probe copies, when they were needed
 };
 
 /// The most bytes a result for `expected` may take, compressed or not: its data plus room for the

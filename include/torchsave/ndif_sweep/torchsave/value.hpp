@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <variant>
@@ -32,6 +34,9 @@ struct Tensor {
   [[nodiscard]] std::int64_t numel() const noexcept;
   /// The elements in row-major order, as one contiguous little-endian buffer.
   [[nodiscard]] std::vector<std::byte> contiguous_bytes() const;
+  /// The same bytes without a copy, when the view is already row-major contiguous in its storage
+  /// (what torch.save writes for a fresh tensor); nothing otherwise.
+  [[nodiscard]] std::optional<std::span<const std::byte>> contiguous_view() const;
   /// A contiguous tensor owning a fresh storage with `bytes` (row-major) of `dtype` and `shape`.
   [[nodiscard]] static Tensor from_bytes(DType dtype, std::vector<std::int64_t> shape,
                                          std::vector<std::byte> bytes);

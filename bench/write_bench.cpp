@@ -1,0 +1,225 @@
+// The receiving path of one rank without a network: decode a batch's result file (torch.save, with
+// or without zstd) and write its rows into the output file through parallel HDF5, flag included,
+// exactly as a run does (remote::decode_result, store::ParallelOutput::write_batch). Prints the
+// throughput in GB/s of activations and the CPU seconds per GB (getrusage: user + system).
+//
+//   write_bench [--rows 1024] [--batch 32] [--layers 80] [--hidden 8192] [--dir /tmp] [--repeat 2]
+//               [--malloc-default]
+//
+// Rows are written in two orders: the plan's order for prompts sorted by length (each batch's rows
+// scattered over the file: a random permutation, the worst case) and in file order (batches of
+// consecutive rows). The file lands in the page cache: this measures the client's CPU and memory
+// traffic, not the disk. Figures are kept in docs/performance.md.
+#include <fmt/format.h>
+#include <mpi.h>
+#include <sys/resource.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ndif_sweep/core/memory.hpp"
+#include "ndif_sweep/remote/request.hpp"
+#include "ndif_sweep/remote/result.hpp"
+#include "ndif_sweep/store/output_file.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+#include "ndif_sweep/torchsave/torchsave.hpp"
+
+namespace {
+
+using namespace ndif;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::int64_t rows = 1024, batch = 32, layers = 80, hidden = 8192;
+  std::filesystem::path dir = "/tmp";
+  int repeat = 2;
+};
+
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto s = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
+  };
+  return s(usage.ru_utime) + s(usage.ru_stime);
+}
+
+store::FileLayout layout_for(const Options& o, const std::vector<std::int64_t>& order) {
+  store::FileLayout layout;
+  layout.job_json = "{}";
+  layout.job_hash = std::string(64, '0');
+  layout.model = "bench/model";
+  layout.model_key = "bench";
+  layout.tokenizer_sha256 = std::string(64, '0');
+  layout.tool_version = "bench";
+  const auto n = static_cast<std::size_t>(o.rows);
+  for (std::size_t r = 0; r < n; ++r) {
+    layout.text.push_back("prompt " + std::to_string(r));
+    layout.id.push_back(std::to_string(r));
+    layout.meta.push_back("{}");
+  }
+  layout.n_tokens.assign(n, 16);
+  layout.positions.assign(n, 15);
+  layout.positions_per_row = 1;
+  layout.order = order;
+  layout.batch_of_row.assign(n, 0);
+  for (std::size_t k = 0; k < n; ++k)
+    layout.batch_of_row[static_cast<std::size_t>(order[k])] = static_cast<std::int32_t>(k / o.batch);
+  for (std::int64_t start = 0; start < o.rows; start += o.batch) {
+    layout.batch_start.push_back(start);
+    layout.batch_count.push_back(std::min(o.batch, o.rows - start));
+  }
+  std::vector<int> layers(static_cast<std::size_t>(o.layers));
+  std::iota(layers.begin(), layers.end(), 0);
+  layout.probes.push_back({"resid", "model.layers.{layer}", std::nullopt, layers, "all"});
+  layout.hidden = static_cast<std::size_t>(o.hidden);
+  layout.dtype = DType::float16;
+  return layout;
+}
+
+/// A result file as the server sends it: {"id", "result": {node: tensor}} with finite float16 values.
+std::vector<std::byte> result_file(const remote::ExpectedResult& expected, std::uint64_t seed, bool zstd) {
+  std::vector<std::byte> data(static_cast<std::size_t>(expected.data_bytes()));
+  std::mt19937_64 random(seed);
+  for (std::size_t i = 0; i + 8 <= data.size(); i += 8) {
+    // float16 with exponents below the maximum: finite, like activations.
+    const std::uint64_t v = random() & 0xBBFFBBFFBBFFBBFFULL;
+    std::memcpy(data.data() + i, &v, 8);
+  }
+  namespace ts = torchsave;
+  ts::Dict results;
+  results.items.emplace_back(
+      ts::Value{expected.saved_node},
+      ts::Value{ts::Tensor::from_bytes(
+          expected.dtype, {expected.batch, expected.total_layers(), expected.positions, expected.hidden},
+          std::move(data))});
+  ts::Dict root;
+  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job")});
+  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
+  auto file = ts::save(ts::Value{std::move(root)});
+  if (!zstd) return file;
+  std::vector<std::byte> packed(ZSTD_compressBound(file.size()));
+  packed.resize(ZSTD_compress(packed.data(), packed.size(), file.data(), file.size(), 3));
+  return packed;
+}
+
+struct Figures {
+  double gb_per_s = 0, cpu_s_per_gb = 0, decode_share = 0;
+};
+
+Figures run(const Options& o, bool scattered, bool zstd) {
+  std::vector<std::int64_t> order(static_cast<std::size_t>(o.rows));
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  if (scattered) std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
+  const auto path = o.dir / fmt::format("ndif-write-bench-{}.h5", getpid());
+  std::filesystem::remove(path);
+  store::create_output_file(path, layout_for(o, order));
+  auto output = store::ParallelOutput::open(path, MPI_COMM_WORLD);
+
+  remote::ExpectedResult expected;
+  expected.saved_node = 5;
+  expected.probe_layers = {o.layers};
+  expected.positions = 1;
+  expected.hidden = o.hidden;
+  expected.dtype = DType::float16;
+  // Every batch has the same size here but the last; results are made before the clock starts.
+  std::vector<std::vector<std::byte>> files;
+  for (std::int64_t start = 0; start < o.rows; start += o.batch) {
+    expected.batch = std::min(o.batch, o.rows - start);
+    files.push_back(result_file(expected, static_cast<std::uint64_t>(start), zstd));
+  }
+  double wall = 0, cpu = 0, decode = 0, bytes = 0;
+  for (int pass = 0; pass < o.repeat; ++pass) {
+    const auto t0 = Clock::now();
+    const double c0 = cpu_seconds();
+    double decoding = 0;
+    for (std::size_t b = 0; b < files.size(); ++b) {
+      const auto start = static_cast<std::int64_t>(b) * o.batch;
+      expected.batch = std::min(o.batch, o.rows - start);
+      const auto d0 = Clock::now();
+      const auto decoded = remote::decode_result(files[b], expected);
+      decoding += std::chrono::duration<double>(Clock::now() - d0).count();
+      std::vector<std::span<const std::byte>> parts;
+      for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
+      const std::span<const std::int64_t> rows(order.data() + start,
+                                               static_cast<std::size_t>(expected.batch));
+      output.write_batch(static_cast<std::int32_t>(b), rows, parts,
+                         store::BatchStats{1, 0.0, static_cast<std::int64_t>(files[b].size()), 0});
+      if (pass == 0) bytes += static_cast<double>(expected.data_bytes());
+    }
+    const double w = std::chrono::duration<double>(Clock::now() - t0).count();
+    // The best pass: the first also pays for the file's first touch of the page cache.
+    if (pass == 0 || w < wall) {
+      wall = w;
+      cpu = cpu_seconds() - c0;
+      decode = decoding;
+    }
+  }
+  output.close();
+  std::filesystem::remove(path);
+  const double gb = bytes / 1e9;
+  return Figures{gb / wall, cpu / gb, decode / wall};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // As ndif-sweep does (`--malloc-default` measures without it).
+  bool tuned = true;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--malloc-default") tuned = false;
+  if (tuned) keep_large_buffers();
+  MPI_Init(&argc, &argv);
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--malloc-default") continue;
+    if (i + 1 >= argc) {
+      std::cerr << "write_bench: " << flag << " needs a value\n";
+      return 2;
+    }
+    const std::string value = argv[++i];
+    if (flag == "--rows")
+      o.rows = std::stoll(value);
+    else if (flag == "--batch")
+      o.batch = std::stoll(value);
+    else if (flag == "--layers")
+      o.layers = std::stoll(value);
+    else if (flag == "--hidden")
+      o.hidden = std::stoll(value);
+    else if (flag == "--dir")
+      o.dir = value;
+    else if (flag == "--repeat")
+      o.repeat = std::stoi(value);
+    else {
+      std::cerr << "write_bench: unknown flag " << flag << '\n';
+      return 2;
+    }
+  }
+  const double batch_mb = static_cast<double>(o.batch * o.layers * o.hidden * 2) / 1e6;
+  std::cout << fmt::format(
+      "{} rows of {} layers x 1 position x {} hidden, float16, batches of {} ({:.1f} MB); "
+      "best of {} passes\n",
+      o.rows, o.layers, o.hidden, o.batch, batch_mb, o.repeat);
+  std::cout << fmt::format("{:<28} {:>7} {:>9} {:>13}\n", "case", "GB/s", "CPU s/GB", "decode share");
+  for (const bool zstd : {false, true}) {
+    for (const bool scattered : {true, false}) {
+      const auto f = run(o, scattered, zstd);
+      std::cout << fmt::format("{:<28} {:>7.2f} {:>9.3f} {:>12.0f}%\n",
+                               fmt::format("{}, {}", zstd ? "G4 zstd" : "G2 plain",
+                                           scattered ? "rows scattered" : "rows in order"),
+                               f.gb_per_s, f.cpu_s_per_gb, 100 * f.decode_share)
+                << std::flush;
+    }
+  }
+  MPI_Finalize();
+  return 0;
+}

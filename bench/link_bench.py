@@ -132,7 +132,7 @@ def main():
                   f"--workers {args.workers}; {args.batches} batches of {useful / 1e6:.3f} MB useful, "
                   f"protocol {args.protocol}")
             print(f"{'ranks':>5} {'inflight':>8} {'serial':>7} {'wall s':>7} {'overlap':>7} {'wall s':>7} "
-                  f"{'wire/useful':>11} {'useful MB/s':>11}")
+                  f"{'wire/useful':>11}")
             for ranks in [int(r) for r in args.ranks.split(",")]:
                 for inflight in [int(m) for m in args.inflight.split(",")]:
                     cells = []

@@ -61,18 +61,17 @@ std::int32_t resolve_span(const spec::PositionSpec& position, const std::string&
 
 namespace {
 
-// One prompt: its ids and its positions. `first` is the file's first prompt, whose number of
-// positions every prompt must have.
-EncodedPrompt encode_one(const spec::PromptRecord& record, const spec::PromptRecord& first,
+// One prompt: its ids and its positions. Every prompt must have the `positions` of the file's
+// first, line `first_line`.
+EncodedPrompt encode_one(const spec::PromptRecord& record, std::size_t positions, std::size_t first_line,
                          const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                          const std::string& name) {
   const std::string prefix = name + ":" + std::to_string(record.line) + ": ";
-  if (record.positions.size() != first.positions.size()) {
-    throw InputError(prefix + "this prompt has " + std::to_string(record.positions.size()) +
-                     " positions but line " + std::to_string(first.line) + " has " +
-                     std::to_string(first.positions.size()) +
-                     "; every prompt must resolve to the same number of positions P = " +
-                     std::to_string(first.positions.size()));
+  if (record.positions.size() != positions) {
+    throw InputError(
+        prefix + "this prompt has " + std::to_string(record.positions.size()) + " positions but line " +
+        std::to_string(first_line) + " has " + std::to_string(positions) +
+        "; every prompt must resolve to the same number of positions P = " + std::to_string(positions));
   }
   tokenizer::Encoding encoding;
   try {
@@ -116,9 +115,21 @@ std::vector<EncodedPrompt> encode_rows(const std::vector<spec::PromptRecord>& pr
     if (row < 0 || static_cast<std::size_t>(row) >= prompts.size())
       throw InternalError("encode_rows: row " + std::to_string(row) + " of " +
                           std::to_string(prompts.size()));
-    encoded.push_back(encode_one(prompts[static_cast<std::size_t>(row)], prompts.front(), tokenizer,
-                                 add_special_tokens, name));
+    encoded.push_back(encode_one(prompts[static_cast<std::size_t>(row)], prompts.front().positions.size(),
+                                 prompts.front().line, tokenizer, add_special_tokens, name));
   }
+  return encoded;
+}
+
+std::vector<EncodedPrompt> encode_records(const std::vector<spec::PromptRecord>& records,
+                                          std::size_t positions_per_row,
+                                          const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                                          const std::filesystem::path& prompts_file) {
+  const std::string name = prompts_file.string();
+  std::vector<EncodedPrompt> encoded;
+  encoded.reserve(records.size());
+  for (const auto& record : records)
+    encoded.push_back(encode_one(record, positions_per_row, 1, tokenizer, add_special_tokens, name));
   return encoded;
 }
 
@@ -157,7 +168,7 @@ PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
     const std::size_t begin = n * part / parts, end = n * (part + 1) / parts;
     for (std::size_t row = begin; row < end; ++row) {
       try {
-        auto prompt = encode_one(prompts[row], prompts.front(), tokenizer, add_special_tokens, name);
+        auto prompt = encode_one(prompts[row], p, prompts.front().line, tokenizer, add_special_tokens, name);
         shapes.n_tokens[row] = static_cast<std::int32_t>(prompt.ids.size());
         std::copy(prompt.positions.begin(), prompt.positions.end(),
                   shapes.positions.begin() + static_cast<std::ptrdiff_t>(row * p));

@@ -118,14 +118,14 @@ spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
 }
 
 std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
-  // Row 0 first: every prompt must have as many positions as the file's first.
-  std::vector<spec::PromptRecord> records{prompt_record(job, 0)};
-  std::vector<std::int64_t> picks;
-  for (const auto row : rows) {
-    picks.push_back(static_cast<std::int64_t>(records.size()));
-    records.push_back(prompt_record(job, row));
-  }
-  return plan::encode_rows(records, picks, *job.tokenizer, job.spec.add_special_tokens, job.spec.prompts);
+  if (!job.prompts.empty())
+    return plan::encode_rows(job.prompts, rows, *job.tokenizer, job.spec.add_special_tokens,
+                             job.spec.prompts);
+  std::vector<spec::PromptRecord> records;
+  records.reserve(rows.size());
+  for (const auto row : rows) records.push_back(prompt_record(job, row));
+  return plan::encode_records(records, static_cast<std::size_t>(job.shape.positions), *job.tokenizer,
+                              job.spec.add_special_tokens, job.spec.prompts);
 }
 
 nlohmann::json job_identity(const PreparedJob& job) {

@@ -215,7 +215,7 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   auto& job = setup->job;
   job = prepare_job(
       std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); },
-      [](const PreparedJob& j) -> std::optional<StoredPlanArrays> {
+      [](const PreparedJob& j) -> std::optional<store::StoredPlan> {
         // Another job's file (or a damaged one) is refused below, once the prompts were checked:
         // broken input is exit 2 whatever file the output path holds.
         try {
@@ -224,9 +224,7 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
         } catch (const SpecMismatch&) {
           return std::nullopt;
         }
-        auto stored = store::read_plan(j.spec.output);
-        return StoredPlanArrays{std::move(stored.n_tokens), stored.positions_per_row, std::move(stored.order),
-                                std::move(stored.start), std::move(stored.count)};
+        return store::read_plan(j.spec.output);
       });
   const auto& final_spec = job.spec;
   // The bundled server accepts any non-empty key.
@@ -260,7 +258,8 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
         "identically\n",
         hello.nnsight_version, hello.executable, c.server_nnsight ? "matches " : "no version from ", checked);
   }
-  setup->resumed = store::check_existing(final_spec.output, job.job_hash) == store::Existing::same_job;
+  setup->resumed = job.plan_from_file ||
+                   store::check_existing(final_spec.output, job.job_hash) == store::Existing::same_job;
 
   c.probes = final_spec.probes;
   c.dtype = final_spec.dtype;
@@ -360,10 +359,9 @@ void start_on_root(RootSetup& setup, int ranks) {
       throw StorageError(fmt::format("{} was removed while this run started; run the same command again",
                                      spec.output.string()));
     store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
-    // Their strings moved into the file: parse a row again from here on.
-    setup.job.prompts.clear();
   }
-  // The parsed prompts served planning and the file; a batch parses its lines again when handed out.
+  // The parsed prompts served planning and the file (their strings moved into it): a batch parses
+  // its lines again when handed out.
   setup.job.prompts.clear();
   setup.job.prompts.shrink_to_fit();
 

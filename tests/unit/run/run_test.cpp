@@ -73,11 +73,11 @@ TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPla
   bool asked = false;
   const auto restart = prepare_job(
       load_job_spec(dir_ / "job.json", {}), no_network,
-      [&](const PreparedJob& j) -> std::optional<StoredPlanArrays> {
+      [&](const PreparedJob& j) -> std::optional<store::StoredPlan> {
         asked = true;
         // The identity is known before the plan is asked for.
         EXPECT_EQ(j.job_hash, fresh.job_hash);
-        return StoredPlanArrays{fresh.n_tokens, 2, fresh.plan.order, fresh.plan.start, fresh.plan.count};
+        return store::StoredPlan{fresh.n_tokens, 2, fresh.plan.order, fresh.plan.start, fresh.plan.count};
       });
   ASSERT_TRUE(asked);
   EXPECT_TRUE(restart.plan_from_file);
@@ -94,10 +94,18 @@ TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPla
     EXPECT_EQ(again[k].ids, first[k].ids);
     EXPECT_EQ(again[k].positions, first[k].positions);
   }
+  // Rows 1, 0, 2 (longest first) have 12, 4 and 2 tokens and positions [0, -1] resolved.
+  ASSERT_EQ(again.size(), 3u);
+  EXPECT_EQ(again[0].ids.size(), 12u);
+  EXPECT_EQ(again[0].positions, (std::vector<std::int32_t>{0, 11}));
+  EXPECT_EQ(again[1].ids.size(), 4u);
+  EXPECT_EQ(again[1].positions, (std::vector<std::int32_t>{0, 3}));
+  EXPECT_EQ(again[2].ids, first[2].ids);
+  EXPECT_EQ(again[2].positions, (std::vector<std::int32_t>{0, 1}));
   // A stored plan of another prompt count is not this file's.
   EXPECT_THROW((void)prepare_job(load_job_spec(dir_ / "job.json", {}), no_network,
-                                 [&](const PreparedJob&) -> std::optional<StoredPlanArrays> {
-                                   return StoredPlanArrays{{4, 12}, 2, {1, 0}, {0}, {2}};
+                                 [&](const PreparedJob&) -> std::optional<store::StoredPlan> {
+                                   return store::StoredPlan{{4, 12}, 2, {1, 0}, {0}, {2}};
                                  }),
                SpecMismatch);
 }

@@ -37,6 +37,15 @@ struct EncodedPrompt {
                                                      bool add_special_tokens,
                                                      const std::filesystem::path& prompts_file);
 
+/// Tokenizes `records` (prompts of one batch, parsed again from their lines) and resolves their
+/// positions, in that order; each must have the `positions_per_row` of the file's first line.
+/// Throws as encode_prompts.
+[[nodiscard]] std::vector<EncodedPrompt> encode_records(const std::vector<spec::PromptRecord>& records,
+                                                        std::size_t positions_per_row,
+                                                        const tokenizer::Tokenizer& tokenizer,
+                                                        bool add_special_tokens,
+                                                        const std::filesystem::path& prompts_file);
+
 /// What planning keeps of every prompt: small integers, never its token ids.
 struct PromptShapes {
   std::vector<std::int32_t> n_tokens;   ///< N: tokens of each prompt, special tokens included

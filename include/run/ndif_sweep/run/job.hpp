@@ -16,6 +16,7 @@
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/store/readers.hpp"
 #include "ndif_sweep/tokenizer/tokenizer.hpp"
 
 namespace ndif::run {
@@ -51,18 +52,9 @@ struct PreparedJob {
   std::string job_hash;  ///< identity of the data the job produces; see job_identity()
 };
 
-/// The plan arrays of an output file (store::StoredPlan), for a restart.
-struct StoredPlanArrays {
-  std::vector<std::int32_t> n_tokens;
-  std::int64_t positions_per_row = 0;
-  std::vector<std::int64_t> order;
-  std::vector<std::int64_t> start;
-  std::vector<std::int64_t> count;
-};
-
 /// Asked once the job's identity (`job_hash`) is known: the plan of an existing output file of this
 /// job, or nothing (then the prompts are tokenized and planned).
-using StoredPlanSource = std::function<std::optional<StoredPlanArrays>(const PreparedJob&)>;
+using StoredPlanSource = std::function<std::optional<store::StoredPlan>(const PreparedJob&)>;
 
 /// Where the model's shape comes from when the spec does not give it (GET /status of the service).
 using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>;

@@ -183,15 +183,15 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
                     fmt::join(tensor.shape, ", "), fmt::join(want_shape, ", ")));
   }
 
+  // The rows where they lie in the decoded storage when it is row-major (torch.save of a fresh
+  // tensor), else one contiguous copy.
   DecodedResult out;
-  std::vector<std::byte> copy;
   std::span<const std::byte> data;
   if (const auto view = tensor.contiguous_view()) {
     data = *view;
     out.storage = tensor.storage;
   } else {
-    copy = tensor.contiguous_bytes();
-    data = copy;
+    data = out.copies.emplace_back(tensor.contiguous_bytes());
   }
   const auto element = element_size(want_dtype);
   const auto row =
@@ -199,28 +199,27 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
   const auto per_prompt = row * static_cast<std::size_t>(expected.total_layers());
 
   out.nonfinite = count_nonfinite(data, want_dtype);
+  auto shape_of = [&](std::int64_t layers) {
+    return std::vector<std::int64_t>{expected.batch, layers, expected.positions, expected.hidden};
+  };
   if (expected.probe_layers.size() == 1) {
-    // One probe: its rows are the tensor's rows, in place.
-    if (!copy.empty()) out.copies.push_back(std::move(copy));
-    out.probes.push_back(
-        ProbeBlock{{expected.batch, expected.probe_layers[0], expected.positions, expected.hidden},
-                   out.copies.empty() ? data : std::span<const std::byte>(out.copies.back())});
+    out.probes.push_back(ProbeBlock{shape_of(expected.probe_layers[0]), data});
     return out;
   }
+  // Several probes: each one's rows copied out of the interleaved layers.
+  std::vector<std::vector<std::byte>> per_probe;
   std::size_t layer_offset = 0;
   for (auto layers : expected.probe_layers) {
     const auto chunk = row * static_cast<std::size_t>(layers);
-    auto& bytes_of_probe = out.copies.emplace_back(chunk * static_cast<std::size_t>(expected.batch));
-    for (std::size_t b = 0; b < static_cast<std::size_t>(expected.batch); ++b) {
+    auto& bytes_of_probe = per_probe.emplace_back(chunk * static_cast<std::size_t>(expected.batch));
+    for (std::size_t b = 0; b < static_cast<std::size_t>(expected.batch); ++b)
       std::memcpy(bytes_of_probe.data() + b * chunk, data.data() + b * per_prompt + layer_offset * row,
                   chunk);
-    }
     layer_offset += static_cast<std::size_t>(layers);
+    out.probes.push_back(ProbeBlock{shape_of(layers), bytes_of_probe});
   }
-  for (std::size_t p = 0; p < expected.probe_layers.size(); ++p)
-    out.probes.push_back(
-        ProbeBlock{{expected.batch, expected.probe_layers[p], expected.positions, expected.hidden},
-                   std::span<const std::byte>(out.copies[p])});
+  // Moving the vectors keeps their buffers, so the blocks' spans stay valid.
+  out.copies = std::move(per_probe);
   out.storage.reset();
   return out;
 }

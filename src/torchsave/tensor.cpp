@@ -56,7 +56,7 @@ std::optional<std::string> view_error(std::int64_t storage_numel, std::int64_t o
 }  // namespace detail
 
 std::optional<std::span<const std::byte>> Tensor::contiguous_view() const {
-  if (!storage) throw InternalError("torchsave: contiguous_view() of a tensor without storage");
+  if (!storage) throw InternalError("torchsave: a tensor without storage has no bytes");
   const std::size_t es = element_size(storage->dtype);
   const auto storage_numel = static_cast<std::int64_t>(storage->bytes.size() / es);
   if (auto err = detail::view_error(storage_numel, offset, shape, stride))
@@ -72,11 +72,9 @@ std::optional<std::span<const std::byte>> Tensor::contiguous_view() const {
 }
 
 std::vector<std::byte> Tensor::contiguous_bytes() const {
-  if (!storage) throw InternalError("torchsave: contiguous_bytes() of a tensor without storage");
+  // contiguous_view checks the view against its storage.
+  if (const auto view = contiguous_view()) return {view->begin(), view->end()};
   const std::size_t es = element_size(storage->dtype);
-  const auto storage_numel = static_cast<std::int64_t>(storage->bytes.size() / es);
-  if (auto err = detail::view_error(storage_numel, offset, shape, stride))
-    throw InternalError(fmt::format("torchsave: tensor view does not fit its storage: {}", *err));
   const auto n = static_cast<std::size_t>(numel());
   std::vector<std::byte> out(n * es);
   if (n == 0) return out;

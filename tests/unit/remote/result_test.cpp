@@ -110,17 +110,22 @@ TEST(ResultDecoder, CountsNonFiniteValuesOfEachDtype) {
             2);
 }
 
-TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
-  // A (2, 3, 2, 4) view starting 4 elements into a larger storage, as a server slicing on its side
-  // may save it.
+/// A (2, 3, 2, 4) float16 view of a storage holding pattern16(elements).
+ts::Tensor view_of_pattern(std::size_t elements, std::int64_t offset, std::vector<std::int64_t> stride) {
   auto storage = std::make_shared<ts::Storage>();
   storage->dtype = DType::float16;
-  storage->bytes = pattern16(52);
+  storage->bytes = pattern16(elements);
   ts::Tensor view;
   view.storage = storage;
-  view.offset = 4;
+  view.offset = offset;
   view.shape = {2, 3, 2, 4};
-  view.stride = {24, 8, 4, 1};
+  view.stride = std::move(stride);
+  return view;
+}
+
+TEST(ResultDecoder, ReadsAStridedViewWithAnOffset) {
+  // A view starting 4 elements into a larger storage, as a server slicing on its side may save it.
+  const auto view = view_of_pattern(52, 4, {24, 8, 4, 1});
   const auto decoded = decode_result(file_of(g2_result(ts::Value{view})), expected_f16());
   EXPECT_EQ(at16(decoded.probes[0].bytes, 0), 4);
   EXPECT_EQ(at16(decoded.probes[1].bytes, 15), 24 + 16 + 7 + 4);
@@ -145,13 +150,7 @@ TEST(ResultDecoder, OneProbeOfAContiguousTensorIsReadInPlaceWithExactBytes) {
 
 TEST(ResultDecoder, OneProbeOfAPermutedViewIsCopiedInRowMajorOrder) {
   // (b, l, p, h) at b*24 + l*8 + p + 2h: positions and hidden swapped in memory.
-  auto storage = std::make_shared<ts::Storage>();
-  storage->dtype = DType::float16;
-  storage->bytes = pattern16(48);
-  ts::Tensor view;
-  view.storage = storage;
-  view.shape = {2, 3, 2, 4};
-  view.stride = {24, 8, 1, 2};
+  const auto view = view_of_pattern(48, 0, {24, 8, 1, 2});
   EXPECT_FALSE(view.contiguous_view().has_value());
   const auto decoded = decode_result(file_of(g2_result(ts::Value{view})), one_probe());
   ASSERT_EQ(decoded.copies.size(), 1u);

@@ -47,6 +47,22 @@ std::string sha256_hex(std::string_view bytes) {
   return finish_hex(ctx.get());
 }
 
+struct Sha256::State {
+  Digest ctx = new_sha256();
+};
+
+Sha256::Sha256() : state_(std::make_unique<State>()) {}
+Sha256::~Sha256() = default;
+Sha256::Sha256(Sha256&&) noexcept = default;
+Sha256& Sha256::operator=(Sha256&&) noexcept = default;
+
+void Sha256::update(std::string_view bytes) {
+  if (EVP_DigestUpdate(state_->ctx.get(), bytes.data(), bytes.size()) != 1)
+    throw InternalError("SHA-256: update failed");
+}
+
+std::string Sha256::finish_hex() { return ndif::finish_hex(state_->ctx.get()); }
+
 std::string sha256_file_hex(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path.string() + ": cannot open file to hash it");

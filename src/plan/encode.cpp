@@ -3,11 +3,13 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/hash.hpp"
 #include "ndif_sweep/plan/batch_plan.hpp"
 
 namespace ndif::plan {
@@ -104,23 +106,6 @@ EncodedPrompt encode_one(const spec::PromptRecord& record, std::size_t positions
 
 }  // namespace
 
-std::vector<EncodedPrompt> encode_rows(const std::vector<spec::PromptRecord>& prompts,
-                                       const std::vector<std::int64_t>& rows,
-                                       const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
-                                       const std::filesystem::path& prompts_file) {
-  const std::string name = prompts_file.string();
-  std::vector<EncodedPrompt> encoded;
-  encoded.reserve(rows.size());
-  for (const auto row : rows) {
-    if (row < 0 || static_cast<std::size_t>(row) >= prompts.size())
-      throw InternalError("encode_rows: row " + std::to_string(row) + " of " +
-                          std::to_string(prompts.size()));
-    encoded.push_back(encode_one(prompts[static_cast<std::size_t>(row)], prompts.front().positions.size(),
-                                 prompts.front().line, tokenizer, add_special_tokens, name));
-  }
-  return encoded;
-}
-
 std::vector<EncodedPrompt> encode_records(const std::vector<spec::PromptRecord>& records,
                                           std::size_t positions_per_row,
                                           const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
@@ -136,39 +121,55 @@ std::vector<EncodedPrompt> encode_records(const std::vector<spec::PromptRecord>&
 std::vector<EncodedPrompt> encode_prompts(const std::vector<spec::PromptRecord>& prompts,
                                           const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                                           const std::filesystem::path& prompts_file) {
-  std::vector<std::int64_t> rows(prompts.size());
-  std::iota(rows.begin(), rows.end(), std::int64_t{0});
-  return encode_rows(prompts, rows, tokenizer, add_special_tokens, prompts_file);
+  if (prompts.empty()) return {};
+  return encode_records(prompts, prompts.front().positions.size(), tokenizer, add_special_tokens,
+                        prompts_file);
 }
 
-PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
-                             const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
-                             const std::filesystem::path& prompts_file, unsigned threads) {
-  PromptShapes shapes;
-  const std::size_t n = prompts.size();
-  if (n == 0) return shapes;
-  const std::size_t p = prompts.front().positions.size();
-  shapes.positions_per_row = static_cast<std::int64_t>(p);
-  shapes.n_tokens.assign(n, 0);
-  shapes.positions.assign(n * p, 0);
-  const std::string name = prompts_file.string();
-  const std::size_t parts = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 64));
+namespace {
 
-  // Contiguous slices, one per thread; each stops at its first bad prompt, and the error of the
-  // lowest such row is the one thrown, so the message is the one a single thread would give.
+/// The first bad row of a range and why.
+struct RowError {
+  std::size_t row = std::numeric_limits<std::size_t>::max();
+  std::exception_ptr error;
+};
+
+/// A prompt's id hash and row, sorted to find repeated ids without holding the ids.
+struct IdKey {
+  std::uint64_t hash;
+  std::size_t row;
+  auto operator<=>(const IdKey&) const = default;
+};
+
+std::uint64_t id_hash(const std::string& id) noexcept {
+  return xxh3_64(std::as_bytes(std::span<const char>(id.data(), id.size())));
+}
+
+/// Measures rows [begin, end) into `shapes` on `threads` threads (contiguous slices), the record of
+/// a row made by `record_at(row, scratch)`. Each slice stops at its first bad row; the lowest is
+/// returned, so the error is the one a single thread would meet first. With `ids`, each row's id
+/// hash goes to ids[row].
+template <typename RecordAt>
+RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, const RecordAt& record_at,
+                       std::size_t p, const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                       const std::string& name, PromptShapes& shapes, std::vector<IdKey>* ids) {
+  const std::size_t n = end - begin;
+  const std::size_t parts = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 64));
   struct Slice {
-    std::size_t first_bad = std::numeric_limits<std::size_t>::max();
-    std::exception_ptr error;
+    RowError bad;
     std::int32_t max_id = -1;
     std::size_t max_row = 0;
   };
   std::vector<Slice> slices(parts);
   auto work = [&](std::size_t part) {
     Slice& slice = slices[part];
-    const std::size_t begin = n * part / parts, end = n * (part + 1) / parts;
-    for (std::size_t row = begin; row < end; ++row) {
+    spec::PromptRecord scratch;
+    for (std::size_t row = begin + n * part / parts, last = begin + n * (part + 1) / parts; row < last;
+         ++row) {
       try {
-        auto prompt = encode_one(prompts[row], p, prompts.front().line, tokenizer, add_special_tokens, name);
+        const spec::PromptRecord& record = record_at(row, scratch);
+        if (ids != nullptr) (*ids)[row] = IdKey{id_hash(record.id), row};
+        auto prompt = encode_one(record, p, 1, tokenizer, add_special_tokens, name);
         shapes.n_tokens[row] = static_cast<std::int32_t>(prompt.ids.size());
         std::copy(prompt.positions.begin(), prompt.positions.end(),
                   shapes.positions.begin() + static_cast<std::ptrdiff_t>(row * p));
@@ -179,8 +180,7 @@ PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
           }
         }
       } catch (...) {
-        slice.first_bad = row;
-        slice.error = std::current_exception();
+        slice.bad = RowError{row, std::current_exception()};
         return;
       }
     }
@@ -190,12 +190,101 @@ PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
   work(0);
   for (auto& t : pool) t.join();
   for (const Slice& slice : slices) {
-    if (slice.error) std::rethrow_exception(slice.error);  // slices are in row order
+    if (slice.bad.error) return slice.bad;  // slices are in row order
     if (slice.max_id > shapes.max_token_id) {
       shapes.max_token_id = slice.max_id;
       shapes.max_token_row = slice.max_row;
     }
   }
+  return {};
+}
+
+void size_shapes(PromptShapes& shapes, std::size_t n, std::size_t p) {
+  shapes.positions_per_row = static_cast<std::int64_t>(p);
+  shapes.n_tokens.assign(n, 0);
+  shapes.positions.assign(n * p, 0);
+}
+
+/// The first row of `file` below `before` whose id an earlier row has, as an error naming both
+/// lines. `keys` are the hashes of rows [0, before), sorted here; only rows whose hashes collide are
+/// parsed again, to compare the ids themselves.
+RowError first_repeated_id(std::vector<IdKey>& keys, std::size_t before, const spec::PromptsFile& file,
+                           const std::vector<spec::PositionSpec>& default_positions) {
+  keys.resize(std::min(keys.size(), before));
+  std::sort(keys.begin(), keys.end());
+  RowError first;
+  for (std::size_t a = 0; a < keys.size();) {
+    std::size_t b = a + 1;
+    while (b < keys.size() && keys[b].hash == keys[a].hash) ++b;
+    if (b - a > 1) {
+      // Rows in increasing order: the first whose id an earlier row of the run has.
+      std::vector<std::pair<std::string, std::size_t>> seen;
+      for (std::size_t k = a; k < b && keys[k].row < first.row; ++k) {
+        const auto row = keys[k].row;
+        auto id = spec::parse_prompt(file.line(row), row, file.path(), default_positions).id;
+        const auto earlier =
+            std::find_if(seen.begin(), seen.end(), [&](const auto& s) { return s.first == id; });
+        if (earlier != seen.end()) {
+          first.row = row;
+          first.error =
+              std::make_exception_ptr(InputError(file.path().string() + ":" + std::to_string(row + 1) + ": " +
+                                                 spec::duplicate_id_message(id, earlier->second + 1)));
+          break;
+        }
+        seen.emplace_back(std::move(id), row);
+      }
+    }
+    a = b;
+  }
+  return first;
+}
+
+}  // namespace
+
+PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
+                             const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                             const std::filesystem::path& prompts_file, unsigned threads) {
+  PromptShapes shapes;
+  const std::size_t n = prompts.size();
+  if (n == 0) return shapes;
+  const std::size_t p = prompts.front().positions.size();
+  size_shapes(shapes, n, p);
+  const auto bad = measure_range(
+      0, n, threads,
+      [&](std::size_t row, spec::PromptRecord&) -> const spec::PromptRecord& { return prompts[row]; }, p,
+      tokenizer, add_special_tokens, prompts_file.string(), shapes, nullptr);
+  if (bad.error) std::rethrow_exception(bad.error);
+  return shapes;
+}
+
+PromptShapes scan_prompts(const spec::PromptsFile& file,
+                          const std::vector<spec::PositionSpec>& default_positions,
+                          const tokenizer::Tokenizer& tokenizer, bool add_special_tokens, unsigned threads,
+                          std::size_t block_rows) {
+  const std::size_t n = file.rows();
+  const std::string name = file.path().string();
+  // Row 0 fixes P; when it is bad, it is the first bad row.
+  const std::size_t p = spec::parse_prompt(file.line(0), 0, file.path(), default_positions).positions.size();
+  PromptShapes shapes;
+  size_shapes(shapes, n, p);
+  std::vector<IdKey> ids(n);
+  RowError bad;
+  block_rows = std::max<std::size_t>(block_rows, 1);
+  for (std::size_t first = 0; first < n && !bad.error; first += block_rows) {
+    const auto block = file.lines(first, std::min(block_rows, n - first));
+    bad = measure_range(
+        first, first + block.size(), threads,
+        [&](std::size_t row, spec::PromptRecord& scratch) -> const spec::PromptRecord& {
+          scratch = spec::parse_prompt(block.line(row - first), row, file.path(), default_positions);
+          return scratch;
+        },
+        p, tokenizer, add_special_tokens, name, shapes, &ids);
+  }
+  // Every row before the first bad one has its id hash; a repeated id there comes first.
+  const auto repeat = first_repeated_id(ids, bad.error ? bad.row : n, file, default_positions);
+  std::vector<IdKey>().swap(ids);
+  if (repeat.error) std::rethrow_exception(repeat.error);
+  if (bad.error) std::rethrow_exception(bad.error);
   return shapes;
 }
 

@@ -70,15 +70,15 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
     spec::check_layers(job.spec, job.model_config);
   }
 
-  // Each file is read once: parsed and hashed from the same bytes, so the hash is of what was used.
-  job.prompts_text = std::make_shared<const std::string>(read_file(job.spec.prompts, "prompts file"));
+  // The tokenizer is parsed and hashed from the same bytes, so the hash is of what was used; the
+  // prompts are hashed as they are indexed, and every line read again is checked against its hash.
+  job.prompts_file = std::make_shared<const spec::PromptsFile>(spec::PromptsFile::index(job.spec.prompts));
   const auto tokenizer_text = read_file(job.spec.tokenizer, "tokenizer file");
   job.tokenizer = std::make_shared<const tokenizer::Tokenizer>(
       tokenizer::Tokenizer::from_json(tokenizer_text, job.spec.tokenizer.string()));
   job.tokenizer_sha256 = sha256_hex(tokenizer_text);
-  job.prompts_sha256 = sha256_hex(*job.prompts_text);
+  job.prompts_sha256 = job.prompts_file->sha256();
   job.job_hash = sha256_hex(job_identity(job).dump());
-  job.line_starts = spec::line_starts(*job.prompts_text);
 
   job.shape.hidden = job.model_config.hidden_size;
   job.shape.dtype_bytes = spec::dtype_bytes(job.spec.dtype);
@@ -88,10 +88,10 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
   // and tokenizes nothing but the batches it sends.
   if (stored_plan) {
     if (auto stored = stored_plan(job)) {
-      if (stored->n_tokens.size() != job.line_starts.size())
+      if (stored->n_tokens.size() != job.prompts_file->rows())
         throw SpecMismatch(fmt::format("the output file's plan holds {} prompts but {} has {}",
                                        stored->n_tokens.size(), job.spec.prompts.string(),
-                                       job.line_starts.size()));
+                                       job.prompts_file->rows()));
       job.plan = plan::plan_from_arrays(stored->n_tokens, stored->order, stored->start, stored->count);
       job.n_tokens = std::move(stored->n_tokens);
       job.shape.positions = stored->positions_per_row;
@@ -101,9 +101,9 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
     }
   }
 
-  job.prompts = spec::parse_prompts(*job.prompts_text, job.spec.prompts, job.spec.positions);
-  job.shapes = plan::measure_prompts(job.prompts, *job.tokenizer, job.spec.add_special_tokens,
-                                     job.spec.prompts, std::max(1U, std::thread::hardware_concurrency()));
+  job.shapes =
+      plan::scan_prompts(*job.prompts_file, job.spec.positions, *job.tokenizer, job.spec.add_special_tokens,
+                         std::max(1U, std::thread::hardware_concurrency()));
   job.n_tokens = job.shapes.n_tokens;
   job.shape.positions = job.shapes.positions_per_row;
   job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
@@ -111,16 +111,11 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
 }
 
 spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
-  if (row >= 0 && static_cast<std::size_t>(row) < job.prompts.size())
-    return job.prompts[static_cast<std::size_t>(row)];
-  return spec::parse_prompt_line(*job.prompts_text, job.line_starts, static_cast<std::size_t>(row),
-                                 job.spec.prompts, job.spec.positions);
+  const auto r = static_cast<std::size_t>(row);
+  return spec::parse_prompt(job.prompts_file->line(r), r, job.spec.prompts, job.spec.positions);
 }
 
 std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
-  if (!job.prompts.empty())
-    return plan::encode_rows(job.prompts, rows, *job.tokenizer, job.spec.add_special_tokens,
-                             job.spec.prompts);
   std::vector<spec::PromptRecord> records;
   records.reserve(rows.size());
   for (const auto row : rows) records.push_back(prompt_record(job, row));

@@ -316,9 +316,9 @@ int all_ranks_step(const Communicator& comm, Step&& step) {
   return worst;
 }
 
-/// The file's layout; the prompts' strings are moved out of `job.prompts`, which is cleared after
-/// the file is made (a second copy of every text would be the largest thing rank 0 holds).
-store::FileLayout file_layout(PreparedJob& job, const std::string& model_key) {
+/// The file's layout; the prompts' strings are read again from the prompts file a block at a time
+/// as the file is written (every prompt's text at once would be the largest thing rank 0 holds).
+store::FileLayout file_layout(const PreparedJob& job, const std::string& model_key) {
   const auto& spec = job.spec;
   store::FileLayout layout;
   layout.job_json = spec.canonical_json().dump();
@@ -327,14 +327,17 @@ store::FileLayout file_layout(PreparedJob& job, const std::string& model_key) {
   layout.model_key = model_key;
   layout.tokenizer_sha256 = job.tokenizer_sha256;
   layout.tool_version = kToolVersion;
-  layout.text.reserve(job.prompts.size());
-  layout.id.reserve(job.prompts.size());
-  layout.meta.reserve(job.prompts.size());
-  for (auto& prompt : job.prompts) {
-    layout.text.push_back(std::move(prompt.text));
-    layout.id.push_back(std::move(prompt.id));
-    layout.meta.push_back(std::move(prompt.meta_json));
-  }
+  layout.prompt_strings = [file = job.prompts_file, &spec](std::size_t first, std::size_t count,
+                                                           store::PromptStrings& out) {
+    auto records = spec::parse_lines(file->lines(first, count), spec.prompts, spec.positions,
+                                     std::max(1U, std::thread::hardware_concurrency()));
+    for (auto* column : {&out.text, &out.id, &out.meta}) column->reserve(records.size());
+    for (auto& record : records) {
+      out.text.push_back(std::move(record.text));
+      out.id.push_back(std::move(record.id));
+      out.meta.push_back(std::move(record.meta_json));
+    }
+  };
   layout.n_tokens = job.n_tokens;
   layout.positions = job.shapes.positions;
   layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
@@ -360,10 +363,6 @@ void start_on_root(RootSetup& setup, int ranks) {
                                      spec.output.string()));
     store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
   }
-  // The parsed prompts served planning and the file (their strings moved into it): a batch parses
-  // its lines again when handed out.
-  setup.job.prompts.clear();
-  setup.job.prompts.shrink_to_fit();
 
   if (spec.endpoint == "local") {
     setup.local = std::make_unique<LocalServerProcess>(LocalServerProcess::default_binary(), spec.local);

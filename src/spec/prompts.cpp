@@ -69,27 +69,18 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
 
 }  // namespace
 
-std::vector<std::size_t> line_starts(std::string_view text) {
-  std::vector<std::size_t> starts;
-  if (text.ends_with('\n')) text.remove_suffix(1);
-  if (text.empty()) return starts;
-  starts.push_back(0);
-  for (auto at = text.find('\n'); at != std::string_view::npos; at = text.find('\n', at + 1))
-    starts.push_back(at + 1);
-  return starts;
+std::string duplicate_id_message(const std::string& id, std::size_t first_line) {
+  return "id \"" + id + "\" is already the id of line " + std::to_string(first_line) +
+         " (an absent id is the row number, from 0); ids must be unique";
 }
 
-PromptRecord parse_prompt_line(std::string_view text, const std::vector<std::size_t>& starts, std::size_t row,
-                               const std::filesystem::path& path,
-                               const std::vector<PositionSpec>& default_positions) {
-  if (row >= starts.size())
-    throw InternalError("parse_prompt_line: row " + std::to_string(row) + " of " +
-                        std::to_string(starts.size()));
-  const std::size_t begin = starts[row];
-  std::size_t end = row + 1 < starts.size() ? starts[row + 1] - 1 : text.size();
-  if (end > begin && text[end - 1] == '\n') --end;  // the last line's own newline
+PromptRecord parse_prompt(std::string_view line, std::size_t row, const std::filesystem::path& path,
+                          const std::vector<PositionSpec>& default_positions) {
   const std::string prefix = path.string() + ":" + std::to_string(row + 1) + ": ";
-  return parse_line(text.substr(begin, end - begin), row + 1, prefix, default_positions);
+  if (is_blank(line))
+    fail(prefix,
+         "blank line; remove it (line i holds row i-1 of the output, so every line must be a prompt)");
+  return parse_line(line, row + 1, prefix, default_positions);
 }
 
 std::vector<PromptRecord> parse_prompts(const std::string& text, const std::filesystem::path& path,
@@ -108,17 +99,10 @@ std::vector<PromptRecord> parse_prompts(const std::string& text, const std::file
     const std::string_view line = rest.substr(begin, end - begin);
     begin = end + 1;
     ++line_number;
-    const std::string prefix = name + ":" + std::to_string(line_number) + ": ";
-    if (is_blank(line)) {
-      fail(prefix,
-           "blank line; remove it (line i holds row i-1 of the output, so every line must be a prompt)");
-    }
-    PromptRecord record = parse_line(line, line_number, prefix, default_positions);
+    PromptRecord record = parse_prompt(line, line_number - 1, path, default_positions);
     const auto [it, inserted] = line_of_id.emplace(record.id, line_number);
-    if (!inserted) {
-      fail(prefix, "id \"" + record.id + "\" is already the id of line " + std::to_string(it->second) +
-                       " (an absent id is the row number, from 0); ids must be unique");
-    }
+    if (!inserted)
+      fail(name + ":" + std::to_string(line_number) + ": ", duplicate_id_message(record.id, it->second));
     records.push_back(std::move(record));
   }
   return records;

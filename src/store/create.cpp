@@ -44,12 +44,13 @@ void check_output_path(const std::filesystem::path& path) {
 }
 
 void check_layout(const FileLayout& layout) {
-  const std::size_t n = layout.text.size();
+  const std::size_t n = layout.n_tokens.size();
   auto require = [](bool ok, const std::string& what) {
     if (!ok) throw InternalError("file layout: " + what);
   };
   require(n > 0, "no prompts");
-  require(layout.id.size() == n && layout.meta.size() == n && layout.n_tokens.size() == n &&
+  const std::size_t strings = layout.prompt_strings ? 0 : n;
+  require(layout.text.size() == strings && layout.id.size() == strings && layout.meta.size() == strings &&
               layout.batch_of_row.size() == n && layout.order.size() == n,
           "per-prompt arrays differ in length");
   require(layout.positions_per_row > 0, "no positions per prompt");
@@ -80,16 +81,22 @@ Handle create_group(hid_t loc, const std::string& name, bool track_order = false
       check_id(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), "create group " + name));
 }
 
-/// A contiguous dataset allocated at creation and written whole from `data`.
-void create_filled(hid_t loc, const std::string& name, hid_t file_type, hid_t mem_type,
-                   const std::vector<hsize_t>& dims, const void* data) {
+/// A contiguous dataset allocated at creation, its values still to write.
+Handle create_allocated(hid_t loc, const std::string& name, hid_t file_type,
+                        const std::vector<hsize_t>& dims) {
   Handle space(check_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                         "create the dataspace of " + name));
   Handle dcpl(check_id(H5Pcreate(H5P_DATASET_CREATE), "create a dataset creation property list"));
   check(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "set early allocation for " + name);
-  Handle dataset(
+  return Handle(
       check_id(H5Dcreate2(loc, name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
                "create dataset " + name));
+}
+
+/// A contiguous dataset allocated at creation and written whole from `data`.
+void create_filled(hid_t loc, const std::string& name, hid_t file_type, hid_t mem_type,
+                   const std::vector<hsize_t>& dims, const void* data) {
+  Handle dataset = create_allocated(loc, name, file_type, dims);
   check(H5Dwrite(dataset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "write " + name);
   dataset.close("close " + name);
 }
@@ -101,17 +108,60 @@ void create_numbers(hid_t loc, const std::string& name, hid_t file_type, const s
   create_filled(loc, name, file_type, h5::native_type<T>(), dims, values.data());
 }
 
-void create_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values) {
+void write_string_rows(hid_t dataset, hid_t type, const std::string& name, hsize_t first,
+                       const std::vector<std::string>& values) {
   std::vector<const char*> pointers;
   pointers.reserve(values.size());
   for (const std::string& value : values) pointers.push_back(value.c_str());
+  const hsize_t start[1] = {first}, count[1] = {values.size()};
+  Handle file_space(check_id(H5Dget_space(dataset), "get the dataspace of " + name));
+  check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+        "select rows of " + name);
+  Handle memory_space(
+      check_id(H5Screate_simple(1, count, nullptr), "create a dataspace for rows of " + name));
+  check(H5Dwrite(dataset, type, memory_space.get(), file_space.get(), H5P_DEFAULT, pointers.data()),
+        "write rows of " + name);
+}
+
+/// /prompts/text, id and meta, a block of rows at a time from the layout's source (or its vectors).
+void create_prompt_strings(hid_t prompts, const FileLayout& layout) {
+  const std::size_t n = layout.n_tokens.size();
   Handle type = h5::utf8_string_type();
-  create_filled(loc, name, type.get(), type.get(), {values.size()}, pointers.data());
+  const char* names[3] = {"text", "id", "meta"};
+  Handle datasets[3] = {create_allocated(prompts, names[0], type.get(), {n}),
+                        create_allocated(prompts, names[1], type.get(), {n}),
+                        create_allocated(prompts, names[2], type.get(), {n})};
+  auto write_block = [&](std::size_t first, const PromptStrings& block) {
+    const std::vector<std::string>* columns[3] = {&block.text, &block.id, &block.meta};
+    for (int k = 0; k < 3; ++k) {
+      if (first + columns[k]->size() > n || columns[k]->size() != block.text.size() || block.text.empty())
+        throw InternalError("file layout: the prompt strings of rows from " + std::to_string(first) +
+                            " are not one block of the file's rows");
+      write_string_rows(datasets[k].get(), type.get(), std::string("/prompts/") + names[k], first,
+                        *columns[k]);
+    }
+  };
+  if (!layout.prompt_strings) {
+    write_block(0, PromptStrings{layout.text, layout.id, layout.meta});
+  } else {
+    PromptStrings block;
+    const std::size_t rows = std::max<std::size_t>(layout.prompt_string_rows, 1);
+    for (std::size_t first = 0; first < n; first += rows) {
+      const std::size_t count = std::min(rows, n - first);
+      block = {};
+      layout.prompt_strings(first, count, block);
+      if (block.text.size() != count)
+        throw InternalError("file layout: the prompt string source gave " +
+                            std::to_string(block.text.size()) + " rows for " + std::to_string(count));
+      write_block(first, block);
+    }
+  }
+  for (int k = 0; k < 3; ++k) datasets[k].close(std::string("close /prompts/") + names[k]);
 }
 
 void create_activations(hid_t acts, const FileLayout& layout, const ProbeLayout& probe) {
   const std::string name = "/acts/" + probe.name;
-  const hsize_t n = layout.text.size();
+  const hsize_t n = layout.n_tokens.size();
   const std::vector<hsize_t> dims{n, probe.layers.size(), layout.positions_per_row, layout.hidden};
   const std::size_t row_bytes =
       probe.layers.size() * layout.positions_per_row * layout.hidden * element_size(layout.dtype);
@@ -151,13 +201,11 @@ void write_contents(hid_t file, const FileLayout& layout) {
   h5::write_attribute(file, "tool_version", layout.tool_version);
   h5::write_attribute(file, "created_utc", utc_now_iso8601());
 
-  const hsize_t n = layout.text.size();
+  const hsize_t n = layout.n_tokens.size();
   const std::size_t batches = layout.batch_start.size();
   {
     Handle prompts = create_group(file, "prompts");
-    create_strings(prompts.get(), "text", layout.text);
-    create_strings(prompts.get(), "id", layout.id);
-    create_strings(prompts.get(), "meta", layout.meta);
+    create_prompt_strings(prompts.get(), layout);
     create_numbers(prompts.get(), "n_tokens", H5T_STD_I32LE, layout.n_tokens);
     create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions,
                    {n, layout.positions_per_row});

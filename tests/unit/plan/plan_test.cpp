@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -193,16 +194,109 @@ TEST(MeasurePrompts, TheFirstBadPromptInFileOrderIsReportedWhateverTheThreads) {
   }
 }
 
-TEST(EncodeRows, ABatchIsEncodedInItsRowOrderAsThePlanEncodedIt) {
+// A prompts file of `lines` (JSON values), in the temporary directory.
+spec::PromptsFile prompts_file(const std::vector<std::string>& lines,
+                               const std::string& name = "scan.jsonl") {
+  const auto path = std::filesystem::temp_directory_path() / ("ndif_plan_test_" + name);
+  {
+    std::ofstream out(path, std::ios::binary);
+    for (const auto& line : lines) out << line << '\n';
+  }
+  return spec::PromptsFile::index(path);
+}
+
+std::vector<std::string> many_lines(std::size_t n) {
+  const char* texts[] = {"The cat sat", "The cat", "sat", "cat sat The cat"};
+  std::vector<std::string> lines;
+  for (std::size_t k = 0; k < n; ++k)
+    lines.push_back(json{{"prompt", texts[k % 4]}, {"id", "p" + std::to_string(k)}}.dump());
+  return lines;
+}
+
+const std::vector<spec::PositionSpec> kScanPositions{index(-1), span("at", 0, true)};
+
+std::string scan_error(const spec::PromptsFile& file, unsigned threads, std::size_t block_rows) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  try {
+    (void)scan_prompts(file, kScanPositions, tokenizer, true, threads, block_rows);
+  } catch (const InputError& error) {
+    return error.what();
+  }
+  return "no error";
+}
+
+TEST(ScanPrompts, EveryBlockSizeAndThreadCountKeepsWhatMeasuringTheParsedFileKeeps) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto file = prompts_file(many_lines(1000), "blocks.jsonl");
+  const auto parsed = spec::read_prompts(file.path(), kScanPositions);
+  const auto expected = measure_prompts(parsed, tokenizer, true, file.path(), 1);
+  ASSERT_EQ(expected.n_tokens.size(), 1000u);
+  for (unsigned threads : {1U, 2U, 3U})
+    for (std::size_t block : {std::size_t{1}, std::size_t{7}, std::size_t{256}, std::size_t{65536}}) {
+      const auto shapes = scan_prompts(file, kScanPositions, tokenizer, true, threads, block);
+      EXPECT_EQ(shapes.n_tokens, expected.n_tokens) << threads << " " << block;
+      EXPECT_EQ(shapes.positions, expected.positions) << threads << " " << block;
+      EXPECT_EQ(shapes.positions_per_row, 2);
+      EXPECT_EQ(shapes.max_token_id, expected.max_token_id);
+      EXPECT_EQ(shapes.n_tokens[shapes.max_token_row], expected.n_tokens[expected.max_token_row]);
+    }
+}
+
+TEST(ScanPrompts, TheFirstBadLineInFileOrderIsReportedWhateverTheBlocksAndThreads) {
+  const std::string name = (std::filesystem::temp_directory_path() / "ndif_plan_test_scan.jsonl").string();
+  auto lines = many_lines(1000);
+  // A repeated id (line 701 repeats line 12), then a line that is not JSON, then a bad position.
+  lines[700] = json{{"prompt", "The cat"}, {"id", "p11"}}.dump();
+  lines[800] = "{\"prompt\": ";
+  lines[900] = json{{"prompt", "The cat"}, {"positions", {40, 0}}}.dump();
+  for (unsigned threads : {1U, 2U})
+    for (std::size_t block : {std::size_t{1}, std::size_t{64}, std::size_t{750}, std::size_t{65536}}) {
+      EXPECT_EQ(scan_error(prompts_file(lines), threads, block),
+                name +
+                    ":701: id \"p11\" is already the id of line 12 (an absent id is the row number, from 0); "
+                    "ids must be unique")
+          << threads << " " << block;
+    }
+  // Without the repeat, the first bad line is the one that is not JSON; a repeat after it is not
+  // reached.
+  lines[700] = many_lines(701)[700];
+  lines[950] = json{{"prompt", "The cat"}, {"id", "p3"}}.dump();
+  for (std::size_t block : {std::size_t{64}, std::size_t{65536}})
+    EXPECT_THAT(scan_error(prompts_file(lines), 2, block), HasSubstr(name + ":801: not valid JSON")) << block;
+  // A blank line, and an id that is the row number of a line without one.
+  lines = many_lines(300);
+  lines[200] = "";
+  EXPECT_THAT(scan_error(prompts_file(lines), 2, 64), HasSubstr(name + ":201: blank line"));
+  lines[200] = "\"The cat\"";  // id "200"
+  lines[250] = json{{"prompt", "sat"}, {"id", 200}}.dump();
+  EXPECT_EQ(scan_error(prompts_file(lines), 2, 64),
+            name +
+                ":251: id \"200\" is already the id of line 201 (an absent id is the row number, from 0); "
+                "ids must be unique");
+  // The first line fixes P; a line with another count is refused.
+  lines = many_lines(10);
+  lines[4] = json{{"prompt", "The cat"}, {"positions", {0}}}.dump();
+  EXPECT_THAT(scan_error(prompts_file(lines), 1, 3),
+              HasSubstr(name + ":5: this prompt has 1 positions but line 1 has 2"));
+  lines[0] = "[1]";
+  EXPECT_THAT(scan_error(prompts_file(lines), 1, 3), HasSubstr(name + ":1: a line must be a JSON string"));
+}
+
+TEST(EncodeRecords, ABatchIsEncodedInItsRowOrderAsThePlanEncodedIt) {
   static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
   const auto prompts = many_prompts(8);
   const auto all = encode(prompts);
-  const auto batch = encode_rows(prompts, {6, 1, 3}, tokenizer, true, "p.jsonl");
+  const auto batch = encode_records({prompts[6], prompts[1], prompts[3]}, 2, tokenizer, true, "p.jsonl");
   ASSERT_EQ(batch.size(), 3u);
   EXPECT_EQ(batch[0].ids, all[6].ids);
   EXPECT_EQ(batch[1].positions, all[1].positions);
   EXPECT_EQ(batch[2].ids, all[3].ids);
-  EXPECT_THROW((void)encode_rows(prompts, {8}, tokenizer, true, "p.jsonl"), InternalError);
+  try {
+    (void)encode_records({prompts[2]}, 3, tokenizer, true, "p.jsonl");
+    ADD_FAILURE() << "a prompt of 2 positions was taken for 3";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("p.jsonl:3: this prompt has 2 positions but line 1 has 3"));
+  }
 }
 
 TEST(PlanFromArrays, TheStoredArraysGiveBackThePlanTheyCameFrom) {

@@ -81,7 +81,7 @@ TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPla
       });
   ASSERT_TRUE(asked);
   EXPECT_TRUE(restart.plan_from_file);
-  EXPECT_TRUE(restart.prompts.empty());
+  EXPECT_TRUE(restart.shapes.n_tokens.empty());  // nothing was tokenized
   EXPECT_EQ(restart.n_tokens, fresh.n_tokens);
   EXPECT_EQ(restart.shape.row_bytes(), fresh.shape.row_bytes());
   ASSERT_EQ(restart.plan.batches.size(), fresh.plan.batches.size());

@@ -7,8 +7,10 @@
 #include <string>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/hash.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/spec/prompts_file.hpp"
 
 namespace ndif::spec {
 namespace {
@@ -512,26 +514,114 @@ TEST(Prompts, CrlfLineEndingsAreAccepted) {
   EXPECT_EQ(records[1].text, "b");
 }
 
-TEST(Prompts, OneLineParsedThroughTheLineIndexIsTheRecordOfTheWholeParse) {
+std::filesystem::path write_prompts_file(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() / name;
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+TEST(PromptsFile, EveryLineReadThroughTheIndexIsTheRecordOfTheWholeParse) {
   const std::vector<PositionSpec> defaults{PositionSpec{.is_span = false, .index = -1, .span = {}}};
   for (const std::string text :
        {"\"a\"\n{\"prompt\": \"b\", \"id\": 7, \"meta\": {\"k\": 1}}\r\n\"c \\u00e9\"\n",
         "\"a\"\n{\"prompt\": \"b\", \"id\": 7, \"meta\": {\"k\": 1}}\r\n\"c \\u00e9\""}) {
-    const auto all = parse_prompts(text, "p.jsonl", defaults);
-    const auto starts = line_starts(text);
-    ASSERT_EQ(starts.size(), all.size());
+    const auto path = write_prompts_file("ndif_spec_test_index.jsonl", text);
+    const auto file = PromptsFile::index(path);
+    const auto all = parse_prompts(text, path, defaults);
+    ASSERT_EQ(file.rows(), all.size());
+    EXPECT_EQ(file.sha256(), sha256_hex(text));
+    EXPECT_EQ(file.bytes(), text.size());
+    const auto block = file.lines(0, file.rows());
     for (std::size_t row = 0; row < all.size(); ++row) {
-      const auto one = parse_prompt_line(text, starts, row, "p.jsonl", defaults);
+      const auto one = parse_prompt(file.line(row), row, path, defaults);
+      EXPECT_EQ(block.line(row), file.line(row));
       EXPECT_EQ(one.line, all[row].line);
       EXPECT_EQ(one.text, all[row].text);
       EXPECT_EQ(one.id, all[row].id);
       EXPECT_EQ(one.meta_json, all[row].meta_json);
       EXPECT_EQ(one.positions.size(), all[row].positions.size());
     }
-    EXPECT_THROW((void)parse_prompt_line(text, starts, 3, "p.jsonl", defaults), InternalError);
+    EXPECT_EQ(file.line(1), "{\"prompt\": \"b\", \"id\": 7, \"meta\": {\"k\": 1}}\r");
+    EXPECT_EQ(file.lines(1, 2).line(1), "\"c \\u00e9\"");
+    EXPECT_THROW((void)file.line(3), InternalError);
+    EXPECT_THROW((void)file.lines(2, 2), InternalError);
+    std::filesystem::remove(path);
   }
-  EXPECT_TRUE(line_starts("").empty());
-  EXPECT_EQ(line_starts("\"a\"\n"), (std::vector<std::size_t>{0}));
+}
+
+TEST(PromptsFile, LinesLongerThanOneReadAreIndexedWhole) {
+  // Lines of up to 3 MB, across the 1 MiB reads of the index.
+  std::string text;
+  std::vector<std::string> lines;
+  for (std::size_t k = 0; k < 40; ++k) {
+    lines.push_back("\"" +
+                    std::string(k % 7 == 3 ? 3'000'000 + k : 1000 * k + 1, static_cast<char>('a' + k % 26)) +
+                    "\"");
+    text += lines.back() + "\n";
+  }
+  const auto path = write_prompts_file("ndif_spec_test_long.jsonl", text);
+  const auto file = PromptsFile::index(path);
+  ASSERT_EQ(file.rows(), lines.size());
+  EXPECT_EQ(file.sha256(), sha256_hex(text));
+  const auto block = file.lines(5, 30);
+  for (std::size_t k = 0; k < 30; ++k) EXPECT_EQ(block.line(k), lines[5 + k]) << k;
+  EXPECT_EQ(file.line(39), lines[39]);
+  std::filesystem::remove(path);
+}
+
+TEST(PromptsFile, OneNewlineEndsTheLastLineAndAFileWithoutPromptsIsRefused) {
+  for (const std::string text : {"", "\n"}) {
+    const auto path = write_prompts_file("ndif_spec_test_empty.jsonl", text);
+    try {
+      (void)PromptsFile::index(path);
+      ADD_FAILURE() << "no error for \"" << text << "\"";
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("the file is empty"));
+    }
+  }
+  // A second newline is a blank line: a row that parse_prompt refuses.
+  const auto path = write_prompts_file("ndif_spec_test_empty.jsonl", "\"a\"\n\n");
+  const auto file = PromptsFile::index(path);
+  ASSERT_EQ(file.rows(), 2U);
+  EXPECT_EQ(file.line(1), "");
+  try {
+    (void)parse_prompt(file.line(1), 1, path, {});
+    ADD_FAILURE() << "a blank line parsed";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("ndif_spec_test_empty.jsonl:2: blank line"));
+  }
+  EXPECT_THROW((void)PromptsFile::index(std::filesystem::temp_directory_path()), InputError);
+  EXPECT_THROW((void)PromptsFile::index("/nonexistent/prompts.jsonl"), InputError);
+  std::filesystem::remove(path);
+}
+
+TEST(PromptsFile, ALineChangedInPlaceIsRefusedAndAReplacedFileIsNotRead) {
+  const std::string text = "\"one\"\n\"two\"\n\"six\"\n";
+  const auto path = write_prompts_file("ndif_spec_test_changed.jsonl", text);
+  const auto file = PromptsFile::index(path);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(7);
+    f << "T";  // "two" -> "Two", the same length
+  }
+  EXPECT_EQ(file.line(0), "\"one\"");
+  try {
+    (void)file.line(1);
+    ADD_FAILURE() << "a changed line was read";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("ndif_spec_test_changed.jsonl:2: the line changed since the job read"));
+  }
+  std::filesystem::resize_file(path, 8);
+  EXPECT_THROW((void)file.line(2), InputError);
+
+  // Replaced under its name (as an editor saves): the indexed file is still the one read.
+  const auto other = write_prompts_file("ndif_spec_test_changed2.jsonl", text);
+  const auto kept = PromptsFile::index(other);
+  write_prompts_file("ndif_spec_test_changed3.jsonl", "\"new\"\n");
+  std::filesystem::rename(std::filesystem::temp_directory_path() / "ndif_spec_test_changed3.jsonl", other);
+  EXPECT_EQ(kept.line(2), "\"six\"");
+  std::filesystem::remove(path);
+  std::filesystem::remove(other);
 }
 
 TEST(Prompts, ReadsTheFileFromDisk) {

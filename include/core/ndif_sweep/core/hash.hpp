@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,6 +18,23 @@ namespace ndif {
 
 /// SHA-256 of a whole file as 64 lowercase hex digits. Throws InputError if it cannot be read.
 [[nodiscard]] std::string sha256_file_hex(const std::filesystem::path& path);
+
+/// SHA-256 of bytes that arrive in pieces (a file read in blocks): the same digest as sha256_hex
+/// of their concatenation.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&&) noexcept;
+  Sha256& operator=(Sha256&&) noexcept;
+  void update(std::string_view bytes);
+  /// The digest as 64 lowercase hex digits; the object is spent afterwards.
+  [[nodiscard]] std::string finish_hex();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 /// SplitMix64's finaliser: a cheap bijective 64-bit mixer (arithmetic modulo 2^64). The synthetic
 /// model's `mix` (docs/protocol.md, the synthetic model) and the retry policy's seeded jitter are built on

@@ -9,6 +9,7 @@
 
 #include "ndif_sweep/spec/job_spec.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/spec/prompts_file.hpp"
 #include "ndif_sweep/tokenizer/tokenizer.hpp"
 
 namespace ndif::plan {
@@ -28,18 +29,10 @@ struct EncodedPrompt {
                                                         bool add_special_tokens,
                                                         const std::filesystem::path& prompts_file);
 
-/// Tokenizes the prompts `rows` (indices into `prompts`) and resolves their positions, in that
-/// order: what a rank sends for one batch. Deterministic, so a batch re-encoded on another rank or
-/// in a later run is the same. Throws as encode_prompts.
-[[nodiscard]] std::vector<EncodedPrompt> encode_rows(const std::vector<spec::PromptRecord>& prompts,
-                                                     const std::vector<std::int64_t>& rows,
-                                                     const tokenizer::Tokenizer& tokenizer,
-                                                     bool add_special_tokens,
-                                                     const std::filesystem::path& prompts_file);
-
 /// Tokenizes `records` (prompts of one batch, parsed again from their lines) and resolves their
-/// positions, in that order; each must have the `positions_per_row` of the file's first line.
-/// Throws as encode_prompts.
+/// positions, in that order: what a rank sends for one batch. Deterministic, so a batch encoded
+/// again on another rank or in a later run is the same. Each must have the `positions_per_row` of
+/// the file's first line. Throws as encode_prompts.
 [[nodiscard]] std::vector<EncodedPrompt> encode_records(const std::vector<spec::PromptRecord>& records,
                                                         std::size_t positions_per_row,
                                                         const tokenizer::Tokenizer& tokenizer,
@@ -61,6 +54,16 @@ struct PromptShapes {
 [[nodiscard]] PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
                                            const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                                            const std::filesystem::path& prompts_file, unsigned threads);
+
+/// Parses, checks and tokenizes every prompt of `file`, a block of `block_rows` lines at a time on
+/// `threads` threads, and keeps what measure_prompts keeps: no record, text or id outlives its
+/// block (repeated ids are found from 64-bit hashes, and only colliding rows are read again).
+/// Checks as parse_prompts and encode_prompts, and throws the error of the first bad line in file
+/// order (for a repeated id, the line that repeats it), whatever the thread count and block size.
+[[nodiscard]] PromptShapes scan_prompts(const spec::PromptsFile& file,
+                                        const std::vector<spec::PositionSpec>& default_positions,
+                                        const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                                        unsigned threads, std::size_t block_rows = 65536);
 
 /// Where token p of a prompt of n tokens sits in a batch left-padded to S tokens: p + (S - n).
 struct PaddingOffset {

@@ -16,6 +16,7 @@
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/spec/job_spec.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
+#include "ndif_sweep/spec/prompts_file.hpp"
 #include "ndif_sweep/store/readers.hpp"
 #include "ndif_sweep/tokenizer/tokenizer.hpp"
 
@@ -31,12 +32,9 @@ struct JobOverrides {
 /// Everything known about a job before any output file or network is touched.
 struct PreparedJob {
   spec::JobSpec spec;
-  /// The prompts file as read, and where each of its lines begins (row r is line r + 1).
-  std::shared_ptr<const std::string> prompts_text;
-  std::vector<std::size_t> line_starts;
-  /// Every prompt parsed, when the job was planned here (empty when the plan came from the output
-  /// file, and once the file is created); prompt_record parses a row again when it is not here.
-  std::vector<spec::PromptRecord> prompts;
+  /// The prompts file, indexed: a batch's lines are read again from it when it is handed out, and
+  /// the file's strings when the output file is created.
+  std::shared_ptr<const spec::PromptsFile> prompts_file;
   /// The plan came from an output file of this job: nothing was tokenized, `shapes` holds P only.
   bool plan_from_file = false;
   /// Lengths and positions of every prompt (its token ids are not kept: encode_batch makes a
@@ -72,7 +70,7 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 [[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
                                       const StoredPlanSource& stored_plan = {});
 
-/// Row `row` of the prompts file, parsed (again, when `prompts` does not hold it).
+/// Row `row` of the prompts file, read and parsed again.
 [[nodiscard]] spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row);
 
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer
@@ -84,7 +82,7 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 [[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
 
 /// The token ids and positions of the prompts `rows`, in that order, tokenized again as planning
-/// did (deterministic). Throws as plan::encode_rows.
+/// did (deterministic). Throws as plan::encode_records, and as spec::PromptsFile::lines when a line changed.
 [[nodiscard]] std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job,
                                                             const std::vector<std::int64_t>& rows);
 

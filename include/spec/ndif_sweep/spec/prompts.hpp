@@ -30,15 +30,15 @@ struct PromptRecord {
                                                       const std::filesystem::path& path,
                                                       const std::vector<PositionSpec>& default_positions);
 
-/// Where each line of a prompts file's text begins: row r is line r + 1. One trailing newline ends
-/// the last line. O(N) offsets, what a run keeps instead of the parsed prompts.
-[[nodiscard]] std::vector<std::size_t> line_starts(std::string_view text);
+/// Parses row `row` of a prompts file from its line (without the newline), as parse_prompts
+/// parses it; uniqueness of ids needs every line and is checked by parse_prompts and
+/// plan::scan_prompts. Throws InputError naming the file and line (row + 1).
+[[nodiscard]] PromptRecord parse_prompt(std::string_view line, std::size_t row,
+                                        const std::filesystem::path& path,
+                                        const std::vector<PositionSpec>& default_positions);
 
-/// Parses row `row` of a prompts file's text (`starts` from line_starts), as parse_prompts parsed
-/// it; the checks that need every line (unique ids, no blank line) are parse_prompts' alone. Throws
-/// InputError naming the file and line, InternalError for a row past the end.
-[[nodiscard]] PromptRecord parse_prompt_line(std::string_view text, const std::vector<std::size_t>& starts,
-                                             std::size_t row, const std::filesystem::path& path,
-                                             const std::vector<PositionSpec>& default_positions);
+/// The message for an id that line `first_line` already has (the file and line of the repeat
+/// go before it).
+[[nodiscard]] std::string duplicate_id_message(const std::string& id, std::size_t first_line);
 
 }  // namespace ndif::spec

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,12 @@ struct ProbeLayout {
 };
 
 /// Everything the file is created from: identity, prompts, batch plan, probes.
+/// The strings of prompts [first, first + count): text, id and meta of each, in row order.
+struct PromptStrings {
+  std::vector<std::string> text, id, meta;
+};
+using PromptStringSource = std::function<void(std::size_t first, std::size_t count, PromptStrings& out)>;
+
 struct FileLayout {
   std::string job_json;          ///< canonical job JSON (no secrets)
   std::string job_hash;          ///< hex hash of job_json
@@ -35,12 +42,16 @@ struct FileLayout {
   std::string tokenizer_sha256;  ///< SHA-256 of the tokenizer.json used
   std::string tool_version;      ///< ndif-sweep version that created the file
 
-  std::vector<std::string> text;        ///< N prompts
-  std::vector<std::string> id;          ///< N ids
-  std::vector<std::string> meta;        ///< N JSON objects as text
-  std::vector<std::int32_t> n_tokens;   ///< N token counts
-  std::vector<std::int32_t> positions;  ///< N x P resolved positions, row-major
-  std::size_t positions_per_row = 0;    ///< P
+  std::vector<std::string> text;  ///< N prompts (or empty, with `prompt_strings`)
+  std::vector<std::string> id;    ///< N ids (likewise)
+  std::vector<std::string> meta;  ///< N JSON objects as text (likewise)
+  /// When set, the vectors above stay empty and the string datasets are written a block of rows at a
+  /// time from this source, so that no list of every prompt's strings is held.
+  PromptStringSource prompt_strings;
+  std::size_t prompt_string_rows = 65536;  ///< rows per call of `prompt_strings`
+  std::vector<std::int32_t> n_tokens;      ///< N token counts
+  std::vector<std::int32_t> positions;     ///< N x P resolved positions, row-major
+  std::size_t positions_per_row = 0;       ///< P
 
   std::vector<std::int32_t> batch_of_row;  ///< N: the batch that writes each row
   std::vector<std::int64_t> order;         ///< N: prompt rows in batch order

@@ -186,7 +186,9 @@ void ProgressReporter::tick(Clock::time_point now, bool force) {
   switch (mode_) {
     case ProgressMode::bar: {
       const int columns = terminal_ && terminal_->columns ? terminal_->columns() : 0;
-      out_ << '\r' << bar_line(now, columns > 0 ? columns : 80) << "\x1b[K" << std::flush;
+      // One write: stderr is unbuffered, and under mpirun another process's output could land between
+      // the pieces of a redraw.
+      out_ << ('\r' + bar_line(now, columns > 0 ? columns : 80) + "\x1b[K") << std::flush;
       bar_drawn_ = true;
       break;
     }

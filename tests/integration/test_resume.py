@@ -1,6 +1,7 @@
 """Crash and drain: a run killed (SIGKILL of one rank) or drained (SIGTERM to mpirun) in the middle
 leaves a file that opens and whose flagged batches are exact; a restart with another rank count
-finishes it, and the result equals an uninterrupted run's file."""
+finishes it, and the result equals an uninterrupted run's file. A prompts file changed in place during
+a run stops it (exit 2) before a changed line is sent, and the run resumes once the file is restored."""
 
 import json
 import os
@@ -155,6 +156,27 @@ class Resume(TempDirTestCase):
         code, _ = self.drain(signal_mpirun=signal.SIGTERM)
         self.assertNotEqual(code, 0, self.log_text())
         self.resume_and_compare(ranks=3)
+
+    def test_a_prompts_file_changed_in_place_stops_the_run_with_exit_2_and_resumes_once_restored(self):
+        # A run reads the prompts file again as it hands batches out; a line that is not the line it
+        # planned must not be sent. One byte of every line is changed in place (the same inode).
+        prompts = self.dir / "prompts.jsonl"
+        original = prompts.read_bytes()
+        proc = self.start_slow_run(ranks=2)
+        self.wait_partly_done(proc)
+        changed = bytearray(original)
+        start = 0
+        while start < len(changed):
+            changed[start + 1] ^= 0x01  # the first byte of each prompt's text (or key)
+            start = changed.index(b"\n", start) + 1
+        with open(prompts, "r+b") as f:
+            f.write(changed)
+        self.assertEqual(self.wait_exit(proc), 2, self.log_text())
+        self.assertIn("the line changed since the job read the prompts file", self.log_text())
+        self.check_partial()
+        prompts.write_bytes(original)
+        self.resume_and_compare(ranks=1)
+
 
 if __name__ == "__main__":
     harness.main()

@@ -32,11 +32,14 @@ class Terminal(TempDirTestCase):
         return subprocess.run(self.tmux("capture-pane", "-p", "-t", "t"), capture_output=True, text=True,
                               check=True).stdout.splitlines()
 
-    def cursor_line(self):
-        y = int(subprocess.run(self.tmux("display-message", "-p", "-t", "t", "#{cursor_y}"), capture_output=True,
-                               text=True, check=True).stdout)
-        lines = self.pane()
-        return lines[y] if y < len(lines) else ""
+    def screen_and_cursor_line(self):
+        """The pane and the line under its cursor, read by one tmux command so that no output lands
+        between the two."""
+        out = subprocess.run(self.tmux("display-message", "-p", "-t", "t", "#{cursor_y}", ";",
+                                       "capture-pane", "-p", "-t", "t"),
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        y, lines = int(out[0]), out[1:]
+        return lines, (lines[y] if y < len(lines) else "")
 
     def run_in_terminal(self, ranks, width=120):
         command = sweep_cmd("run", self.job_path, "--endpoint", self.server.url, ranks=ranks)
@@ -50,16 +53,15 @@ class Terminal(TempDirTestCase):
         bars, resized_bars, resized = [], [], False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            screen = self.pane()
+            screen, current = self.screen_and_cursor_line()
             text = "\n".join(screen)
             columns = resize_to if resized else width
             # Only the final summary may start with "batches" (wrapped, on a narrow terminal).
             progress_lines = [l for i, l in enumerate(screen) if l.startswith("batches ") and "->" not in l
                               and not (i + 1 < len(screen) and "->" in screen[i + 1])]
             self.assertEqual(progress_lines, [], "plain progress lines instead of a bar:\n" + text)
-            current = self.cursor_line()
             if current.startswith("["):
-                self.assertLess(len(current), columns, current)
+                self.assertLess(len(current), columns, f"{current!r} on the screen\n{text}")
                 (resized_bars if resized else bars).append(current)
             if "EXIT=" in text:
                 return bars, resized_bars, text

@@ -115,12 +115,39 @@ spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
   return spec::parse_prompt(job.prompts_file->line(r), r, job.spec.prompts, job.spec.positions);
 }
 
-std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
+BatchTokenizer BatchTokenizer::of(const PreparedJob& job) {
+  return BatchTokenizer{job.prompts_file, job.tokenizer, job.spec.positions, job.spec.add_special_tokens,
+                        static_cast<std::size_t>(job.shape.positions)};
+}
+
+BatchTokenizer BatchTokenizer::for_rank(const spec::JobSpec& spec, std::string_view prompts_index,
+                                        const std::string& tokenizer_sha256, std::size_t positions_per_row) {
+  const auto tokenizer_text = read_file(spec.tokenizer, "tokenizer file");
+  if (sha256_hex(tokenizer_text) != tokenizer_sha256)
+    throw InputError(
+        fmt::format("{}: the tokenizer file on this node differs from the one rank 0 read; every "
+                    "node must see the same tokenizer file",
+                    spec.tokenizer.string()));
+  return BatchTokenizer{
+      std::make_shared<const spec::PromptsFile>(spec::PromptsFile::from_index(spec.prompts, prompts_index)),
+      std::make_shared<const tokenizer::Tokenizer>(
+          tokenizer::Tokenizer::from_json(tokenizer_text, spec.tokenizer.string())),
+      spec.positions, spec.add_special_tokens, positions_per_row};
+}
+
+std::vector<plan::EncodedPrompt> BatchTokenizer::encode(const std::vector<std::int64_t>& rows) const {
   std::vector<spec::PromptRecord> records;
   records.reserve(rows.size());
-  for (const auto row : rows) records.push_back(prompt_record(job, row));
-  return plan::encode_records(records, static_cast<std::size_t>(job.shape.positions), *job.tokenizer,
-                              job.spec.add_special_tokens, job.spec.prompts);
+  for (const auto row : rows) {
+    const auto r = static_cast<std::size_t>(row);
+    records.push_back(spec::parse_prompt(prompts_file->line(r), r, prompts_file->path(), default_positions));
+  }
+  return plan::encode_records(records, positions_per_row, *tokenizer, add_special_tokens,
+                              prompts_file->path());
+}
+
+std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job, const std::vector<std::int64_t>& rows) {
+  return BatchTokenizer::of(job).encode(rows);
 }
 
 nlohmann::json job_identity(const PreparedJob& job) {

@@ -25,12 +25,9 @@ std::optional<store::JournalEntry> journal_from(const json& j) {
 }
 
 json assignment_json(const Assignment& a) {
-  json prompts = json::array();
-  for (const auto& p : a.prompts) prompts.push_back({p.ids, p.positions});
   return {{"batch", a.batch},
           {"rows", a.rows},
           {"padded_len", a.padded_len},
-          {"prompts", prompts},
           {"journaled", journal_json(a.journaled)}};
 }
 
@@ -39,8 +36,6 @@ Assignment assignment_from(const json& j) {
   a.batch = j.at("batch");
   a.rows = j.at("rows").get<std::vector<std::int64_t>>();
   a.padded_len = j.at("padded_len");
-  for (const auto& p : j.at("prompts"))
-    a.prompts.push_back({p.at(0).get<std::vector<std::int32_t>>(), p.at(1).get<std::vector<std::int32_t>>()});
   a.journaled = journal_from(j.at("journaled"));
   return a;
 }

@@ -73,6 +73,9 @@ struct RunContext {
   std::optional<std::string> model_dir;
   std::optional<std::string> server_nnsight;
   int num_hidden_layers = 0;
+  // What the other ranks check their own tokenizer file against, and P of every prompt.
+  std::string tokenizer_sha256;
+  std::int64_t positions_per_row = 0;
 };
 
 json probe_to_json(const spec::Probe& p) {
@@ -117,7 +120,9 @@ std::string encode_context(const RunContext& c) {
               {"revision", c.revision ? json(*c.revision) : json()},
               {"model_dir", c.model_dir ? json(*c.model_dir) : json()},
               {"server_nnsight", c.server_nnsight ? json(*c.server_nnsight) : json()},
-              {"num_hidden_layers", c.num_hidden_layers}}
+              {"num_hidden_layers", c.num_hidden_layers},
+              {"tokenizer_sha256", c.tokenizer_sha256},
+              {"positions_per_row", c.positions_per_row}}
       .dump();
 }
 
@@ -150,6 +155,8 @@ RunContext decode_context(const json& j) {
   c.model_dir = optional_string(j.at("model_dir"));
   c.server_nnsight = optional_string(j.at("server_nnsight"));
   c.num_hidden_layers = j.at("num_hidden_layers");
+  c.tokenizer_sha256 = j.at("tokenizer_sha256");
+  c.positions_per_row = j.at("positions_per_row");
   return c;
 }
 
@@ -271,6 +278,8 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   c.output = final_spec.output.string();
   c.batches = static_cast<std::int64_t>(job.plan.batches.size());
   c.base_url = final_spec.endpoint;
+  c.tokenizer_sha256 = job.tokenizer_sha256;
+  c.positions_per_row = job.shape.positions;
   return setup;
 }
 
@@ -435,8 +444,11 @@ class FileSink final : public BatchSink {
   store::ParallelOutput& output_;
 };
 
-WorkerSettings worker_settings(const RunContext& c) {
+WorkerSettings worker_settings(const RunContext& c, BatchTokenizer prompts) {
   WorkerSettings s;
+  s.prompts_of = [prompts = std::move(prompts)](const std::vector<std::int64_t>& rows) {
+    return prompts.encode(rows);
+  };
   s.model = c.model;
   s.model_key = c.model_key;
   s.probes = c.probes;
@@ -498,9 +510,9 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
   pending.insert(pending.end(), fresh.begin(), fresh.end());
   auto assignment_of = [&job, &loop](std::int32_t b) {
     const auto& batch = job.plan.batches[static_cast<std::size_t>(b)];
-    Assignment a{b, batch.rows, batch.padded_len, {}, std::nullopt};
-    // Tokenized again here rather than kept from planning: rank 0 holds no prompt's token ids.
-    a.prompts = encode_batch(job, batch.rows);
+    // Rows only: the worker reads and tokenizes them again, so no rank holds the token ids of
+    // prompts it does not send.
+    Assignment a{b, batch.rows, batch.padded_len, std::nullopt};
     if (static_cast<std::size_t>(b) < loop.journal.size() &&
         !loop.journal[static_cast<std::size_t>(b)].empty())
       a.journaled = loop.journal[static_cast<std::size_t>(b)];
@@ -558,9 +570,19 @@ int run_sweep(const RunOptions& options) {
   if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
   RunContext ctx =
       decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  // Every rank tokenizes the batches it sends, reading their lines through rank 0's index of the
+  // prompts file (16 bytes a prompt) instead of reading the whole file again.
+  std::string prompts_index =
+      comm.size() > 1 ? comm.broadcast(root ? setup->job.prompts_file->index_bytes() : std::string())
+                      : std::string();
   std::unique_ptr<remote::RequestEncoder> encoder;
+  BatchTokenizer batch_prompts;
   if (int code = all_ranks_step(comm, [&] {
         injected_failure("start", rank);
+        batch_prompts = root ? BatchTokenizer::of(setup->job)
+                             : BatchTokenizer::for_rank(load_job_spec(options.job_file, options.overrides),
+                                                        prompts_index, ctx.tokenizer_sha256,
+                                                        static_cast<std::size_t>(ctx.positions_per_row));
         if (root && setup->encoder) {
           encoder = std::move(setup->encoder);
         } else {
@@ -569,6 +591,7 @@ int run_sweep(const RunOptions& options) {
         prepare_encoder(*encoder, ctx);
       }))
     return code;
+  std::string().swap(prompts_index);
   auto lock = store::OutputLock::acquire(ctx.output, comm.handle());
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
@@ -583,8 +606,8 @@ int run_sweep(const RunOptions& options) {
     if (root) start_root_loop(loop, *setup, ctx, output, options, comm.size());
     TransportClient client(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts});
     FileSink sink(output);
-    Worker worker(worker_settings(ctx), *encoder, client, sink, static_cast<std::uint64_t>(rank),
-                  root ? static_cast<std::ostream&>(loop.log) : std::cerr);
+    Worker worker(worker_settings(ctx, batch_prompts), *encoder, client, sink,
+                  static_cast<std::uint64_t>(rank), root ? static_cast<std::ostream&>(loop.log) : std::cerr);
     const auto show_log = [&] {
       if (!root || loop.log.tellp() == 0) return;
       loop.progress->log(loop.log.str());

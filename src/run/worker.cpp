@@ -68,9 +68,11 @@ void Worker::accept(std::vector<Assignment> batches) {
   if (batches.empty()) no_more_work_ = true;
   // Handed out before a drain that arrived after them: they are not started.
   if (drain_ != DrainRequest::none) return;
+  if (!settings_.prompts_of) throw InternalError("Worker: WorkerSettings::prompts_of is not set");
   for (auto& a : batches) {
-    remote::BatchRequest request{settings_.model,  settings_.model_key, a.prompts,       a.padded_len,
-                                 settings_.probes, settings_.dtype,     settings_.hidden};
+    remote::BatchRequest request{settings_.model, settings_.model_key, settings_.prompts_of(a.rows),
+                                 a.padded_len,    settings_.probes,    settings_.dtype,
+                                 settings_.hidden};
     Work w;
     try {
       // Encoded once: a retry sends the same request again.

@@ -33,13 +33,23 @@ struct PromptsFile::Descriptor {
   ~Descriptor() { ::close(fd); }
 };
 
-PromptsFile PromptsFile::index(const std::filesystem::path& path) {
-  const std::string name = path.string();
+namespace {
+
+int open_prompts(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
-    throw InputError(name + ": the prompts file is a directory; give the path of a file");
+    throw InputError(path.string() + ": the prompts file is a directory; give the path of a file");
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw InputError(name + ": cannot open the prompts file (does it exist and is it readable?)");
+  if (fd < 0)
+    throw InputError(path.string() + ": cannot open the prompts file (does it exist and is it readable?)");
+  return fd;
+}
+
+}  // namespace
+
+PromptsFile PromptsFile::index(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  const int fd = open_prompts(path);
   PromptsFile file;
   file.fd_ = std::make_shared<const Descriptor>(fd);
   file.path_ = path;
@@ -133,6 +143,65 @@ LineBlock PromptsFile::lines(std::size_t first, std::size_t count) const {
 }
 
 std::string PromptsFile::line(std::size_t row) const { return std::string(lines(row, 1).line(0)); }
+
+namespace {
+
+// The index as bytes: the file size, N, the SHA-256 (64 characters), N + 1 starts, N hashes, all
+// integers as 8 bytes in this machine's order (every rank of a job runs the same binary).
+void put_u64(std::string& out, std::uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
+
+std::uint64_t take_u64(std::string_view& in) {
+  if (in.size() < sizeof(std::uint64_t))
+    throw InternalError("PromptsFile::from_index: the index is cut short");
+  std::uint64_t v = 0;
+  std::memcpy(&v, in.data(), sizeof v);
+  in.remove_prefix(sizeof v);
+  return v;
+}
+
+}  // namespace
+
+std::string PromptsFile::index_bytes() const {
+  std::string out;
+  out.reserve(8 * (3 + starts_.size() + hashes_.size()) + sha256_.size());
+  put_u64(out, bytes_);
+  put_u64(out, rows());
+  out += sha256_;
+  for (const auto v : starts_) put_u64(out, v);
+  for (const auto v : hashes_) put_u64(out, v);
+  return out;
+}
+
+PromptsFile PromptsFile::from_index(const std::filesystem::path& path, std::string_view index) {
+  PromptsFile file;
+  file.bytes_ = take_u64(index);
+  const std::uint64_t n = take_u64(index);
+  if (index.size() < 64 || n == 0 || (index.size() - 64) / 16 < n || index.size() != 64 + 16 * n + 8)
+    throw InternalError("PromptsFile::from_index: not an index of " + path.string());
+  file.sha256_ = std::string(index.substr(0, 64));
+  index.remove_prefix(64);
+  file.starts_.resize(n + 1);
+  for (auto& v : file.starts_) v = take_u64(index);
+  file.hashes_.resize(n);
+  for (auto& v : file.hashes_) v = take_u64(index);
+  for (std::size_t r = 0; r < n; ++r)
+    if (file.starts_[r + 1] <= file.starts_[r])
+      throw InternalError("PromptsFile::from_index: the line starts of " + path.string() +
+                          " do not increase");
+  if (file.starts_[0] != 0 || file.starts_[n] > file.bytes_ + 1 || file.starts_[n] < file.bytes_)
+    throw InternalError("PromptsFile::from_index: the line starts of " + path.string() +
+                        " are not its lines");
+
+  const int fd = open_prompts(path);
+  file.fd_ = std::make_shared<const Descriptor>(fd);
+  file.path_ = path;
+  struct stat info {};
+  if (::fstat(fd, &info) != 0 || static_cast<std::uint64_t>(info.st_size) != file.bytes_)
+    throw InputError(path.string() + ": the prompts file here has " + std::to_string(info.st_size) +
+                     " bytes, the one rank 0 read " + std::to_string(file.bytes_) +
+                     "; every node must see the same prompts file");
+  return file;
+}
 
 std::vector<PromptRecord> parse_lines(const LineBlock& block, const std::filesystem::path& path,
                                       const std::vector<PositionSpec>& default_positions, unsigned threads) {

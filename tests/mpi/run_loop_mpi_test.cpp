@@ -35,7 +35,7 @@ struct Script {
   bool fail_first_attempts = false;      ///< every batch's first attempt fails (retried)
   bool signal_after_first = false;       ///< the last rank sees SIGUSR1 after its first written batch
   bool invalid_with_long_error = false;  ///< every batch is rejected with a 256 KiB error text
-  std::size_t prompt_tokens = 0;         ///< > 0: every prompt this long (large Assign messages)
+  std::size_t batch_rows = 0;            ///< > 0: every batch this many rows (large Assign messages)
 };
 
 struct Result {
@@ -50,12 +50,8 @@ Result run_loop(const Communicator& comm, const Script& script) {
   std::optional<Coordinator> coordinator;
   auto assignment_of = [&](std::int32_t b) {
     auto a = testing::test_assignment(b);
-    if (script.prompt_tokens > 0)
-      for (auto& p : a.prompts) {
-        p.ids.assign(script.prompt_tokens, 100 + b);
-        p.positions = {static_cast<std::int32_t>(script.prompt_tokens - 1)};
-      }
-    if (script.prompt_tokens > 0) a.padded_len = static_cast<std::int32_t>(script.prompt_tokens);
+    for (std::size_t k = 2; k < script.batch_rows; ++k)
+      a.rows.push_back(2 * b + static_cast<std::int64_t>(k));
     return a;
   };
   if (checks.rank == 0) {
@@ -68,6 +64,9 @@ Result run_loop(const Communicator& comm, const Script& script) {
   testing::FakeClient client;
   testing::RecordingSink sink;
   remote::GraphRequestEncoder encoder;
+  // Prompts are made on this rank from the rows it was handed (test_prompts: the first two rows'
+  // prompts, so the large-message scenario's requests stay small: it is about the messages
+  // between ranks, not the requests).
   Worker worker(testing::test_settings(3), encoder, client, sink, static_cast<std::uint64_t>(checks.rank),
                 log);
   std::map<std::int64_t, int> failed_once;
@@ -177,11 +176,11 @@ void run_all() {
     }
   }
   {
-    // Large messages both ways at once (400 KB assignments out, 256 KiB errors back): rank 0 stops
-    // the run after three invalid batches in a row, with exit 5 on every rank.
+    // Large messages both ways at once (480 KB assignments of 60000 rows out, 256 KiB errors back): rank 0
+    // stops the run after three invalid batches in a row, with exit 5 on every rank.
     Script script;
     script.batches = 24;
-    script.prompt_tokens = 50000;
+    script.batch_rows = 60000;
     script.invalid_with_long_error = true;
     const auto r = run_loop(comm, script);
     expect(r.exit_code == 5, "rejected run: outcome 5, got " + std::to_string(r.exit_code));

@@ -16,6 +16,12 @@
 
 namespace ndif::run::testing {
 
+/// The prompts of rows {2b, 2b + 1} (batch b): two prompts whose ids say which batch they belong to.
+inline std::vector<plan::EncodedPrompt> test_prompts(const std::vector<std::int64_t>& rows) {
+  const auto b = static_cast<std::int32_t>(rows.at(0) / 2);
+  return {plan::EncodedPrompt{{1, 100 + b, 7}, {2}}, plan::EncodedPrompt{{1, 200 + b}, {1}}};
+}
+
 /// The job every loop test runs: one probe of 2 layers, P = 1, H = 4, float16.
 inline WorkerSettings test_settings(int max_inflight = 2) {
   WorkerSettings s;
@@ -27,16 +33,16 @@ inline WorkerSettings test_settings(int max_inflight = 2) {
   s.max_inflight = max_inflight;
   s.retry = spec::RetryOptions{3, 0.001, 0.002};
   s.states_every = std::chrono::milliseconds(0);
+  s.prompts_of = test_prompts;
   return s;
 }
 
-/// Batch b: two prompts whose ids say which batch they belong to.
+/// Batch b: rows 2b and 2b + 1, whose prompts are test_prompts'.
 inline Assignment test_assignment(std::int32_t b) {
   Assignment a;
   a.batch = b;
   a.rows = {2 * b, 2 * b + 1};
   a.padded_len = 3;
-  a.prompts = {plan::EncodedPrompt{{1, 100 + b, 7}, {2}}, plan::EncodedPrompt{{1, 200 + b}, {1}}};
   return a;
 }
 
@@ -44,7 +50,8 @@ inline Assignment test_assignment(std::int32_t b) {
 inline remote::BatchRequest test_request(std::int32_t b) {
   const auto s = test_settings();
   const auto a = test_assignment(b);
-  return remote::BatchRequest{s.model, s.model_key, a.prompts, a.padded_len, s.probes, s.dtype, s.hidden};
+  return remote::BatchRequest{s.model, s.model_key, test_prompts(a.rows), a.padded_len, s.probes,
+                              s.dtype, s.hidden};
 }
 
 /// The value every element of batch b's result holds (as float16 bits): data says its batch.

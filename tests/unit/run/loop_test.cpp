@@ -149,7 +149,7 @@ TEST(Messages, EveryMessageSurvivesItsTextForm) {
   }
   const auto back = std::get<msg::Assign>(decode_message(encode_message(all[7])));
   ASSERT_EQ(back.batches.size(), 2U);
-  EXPECT_EQ(back.batches[0].prompts[0].ids, (std::vector<std::int32_t>{1, 107, 7}));
+  EXPECT_EQ(back.batches[0].rows, (std::vector<std::int64_t>{14, 15}));
   EXPECT_EQ(back.batches[0].journaled->request_hash, 0xfedcba9876543210ULL);
   EXPECT_EQ(back.batches[0].journaled->job_id, "abc-123");
   EXPECT_FALSE(back.batches[1].journaled);

@@ -68,6 +68,29 @@ TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
   EXPECT_EQ(prepared.job_hash.size(), 64u);
 }
 
+TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
+  const auto prepared = prepare_job(job(), {}, no_network);
+  const auto spec = load_job_spec(dir_ / "job.json", {});
+  const auto index = prepared.prompts_file->index_bytes();
+  const auto other = BatchTokenizer::for_rank(spec, index, prepared.tokenizer_sha256, 2);
+  const auto theirs = other.encode({2, 0, 1});
+  const auto ours = encode_batch(prepared, {2, 0, 1});
+  ASSERT_EQ(theirs.size(), 3u);
+  for (std::size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(theirs[k].ids, ours[k].ids);
+    EXPECT_EQ(theirs[k].positions, ours[k].positions);
+  }
+  EXPECT_EQ(theirs[2].ids.size(), 12u);
+  EXPECT_EQ(theirs[2].positions, (std::vector<std::int32_t>{0, 11}));
+  // A node whose tokenizer file is not rank 0's is refused.
+  try {
+    (void)BatchTokenizer::for_rank(spec, index, std::string(64, '0'), 2);
+    ADD_FAILURE() << "another tokenizer was taken";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("every node must see the same tokenizer file"));
+  }
+}
+
 TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPlanningDid) {
   const auto fresh = prepare_job(job(), {}, no_network);
   bool asked = false;

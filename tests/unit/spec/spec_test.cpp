@@ -624,6 +624,35 @@ TEST(PromptsFile, ALineChangedInPlaceIsRefusedAndAReplacedFileIsNotRead) {
   std::filesystem::remove(other);
 }
 
+TEST(PromptsFile, AnotherProcessReadsTheSameLinesThroughTheIndex) {
+  const std::string text = "\"one\"\n{\"prompt\": \"two\", \"id\": 2}\n\"three\"";
+  const auto path = write_prompts_file("ndif_spec_test_from_index.jsonl", text);
+  const auto file = PromptsFile::index(path);
+  const auto index = file.index_bytes();
+  const auto other = PromptsFile::from_index(path, index);
+  EXPECT_EQ(other.rows(), 3U);
+  EXPECT_EQ(other.sha256(), file.sha256());
+  EXPECT_EQ(other.bytes(), text.size());
+  for (std::size_t row = 0; row < 3; ++row) EXPECT_EQ(other.line(row), file.line(row));
+  EXPECT_EQ(other.index_bytes(), index);
+  // Not an index: cut short, or with line starts that do not increase.
+  EXPECT_THROW((void)PromptsFile::from_index(path, std::string_view(index).substr(0, index.size() - 1)),
+               InternalError);
+  auto bad = index;
+  bad[8 + 8 + 64 + 8] = bad[8 + 8 + 64];  // start of row 1 = start of row 0
+  EXPECT_THROW((void)PromptsFile::from_index(path, bad), InternalError);
+  // Another file here than the one indexed.
+  const auto longer = write_prompts_file("ndif_spec_test_from_index2.jsonl", text + "\n\"four\"\n");
+  try {
+    (void)PromptsFile::from_index(longer, index);
+    ADD_FAILURE() << "a file of another size was taken";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("every node must see the same prompts file"));
+  }
+  std::filesystem::remove(path);
+  std::filesystem::remove(longer);
+}
+
 TEST(Prompts, ReadsTheFileFromDisk) {
   const auto path = std::filesystem::temp_directory_path() / "ndif_spec_test_prompts.jsonl";
   { std::ofstream(path) << "\"x\"\n{\"prompt\": \"y\"}\n"; }

@@ -70,6 +70,31 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 [[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
                                       const StoredPlanSource& stored_plan = {});
 
+/// What a rank needs to tokenize the prompts of its batches again, as planning did: the prompts
+/// file, the tokenizer and the job's positions. Rank 0 takes its PreparedJob's; the other ranks
+/// make theirs from the same job spec and rank 0's index of the prompts file (for_rank).
+struct BatchTokenizer {
+  std::shared_ptr<const spec::PromptsFile> prompts_file;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+  std::vector<spec::PositionSpec> default_positions;
+  bool add_special_tokens = true;
+  std::size_t positions_per_row = 0;
+
+  /// The job's, on the rank that prepared it.
+  [[nodiscard]] static BatchTokenizer of(const PreparedJob& job);
+  /// Another rank's, for `spec` (the same job file and flags as rank 0's): the tokenizer file read
+  /// here must have rank 0's SHA-256 `tokenizer_sha256`, and the prompts file is opened with rank
+  /// 0's index (PromptsFile::index_bytes). Throws InputError naming the file when this node sees
+  /// other files than rank 0.
+  [[nodiscard]] static BatchTokenizer for_rank(const spec::JobSpec& spec, std::string_view prompts_index,
+                                               const std::string& tokenizer_sha256,
+                                               std::size_t positions_per_row);
+
+  /// The token ids and positions of the prompts `rows`, in that order. Throws as
+  /// plan::encode_records, and as spec::PromptsFile::lines when a line changed.
+  [[nodiscard]] std::vector<plan::EncodedPrompt> encode(const std::vector<std::int64_t>& rows) const;
+};
+
 /// Row `row` of the prompts file, read and parsed again.
 [[nodiscard]] spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row);
 
@@ -82,7 +107,8 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 [[nodiscard]] nlohmann::json job_identity(const PreparedJob& job);
 
 /// The token ids and positions of the prompts `rows`, in that order, tokenized again as planning
-/// did (deterministic). Throws as plan::encode_records, and as spec::PromptsFile::lines when a line changed.
+/// did (deterministic): BatchTokenizer::of(job).encode(rows). Throws as plan::encode_records, and as
+/// spec::PromptsFile::lines when a line changed.
 [[nodiscard]] std::vector<plan::EncodedPrompt> encode_batch(const PreparedJob& job,
                                                             const std::vector<std::int64_t>& rows);
 

@@ -16,14 +16,13 @@
 
 namespace ndif::run {
 
-/// One batch as the coordinator hands it to a worker: its rows, the padded length and every
-/// prompt's token ids and positions (workers never read the prompts file), and the NDIF job the
+/// One batch as the coordinator hands it to a worker: its rows and padded length (the worker reads
+/// and tokenizes the rows' prompts itself, WorkerSettings::prompts_of), and the NDIF job the
 /// journal recorded for it, which the worker polls before it sends the batch again.
 struct Assignment {
   std::int32_t batch = 0;
   std::vector<std::int64_t> rows;
   std::int32_t padded_len = 0;
-  std::vector<plan::EncodedPrompt> prompts;
   std::optional<store::JournalEntry> journaled;
 };
 

@@ -89,6 +89,10 @@ struct WorkerSettings {
   /// the next job queues while this one downloads) or only once its data is written (the
   /// one-batch-at-a-time loop that bench/link_bench.py measures as its baseline).
   bool overlap_downloads = true;
+  /// The token ids and positions of a batch's rows, in that order, read and tokenized on this rank
+  /// as planning did (deterministic): what the worker sends for an Assignment. Errors propagate
+  /// (a prompts file changed under the run stops it, exit 2).
+  std::function<std::vector<plan::EncodedPrompt>(const std::vector<std::int64_t>& rows)> prompts_of;
 };
 
 class Worker {

@@ -53,6 +53,14 @@ class PromptsFile {
   /// Row `row`'s line. Throws as lines().
   [[nodiscard]] std::string line(std::size_t row) const;
 
+  /// The index as bytes, for another process to read the same file without reading it whole
+  /// (rank 0 broadcasts it): from_index(path, index_bytes()) reads what this object reads.
+  [[nodiscard]] std::string index_bytes() const;
+  /// Opens `path` with an index made by index_bytes() elsewhere. Throws InputError naming the file
+  /// when it cannot be opened or its size is not the indexed one (every line read is still checked
+  /// against its hash), InternalError when `index` is not an index.
+  [[nodiscard]] static PromptsFile from_index(const std::filesystem::path& path, std::string_view index);
+
  private:
   struct Descriptor;
   std::shared_ptr<const Descriptor> fd_;

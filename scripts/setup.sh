@@ -20,7 +20,7 @@ PKGS=(
   openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools libpmix-dev
   libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev libutf8proc-dev libzstd-dev zlib1g-dev libxxhash-dev libcpp-httplib-dev zstd
+  libpcre2-dev libutf8proc-dev libzstd-dev libdeflate-dev zlib1g-dev libxxhash-dev libcpp-httplib-dev zstd
   python3 python3-numpy python3-h5py python3-matplotlib python3-torch
   python3-nbclient python3-nbformat python3-ipykernel
   slurm-wlm munge

@@ -158,12 +158,10 @@ DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResu
   const auto limit = max_result_bytes(expected);
   // An uncompressed result is read where it lies: copies of a whole batch are what limits a
   // rank's throughput (bench/write_bench.cpp).
-  static constexpr std::array<std::byte, 4> kZstdMagic{std::byte{0x28}, std::byte{0xB5}, std::byte{0x2F},
-                                                       std::byte{0xFD}};
   std::vector<std::byte> inflated;
   std::span<const std::byte> file = bytes;
-  if (bytes.size() >= 4 && std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin())) {
-    inflated = torchsave::maybe_decompress_zstd(std::vector<std::byte>(bytes.begin(), bytes.end()), limit);
+  if (torchsave::is_zstd(bytes)) {
+    inflated = torchsave::decompress_zstd(bytes, limit);
     file = inflated;
   }
   const auto root = torchsave::load(file);

@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 
@@ -26,8 +27,15 @@ std::size_t check(std::size_t ret, const char* what) {
 }  // namespace
 
 std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes, std::size_t max_bytes) {
-  if (bytes.size() < kZstdMagic.size() || !std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin()))
-    return bytes;
+  if (!is_zstd(bytes)) return bytes;
+  return decompress_zstd(bytes, max_bytes);
+}
+
+bool is_zstd(std::span<const std::byte> bytes) noexcept {
+  return bytes.size() >= kZstdMagic.size() && std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin());
+}
+
+std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes) {
   DStream stream{ZSTD_createDStream()};
   if (!stream) throw InternalError("zstd: cannot allocate a decompression stream");
   check(ZSTD_initDStream(stream.get()), "initialise decompression");
@@ -35,6 +43,11 @@ std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes, std::
   // The frame header's content size may be absent or wrong, so the output grows in chunks as
   // zstd produces it and stops at max_bytes instead of trusting the header.
   std::vector<std::byte> out;
+  // Room for what the (first) frame header announces, never more than the limit: growing a
+  // batch's 40 MB by doubling copied it about once more (bench/write_bench.cpp).
+  const auto announced = ZSTD_getFrameContentSize(bytes.data(), bytes.size());
+  if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR)
+    out.reserve(static_cast<std::size_t>(std::min<unsigned long long>(announced, max_bytes)));
   const std::size_t chunk = ZSTD_DStreamOutSize();
   ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
   std::size_t pending = 1;  // non-zero while a frame is incomplete

@@ -7,6 +7,7 @@
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
 #include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/core/zip_writer.hpp"
 
 namespace ndif {
 namespace {
@@ -24,6 +25,21 @@ TEST(Hash, Sha256OfFileEqualsSha256OfItsBytes) {
 }
 
 TEST(Hash, Xxh3OfEmptyInputIsTheReferenceValue) { EXPECT_EQ(xxh3_64({}), 0x2D06800538D394C2ULL); }
+
+TEST(Hash, Crc32IsTheZipCheckValueAndChains) {
+  // The CRC-32 of the ZIP format: "123456789" has the check value 0xCBF43926.
+  const std::string digits = "123456789";
+  const auto bytes = std::as_bytes(std::span(digits.data(), digits.size()));
+  EXPECT_EQ(crc32(bytes), 0xCBF43926u);
+  EXPECT_EQ(crc32({}), 0u);
+  EXPECT_EQ(crc32(bytes.subspan(4), crc32(bytes.first(4))), 0xCBF43926u);
+  // Long enough for the folded path: one byte changed anywhere changes it.
+  std::vector<std::byte> block(1 << 20, std::byte{0x5A});
+  const auto whole = crc32(block);
+  block[777777] = std::byte{0x5B};
+  EXPECT_NE(crc32(block), whole);
+  EXPECT_EQ(crc32(std::span(block).subspan(1000), crc32(std::span(block).first(1000))), crc32(block));
+}
 
 TEST(Files, MissingFileIsAnInputErrorNamingThePath) {
   try {

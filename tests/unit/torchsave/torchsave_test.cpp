@@ -454,15 +454,30 @@ TEST(TorchsaveZstd, OutputIsBoundedByMaxBytesWhateverTheHeaderSays) {
     EXPECT_EQ(maybe_decompress_zstd(packed, 5000).size(), 5000u);
     EXPECT_THROW((void)maybe_decompress_zstd(packed, 4999), DecodeError);
   }
-  // 200 MB of zeros compress to a few kilobytes; the limit stops it early.
-  const auto bomb = zstd_compress(std::vector<std::byte>(200'000'000), false);
-  ASSERT_LT(bomb.size(), 100'000u);
-  try {
-    (void)maybe_decompress_zstd(bomb, 1'000'000);
-    ADD_FAILURE() << "a 200 MB frame passed a 1 MB limit";
-  } catch (const DecodeError& e) {
-    EXPECT_NE(std::string(e.what()).find("exceeds the limit of 1000000 bytes"), std::string::npos);
+  // 200 MB of zeros compress to a few kilobytes; the limit stops it early, also when the header
+  // announces the 200 MB (the room made for the output follows the limit, not the header).
+  for (bool with_size : {false, true}) {
+    const auto bomb = zstd_compress(std::vector<std::byte>(200'000'000), with_size);
+    ASSERT_LT(bomb.size(), 100'000u);
+    try {
+      (void)maybe_decompress_zstd(bomb, 1'000'000);
+      ADD_FAILURE() << "a 200 MB frame passed a 1 MB limit";
+    } catch (const DecodeError& e) {
+      EXPECT_NE(std::string(e.what()).find("exceeds the limit of 1000000 bytes"), std::string::npos);
+    }
   }
+}
+
+TEST(TorchsaveZstd, DecompressReadsFramesWhereTheyLieAndRefusesOtherBytes) {
+  const auto data = counting_bytes(70000);
+  auto buffer = bytes_of("head");
+  const auto packed = zstd_compress(data, true);
+  buffer.insert(buffer.end(), packed.begin(), packed.end());
+  const std::span<const std::byte> frames = std::span<const std::byte>(buffer).subspan(4);
+  ASSERT_TRUE(is_zstd(frames));
+  EXPECT_EQ(decompress_zstd(frames, data.size()), data);
+  EXPECT_FALSE(is_zstd(buffer));
+  EXPECT_THROW((void)decompress_zstd(buffer, 1 << 20), DecodeError);
 }
 
 TEST(TorchsaveZstd, TruncatedOrDamagedFramesAreDecodeErrors) {

@@ -25,4 +25,11 @@ namespace ndif::torchsave {
 [[nodiscard]] std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes,
                                                            std::size_t max_bytes);
 
+/// Whether `bytes` starts with the zstd magic number.
+[[nodiscard]] bool is_zstd(std::span<const std::byte> bytes) noexcept;
+
+/// Decompresses the zstd frames `bytes` (read where they lie, not copied), bounded by
+/// `max_bytes`. Throws DecodeError on a damaged or oversized frame or on bytes that are not zstd.
+[[nodiscard]] std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes);
+
 }  // namespace ndif::torchsave

@@ -33,8 +33,9 @@ void put_str(std::vector<std::byte>& out, std::string_view s) {
 
 }  // namespace
 
-// libdeflate's CRC-32 folds 64 bytes a step with carry-less multiplies where the CPU has them: about
-// ten times zlib's table-driven one, which was 17% of decoding a plain result (docs/performance.md).
+// libdeflate's CRC-32 folds 64 bytes a step with carry-less multiplies where the CPU has them: 7.5
+// GB/s against zlib's table-driven 2.0 GB/s here, which was 17% of decoding a plain result
+// (docs/performance.md).
 std::uint32_t crc32(std::span<const std::byte> data, std::uint32_t crc) noexcept {
   return libdeflate_crc32(crc, data.data(), data.size());
 }

@@ -111,8 +111,7 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
 }
 
 spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
-  const auto r = static_cast<std::size_t>(row);
-  return spec::parse_prompt(job.prompts_file->line(r), r, job.spec.prompts, job.spec.positions);
+  return BatchTokenizer::of(job).record(row);
 }
 
 BatchTokenizer BatchTokenizer::of(const PreparedJob& job) {
@@ -135,13 +134,15 @@ BatchTokenizer BatchTokenizer::for_rank(const spec::JobSpec& spec, std::string_v
       spec.positions, spec.add_special_tokens, positions_per_row};
 }
 
+spec::PromptRecord BatchTokenizer::record(std::int64_t row) const {
+  const auto r = static_cast<std::size_t>(row);
+  return spec::parse_prompt(prompts_file->line(r), r, prompts_file->path(), default_positions);
+}
+
 std::vector<plan::EncodedPrompt> BatchTokenizer::encode(const std::vector<std::int64_t>& rows) const {
   std::vector<spec::PromptRecord> records;
   records.reserve(rows.size());
-  for (const auto row : rows) {
-    const auto r = static_cast<std::size_t>(row);
-    records.push_back(spec::parse_prompt(prompts_file->line(r), r, prompts_file->path(), default_positions));
-  }
+  for (const auto row : rows) records.push_back(record(row));
   return plan::encode_records(records, positions_per_row, *tokenizer, add_special_tokens,
                               prompts_file->path());
 }

@@ -176,7 +176,8 @@ PromptsFile PromptsFile::from_index(const std::filesystem::path& path, std::stri
   PromptsFile file;
   file.bytes_ = take_u64(index);
   const std::uint64_t n = take_u64(index);
-  if (index.size() < 64 || n == 0 || (index.size() - 64) / 16 < n || index.size() != 64 + 16 * n + 8)
+  // 64 characters of SHA-256, N + 1 starts and N hashes; n is bounded first so that 16n cannot wrap.
+  if (n == 0 || n > index.size() / 16 || index.size() != 64 + 16 * n + 8)
     throw InternalError("PromptsFile::from_index: not an index of " + path.string());
   file.sha256_ = std::string(index.substr(0, 64));
   index.remove_prefix(64);

@@ -80,6 +80,10 @@ TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
     EXPECT_EQ(theirs[k].ids, ours[k].ids);
     EXPECT_EQ(theirs[k].positions, ours[k].positions);
   }
+  // Planning's lengths, which the plan's padding was made from, not only the same code run twice.
+  for (std::size_t k = 0; k < 3; ++k)
+    EXPECT_EQ(theirs[k].ids.size(),
+              static_cast<std::size_t>(prepared.n_tokens.at(std::vector<std::size_t>{2, 0, 1}[k])));
   EXPECT_EQ(theirs[2].ids.size(), 12u);
   EXPECT_EQ(theirs[2].positions, (std::vector<std::int32_t>{0, 11}));
   // A node whose tokenizer file is not rank 0's is refused.

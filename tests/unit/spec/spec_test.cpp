@@ -649,8 +649,16 @@ TEST(PromptsFile, AnotherProcessReadsTheSameLinesThroughTheIndex) {
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), HasSubstr("every node must see the same prompts file"));
   }
+  // The same size, another line: opened, but that line is refused when it is read.
+  std::string changed = text;
+  changed[changed.find("two")] = 'T';
+  const auto same_size = write_prompts_file("ndif_spec_test_from_index3.jsonl", changed);
+  const auto copy = PromptsFile::from_index(same_size, index);
+  EXPECT_EQ(copy.line(0), "\"one\"");
+  EXPECT_THROW((void)copy.line(1), InputError);
   std::filesystem::remove(path);
   std::filesystem::remove(longer);
+  std::filesystem::remove(same_size);
 }
 
 TEST(Prompts, ReadsTheFileFromDisk) {

@@ -90,12 +90,14 @@ struct BatchTokenizer {
                                                const std::string& tokenizer_sha256,
                                                std::size_t positions_per_row);
 
+  /// Row `row` of the prompts file, read and parsed again. Throws as spec::PromptsFile::lines.
+  [[nodiscard]] spec::PromptRecord record(std::int64_t row) const;
   /// The token ids and positions of the prompts `rows`, in that order. Throws as
   /// plan::encode_records, and as spec::PromptsFile::lines when a line changed.
   [[nodiscard]] std::vector<plan::EncodedPrompt> encode(const std::vector<std::int64_t>& rows) const;
 };
 
-/// Row `row` of the prompts file, read and parsed again.
+/// Row `row` of the prompts file, read and parsed again: BatchTokenizer::of(job).record(row).
 [[nodiscard]] spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row);
 
 /// The JSON that `job_hash` is the SHA-256 of: the canonical spec without the keys that only steer

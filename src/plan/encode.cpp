@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <numeric>
@@ -134,25 +135,27 @@ struct RowError {
   std::exception_ptr error;
 };
 
-/// A prompt's id hash and row, sorted to find repeated ids without holding the ids.
-struct IdKey {
-  std::uint64_t hash;
-  std::size_t row;
-  auto operator<=>(const IdKey&) const = default;
-};
-
 std::uint64_t id_hash(const std::string& id) noexcept {
   return xxh3_64(std::as_bytes(std::span<const char>(id.data(), id.size())));
 }
 
-/// Measures rows [begin, end) into `shapes` on `threads` threads (contiguous slices), the record of
+/// Where measure_range puts what it measures: row r goes to index r - base of each array.
+struct MeasureInto {
+  std::size_t base = 0;
+  std::span<std::int32_t> n_tokens;
+  std::span<std::int32_t> positions;   ///< P per row
+  std::uint64_t* id_hashes = nullptr;  ///< or nullptr: ids are not hashed
+  std::int32_t max_token_id = -1;
+  std::size_t max_token_row = 0;
+};
+
+/// Measures rows [begin, end) into `into` on `threads` threads (contiguous slices), the record of
 /// a row made by `record_at(row, scratch)`. Each slice stops at its first bad row; the lowest is
-/// returned, so the error is the one a single thread would meet first. With `ids`, each row's id
-/// hash goes to ids[row].
+/// returned, so the error is the one a single thread would meet first.
 template <typename RecordAt>
 RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, const RecordAt& record_at,
                        std::size_t p, const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
-                       const std::string& name, PromptShapes& shapes, std::vector<IdKey>* ids) {
+                       const std::string& name, MeasureInto& into) {
   const std::size_t n = end - begin;
   const std::size_t parts = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 64));
   struct Slice {
@@ -168,11 +171,12 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
          ++row) {
       try {
         const spec::PromptRecord& record = record_at(row, scratch);
-        if (ids != nullptr) (*ids)[row] = IdKey{id_hash(record.id), row};
+        const std::size_t at = row - into.base;
+        if (into.id_hashes != nullptr) into.id_hashes[at] = id_hash(record.id);
         auto prompt = encode_one(record, p, 1, tokenizer, add_special_tokens, name);
-        shapes.n_tokens[row] = static_cast<std::int32_t>(prompt.ids.size());
+        into.n_tokens[at] = static_cast<std::int32_t>(prompt.ids.size());
         std::copy(prompt.positions.begin(), prompt.positions.end(),
-                  shapes.positions.begin() + static_cast<std::ptrdiff_t>(row * p));
+                  into.positions.begin() + static_cast<std::ptrdiff_t>(at * p));
         for (const auto id : prompt.ids) {
           if (id > slice.max_id) {
             slice.max_id = id;
@@ -191,9 +195,9 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
   for (auto& t : pool) t.join();
   for (const Slice& slice : slices) {
     if (slice.bad.error) return slice.bad;  // slices are in row order
-    if (slice.max_id > shapes.max_token_id) {
-      shapes.max_token_id = slice.max_id;
-      shapes.max_token_row = slice.max_row;
+    if (slice.max_id > into.max_token_id) {
+      into.max_token_id = slice.max_id;
+      into.max_token_row = slice.max_row;
     }
   }
   return {};
@@ -249,43 +253,206 @@ PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
   if (n == 0) return shapes;
   const std::size_t p = prompts.front().positions.size();
   size_shapes(shapes, n, p);
+  MeasureInto into{0, shapes.n_tokens, shapes.positions};
   const auto bad = measure_range(
       0, n, threads,
       [&](std::size_t row, spec::PromptRecord&) -> const spec::PromptRecord& { return prompts[row]; }, p,
-      tokenizer, add_special_tokens, prompts_file.string(), shapes, nullptr);
+      tokenizer, add_special_tokens, prompts_file.string(), into);
   if (bad.error) std::rethrow_exception(bad.error);
+  shapes.max_token_id = into.max_token_id;
+  shapes.max_token_row = into.max_token_row;
   return shapes;
+}
+
+std::size_t positions_per_row(const spec::PromptsFile& file,
+                              const std::vector<spec::PositionSpec>& default_positions) {
+  return spec::parse_prompt(file.line(0), 0, file.path(), default_positions).positions.size();
+}
+
+std::pair<std::size_t, std::size_t> scan_part_rows(std::size_t rows, std::size_t part, std::size_t parts) {
+  return {rows * part / parts, rows * (part + 1) / parts};
+}
+
+ScanPart scan_part(const spec::PromptsFile& file, const std::vector<spec::PositionSpec>& default_positions,
+                   const tokenizer::Tokenizer& tokenizer, bool add_special_tokens, std::size_t p,
+                   std::size_t first, std::size_t end, unsigned threads, std::size_t block_rows) {
+  ScanPart part;
+  part.first = first;
+  part.end = end;
+  const std::size_t n = end - first;
+  part.n_tokens.assign(n, 0);
+  part.positions.assign(n * p, 0);
+  part.id_hashes.assign(n, 0);
+  MeasureInto into{first, part.n_tokens, part.positions, part.id_hashes.data()};
+  const std::string name = file.path().string();
+  block_rows = std::max<std::size_t>(block_rows, 1);
+  RowError bad;
+  for (std::size_t at = first; at < end && !bad.error; at += block_rows) {
+    const auto block = file.lines(at, std::min(block_rows, end - at));
+    bad = measure_range(
+        at, at + block.size(), threads,
+        [&](std::size_t row, spec::PromptRecord& scratch) -> const spec::PromptRecord& {
+          scratch = spec::parse_prompt(block.line(row - at), row, file.path(), default_positions);
+          return scratch;
+        },
+        p, tokenizer, add_special_tokens, name, into);
+  }
+  part.max_token_id = into.max_token_id;
+  part.max_token_row = into.max_token_row;
+  if (bad.error) {
+    // Only the rows before the bad one count: what follows it is never planned.
+    part.end = bad.row;
+    part.n_tokens.resize(bad.row - first);
+    part.positions.resize((bad.row - first) * p);
+    part.id_hashes.resize(bad.row - first);
+    part.bad_row = bad.row;
+    part.error = bad.error;
+  }
+  return part;
+}
+
+namespace {
+
+/// The bytes of a ScanPart: a header of u64 (first, end, bad_row, max_token_row, P), i32
+/// max_token_id, i32 exit code of the error, u64 length of its message, then the message, the
+/// lengths, the positions and the id hashes, all little-endian as this machine's memory.
+struct ScanPartHeader {
+  std::uint64_t first, end, bad_row, max_token_row, p;
+  std::int32_t max_token_id, exit_code;
+  std::uint64_t message_bytes;
+};
+
+template <typename T>
+void append(std::string& out, const T* data, std::size_t count) {
+  out.append(reinterpret_cast<const char*>(data), count * sizeof(T));
+}
+
+template <typename T>
+void take(std::string_view& in, T* data, std::size_t count) {
+  const std::size_t bytes = count * sizeof(T);
+  if (in.size() < bytes) throw InternalError("planning: another rank's part of the scan is cut short");
+  std::memcpy(data, in.data(), bytes);
+  in.remove_prefix(bytes);
+}
+
+}  // namespace
+
+std::string encode_scan_part(const ScanPart& part, std::size_t p) {
+  std::string message;
+  int code = 0;
+  if (part.error) {
+    try {
+      std::rethrow_exception(part.error);
+    } catch (const Error& e) {
+      code = static_cast<int>(e.exit_code());
+      message = e.what();
+    } catch (const std::exception& e) {
+      code = static_cast<int>(ExitCode::failure);
+      message = std::string("internal error: ") + e.what();
+    } catch (...) {
+      code = static_cast<int>(ExitCode::failure);
+      message = "internal error: an unknown exception";
+    }
+  }
+  const ScanPartHeader header{part.first, part.end,          part.bad_row, part.max_token_row,
+                              p,          part.max_token_id, code,         message.size()};
+  std::string out;
+  out.reserve(sizeof header + message.size() + part.n_tokens.size() * (4 + 4 * p + 8));
+  append(out, &header, 1);
+  out += message;
+  append(out, part.n_tokens.data(), part.n_tokens.size());
+  append(out, part.positions.data(), part.positions.size());
+  append(out, part.id_hashes.data(), part.id_hashes.size());
+  return out;
+}
+
+ScanPart decode_scan_part(std::string_view bytes, std::size_t p) {
+  ScanPartHeader header{};
+  take(bytes, &header, 1);
+  if (header.p != p || header.end < header.first || header.message_bytes > bytes.size() ||
+      (header.exit_code != 0) != (header.bad_row != ScanPart::kNoBadRow))
+    throw InternalError("planning: another rank's part of the scan does not fit this job");
+  ScanPart part;
+  part.first = header.first;
+  part.end = header.end;
+  part.bad_row = header.bad_row;
+  part.max_token_row = header.max_token_row;
+  part.max_token_id = header.max_token_id;
+  std::string message(bytes.substr(0, header.message_bytes));
+  bytes.remove_prefix(header.message_bytes);
+  const std::size_t n = part.end - part.first;
+  if (bytes.size() != n * (4 + 4 * p + 8))
+    throw InternalError("planning: another rank's part of the scan has the wrong size");
+  part.n_tokens.resize(n);
+  part.positions.resize(n * p);
+  part.id_hashes.resize(n);
+  take(bytes, part.n_tokens.data(), n);
+  take(bytes, part.positions.data(), n * p);
+  take(bytes, part.id_hashes.data(), n);
+  if (header.exit_code == static_cast<int>(ExitCode::invalid_input))
+    part.error = std::make_exception_ptr(InputError(message));
+  else if (header.exit_code != 0)
+    part.error = std::make_exception_ptr(Error(static_cast<ExitCode>(header.exit_code), message));
+  return part;
+}
+
+ScanMerge::ScanMerge(std::size_t rows, std::size_t p) : rows_(rows), p_(p) {}
+
+void ScanMerge::add(ScanPart part) {
+  if (bad_error_) return;  // rows after a bad one are never planned
+  if (part.first != next_ || part.end > rows_)
+    throw InternalError("planning: a part of the scan starts at row " + std::to_string(part.first) +
+                        " but the next row to merge is " + std::to_string(next_));
+  if (part.first == 0 && part.end == rows_ && !part.error) {
+    // One part of every row (a single rank): take its arrays as they are.
+    shapes_.n_tokens = std::move(part.n_tokens);
+    shapes_.positions = std::move(part.positions);
+  } else {
+    if (shapes_.n_tokens.empty()) size_shapes(shapes_, rows_, p_);
+    std::copy(part.n_tokens.begin(), part.n_tokens.end(),
+              shapes_.n_tokens.begin() + static_cast<std::ptrdiff_t>(part.first));
+    std::copy(part.positions.begin(), part.positions.end(),
+              shapes_.positions.begin() + static_cast<std::ptrdiff_t>(part.first * p_));
+  }
+  if (keys_.empty()) keys_.reserve(rows_);
+  for (std::size_t k = 0; k < part.id_hashes.size(); ++k)
+    keys_.push_back(IdKey{part.id_hashes[k], part.first + k});
+  std::vector<std::uint64_t>().swap(part.id_hashes);
+  if (part.max_token_id > shapes_.max_token_id) {
+    shapes_.max_token_id = part.max_token_id;
+    shapes_.max_token_row = part.max_token_row;
+  }
+  next_ = part.end;
+  if (part.error) {
+    bad_row_ = part.bad_row;
+    bad_error_ = part.error;
+  }
+}
+
+PromptShapes ScanMerge::finish(const spec::PromptsFile& file,
+                               const std::vector<spec::PositionSpec>& default_positions) && {
+  if (!bad_error_ && next_ != rows_)
+    throw InternalError("planning: the parts of the scan do not cover every prompt");
+  // Every row before the first bad one has its id hash; a repeated id there comes first.
+  const auto repeat = first_repeated_id(keys_, bad_error_ ? bad_row_ : rows_, file, default_positions);
+  std::vector<IdKey>().swap(keys_);
+  if (repeat.error) std::rethrow_exception(repeat.error);
+  if (bad_error_) std::rethrow_exception(bad_error_);
+  shapes_.positions_per_row = static_cast<std::int64_t>(p_);
+  if (shapes_.n_tokens.empty()) size_shapes(shapes_, rows_, p_);
+  return std::move(shapes_);
 }
 
 PromptShapes scan_prompts(const spec::PromptsFile& file,
                           const std::vector<spec::PositionSpec>& default_positions,
                           const tokenizer::Tokenizer& tokenizer, bool add_special_tokens, unsigned threads,
                           std::size_t block_rows) {
-  const std::size_t n = file.rows();
-  const std::string name = file.path().string();
   // Row 0 fixes P; when it is bad, it is the first bad row.
-  const std::size_t p = spec::parse_prompt(file.line(0), 0, file.path(), default_positions).positions.size();
-  PromptShapes shapes;
-  size_shapes(shapes, n, p);
-  std::vector<IdKey> ids(n);
-  RowError bad;
-  block_rows = std::max<std::size_t>(block_rows, 1);
-  for (std::size_t first = 0; first < n && !bad.error; first += block_rows) {
-    const auto block = file.lines(first, std::min(block_rows, n - first));
-    bad = measure_range(
-        first, first + block.size(), threads,
-        [&](std::size_t row, spec::PromptRecord& scratch) -> const spec::PromptRecord& {
-          scratch = spec::parse_prompt(block.line(row - first), row, file.path(), default_positions);
-          return scratch;
-        },
-        p, tokenizer, add_special_tokens, name, shapes, &ids);
-  }
-  // Every row before the first bad one has its id hash; a repeated id there comes first.
-  const auto repeat = first_repeated_id(ids, bad.error ? bad.row : n, file, default_positions);
-  std::vector<IdKey>().swap(ids);
-  if (repeat.error) std::rethrow_exception(repeat.error);
-  if (bad.error) std::rethrow_exception(bad.error);
-  return shapes;
+  const std::size_t p = positions_per_row(file, default_positions);
+  ScanMerge merge(file.rows(), p);
+  merge.add(scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
+                      block_rows));
+  return std::move(merge).finish(file, default_positions);
 }
 
 }  // namespace ndif::plan

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -64,6 +65,43 @@ int Communicator::min_all(int value) const {
 }
 
 void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+void Communicator::gather_to_root(const std::string& value,
+                                  const std::function<void(int, std::string&&)>& take) const {
+  constexpr unsigned long long kChunk = 1ULL << 30;
+  const int tag = static_cast<int>(Tag::gather);
+  if (rank_ != 0) {
+    unsigned long long len = value.size();
+    check(MPI_Send(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, tag, comm_), "MPI_Send (length)");
+    for (unsigned long long off = 0; off < len; off += kChunk)
+      check(MPI_Send(value.data() + off, static_cast<int>(std::min(kChunk, len - off)), MPI_CHAR, 0, tag,
+                     comm_),
+            "MPI_Send (payload)");
+    return;
+  }
+  // In rank order, so that rank 0 merges as it receives.
+  for (int source = 1; source < size_; ++source) {
+    unsigned long long len = 0;
+    check(MPI_Recv(&len, 1, MPI_UNSIGNED_LONG_LONG, source, tag, comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv (length)");
+    std::string bytes(len, '\0');
+    for (unsigned long long off = 0; off < len; off += kChunk)
+      check(MPI_Recv(bytes.data() + off, static_cast<int>(std::min(kChunk, len - off)), MPI_CHAR, source, tag,
+                     comm_, MPI_STATUS_IGNORE),
+            "MPI_Recv (payload)");
+    take(source, std::move(bytes));
+  }
+}
+
+int Communicator::ranks_on_node() const {
+  MPI_Comm node = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  int n = 1;
+  const int rc = MPI_Comm_size(node, &n);
+  MPI_Comm_free(&node);
+  check(rc, "MPI_Comm_size");
+  return n;
+}
 
 void Communicator::start_send(int dest, Tag tag, OutgoingSend& out) const {
   if (out.payload.size() > static_cast<std::size_t>(INT_MAX))

@@ -60,6 +60,16 @@ PreparedJob prepare_job(const std::filesystem::path& job_file, const JobOverride
 
 PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
                         const StoredPlanSource& stored_plan) {
+  auto job = open_job(std::move(spec), config_source, stored_plan);
+  if (!job.plan_from_file)
+    plan_job(job, plan::scan_prompts(*job.prompts_file, job.spec.positions, *job.tokenizer,
+                                     job.spec.add_special_tokens,
+                                     std::max(1U, std::thread::hardware_concurrency())));
+  return job;
+}
+
+PreparedJob open_job(spec::JobSpec spec, const ModelConfigSource& config_source,
+                     const StoredPlanSource& stored_plan) {
   PreparedJob job;
   job.spec = std::move(spec);
 
@@ -93,21 +103,24 @@ PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_sour
                                        stored->n_tokens.size(), job.spec.prompts.string(),
                                        job.prompts_file->rows()));
       job.plan = plan::plan_from_arrays(stored->n_tokens, stored->order, stored->start, stored->count);
-      job.n_tokens = std::move(stored->n_tokens);
+      job.shapes.n_tokens = std::move(stored->n_tokens);
       job.shape.positions = stored->positions_per_row;
       job.shapes.positions_per_row = stored->positions_per_row;
       job.plan_from_file = true;
       return job;
     }
   }
-
-  job.shapes =
-      plan::scan_prompts(*job.prompts_file, job.spec.positions, *job.tokenizer, job.spec.add_special_tokens,
-                         std::max(1U, std::thread::hardware_concurrency()));
-  job.n_tokens = job.shapes.n_tokens;
-  job.shape.positions = job.shapes.positions_per_row;
-  job.plan = plan::make_batch_plan(job.n_tokens, job.spec.batch, job.shape);
+  // The first line fixes P (and, when it is bad, it is the first bad line).
+  job.shape.positions =
+      static_cast<std::int64_t>(plan::positions_per_row(*job.prompts_file, job.spec.positions));
   return job;
+}
+
+void plan_job(PreparedJob& job, plan::PromptShapes shapes) {
+  if (shapes.positions_per_row != job.shape.positions || shapes.n_tokens.size() != job.prompts_file->rows())
+    throw InternalError("planning: the measured prompts do not fit the job");
+  job.shapes = std::move(shapes);
+  job.plan = plan::make_batch_plan(job.shapes.n_tokens, job.spec.batch, job.shape);
 }
 
 spec::PromptRecord prompt_record(const PreparedJob& job, std::int64_t row) {
@@ -174,7 +187,7 @@ nlohmann::json job_identity(const PreparedJob& job) {
 }
 
 nlohmann::json plan_summary_json(const PreparedJob& job) {
-  const auto s = plan::summarize(job.plan, job.n_tokens, job.shape);
+  const auto s = plan::summarize(job.plan, job.shapes.n_tokens, job.shape);
   return nlohmann::json{{"prompts", s.prompts},
                         {"tokens", s.tokens},
                         {"padded_tokens", s.padded_tokens},
@@ -186,7 +199,7 @@ nlohmann::json plan_summary_json(const PreparedJob& job) {
 }
 
 std::string plan_summary_text(const PreparedJob& job) {
-  const auto s = plan::summarize(job.plan, job.n_tokens, job.shape);
+  const auto s = plan::summarize(job.plan, job.shapes.n_tokens, job.shape);
   std::string probes;
   for (const auto& p : job.spec.probes)
     probes += fmt::format("{}{} ({} layers)", probes.empty() ? "" : ", ", p.name, p.layers.size());

@@ -186,7 +186,7 @@ std::vector<std::size_t> canary_rows(const std::vector<std::int32_t>& n_tokens, 
 }
 
 std::size_t run_tokenizer_canary(const PreparedJob& job, remote::NnsightEncoder& encoder) {
-  const auto rows = canary_rows(job.n_tokens);
+  const auto rows = canary_rows(job.shapes.n_tokens);
   std::vector<std::string> texts;
   texts.reserve(rows.size());
   for (auto row : rows) texts.push_back(prompt_record(job, static_cast<std::int64_t>(row)).text);

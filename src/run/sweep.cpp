@@ -2,11 +2,12 @@
 // transport and store together.
 //
 // Every rank is a worker with `max_inflight` NDIF jobs in flight; rank 0 is also the coordinator.
-// Rank 0 prepares the job (parse, tokenize, plan), creates or checks the output file and hands out
-// pending batches as ranks ask for them; an assignment carries the batch's token ids and positions,
-// tokenized again as it is handed out (rank 0 keeps lengths and positions, not ids), so workers
-// never read the prompts. The rank that wrote a batch sets its flag right after the data
-// write returns, so a crash of any rank, rank 0 included, loses no finished batch.
+// Rank 0 opens the job (spec, service, prompts index) and broadcasts the index; every rank measures
+// a part of the prompts (lengths and positions, never ids kept) and rank 0 merges the parts, plans,
+// creates or checks the output file and hands out pending batches as ranks ask for them. An
+// assignment carries rows only: each rank reads and tokenizes its batches' prompts again through
+// the index. The rank that wrote a batch sets its flag right after the data write returns, so a
+// crash of any rank, rank 0 included, loses no finished batch.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #include "ndif_sweep/run/coordinator.hpp"
 #include "ndif_sweep/run/local_server.hpp"
 #include "ndif_sweep/run/mpi_link.hpp"
+#include "ndif_sweep/run/planning.hpp"
 #include "ndif_sweep/run/service.hpp"
 #include "ndif_sweep/run/signals.hpp"
 #include "ndif_sweep/run/worker.hpp"
@@ -73,9 +75,25 @@ struct RunContext {
   std::optional<std::string> model_dir;
   std::optional<std::string> server_nnsight;
   int num_hidden_layers = 0;
-  // What the other ranks check their own tokenizer file against, and P of every prompt.
-  std::string tokenizer_sha256;
-  std::int64_t positions_per_row = 0;
+};
+
+/// What every rank needs to measure its part of the prompts and tokenize its batches; rank 0
+/// broadcasts it once the job is open, with its index of the prompts file.
+struct PlanningContext {
+  bool plan_from_file = false;         ///< a restart: the plan is the output file's, nothing is measured
+  std::string tokenizer_sha256;        ///< what the other ranks check their own tokenizer file against
+  std::int64_t positions_per_row = 0;  ///< P of every prompt
+
+  [[nodiscard]] std::string encode() const {
+    return json{{"plan_from_file", plan_from_file},
+                {"tokenizer_sha256", tokenizer_sha256},
+                {"positions_per_row", positions_per_row}}
+        .dump();
+  }
+  [[nodiscard]] static PlanningContext decode(const std::string& bytes) {
+    const auto j = json::parse(bytes);
+    return PlanningContext{j.at("plan_from_file"), j.at("tokenizer_sha256"), j.at("positions_per_row")};
+  }
 };
 
 json probe_to_json(const spec::Probe& p) {
@@ -120,9 +138,7 @@ std::string encode_context(const RunContext& c) {
               {"revision", c.revision ? json(*c.revision) : json()},
               {"model_dir", c.model_dir ? json(*c.model_dir) : json()},
               {"server_nnsight", c.server_nnsight ? json(*c.server_nnsight) : json()},
-              {"num_hidden_layers", c.num_hidden_layers},
-              {"tokenizer_sha256", c.tokenizer_sha256},
-              {"positions_per_row", c.positions_per_row}}
+              {"num_hidden_layers", c.num_hidden_layers}}
       .dump();
 }
 
@@ -155,8 +171,6 @@ RunContext decode_context(const json& j) {
   c.model_dir = optional_string(j.at("model_dir"));
   c.server_nnsight = optional_string(j.at("server_nnsight"));
   c.num_hidden_layers = j.at("num_hidden_layers");
-  c.tokenizer_sha256 = j.at("tokenizer_sha256");
-  c.positions_per_row = j.at("positions_per_row");
   return c;
 }
 
@@ -188,15 +202,18 @@ struct RootSetup {
   std::unique_ptr<LocalServerProcess> local;
   /// Rank 0's nnsight encoder, started and checked during validation; the run keeps it.
   std::unique_ptr<remote::NnsightEncoder> encoder;
+  std::optional<ServiceFacts> facts;
   std::size_t run_index = 0;
   bool resumed = false;
 };
 
-/// Phase 1 on rank 0, before any lock or file exists: validate everything, ask the service about
-/// the model and the key, start and check the nnsight encoder (versions, probes, the tokenizer
-/// canary), and check an existing output file read-only, so that bad input, a refusal or another
-/// job's file leaves the disk exactly as it was and no job is sent.
-std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
+/// Phase 1 on rank 0, before any lock or file exists, in two steps around the measuring of the
+/// prompts by every rank: validate everything, ask the service about the model and the key, start
+/// and check the nnsight encoder (versions, probes, the tokenizer canary), and check an existing
+/// output file read-only, so that bad input, a refusal or another job's file leaves the disk
+/// exactly as it was and no job is sent. The first step opens the job: spec, service, prompts
+/// index, tokenizer, and the stored plan of a restart.
+std::unique_ptr<RootSetup> open_on_root(const RunOptions& options) {
   auto setup = std::make_unique<RootSetup>();
   auto& c = setup->ctx;
   auto spec = load_job_spec(options.job_file, options.overrides);
@@ -206,7 +223,7 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
         fmt::format("{}: the environment variable {} (api_key_env) is not set; export your NDIF API key "
                     "in it (the key never goes into the job file)",
                     spec.job_file.string(), spec.api_key_env));
-  std::optional<ServiceFacts> facts;
+  auto& facts = setup->facts;
   if (spec.endpoint != "local") {
     facts = query_service(spec, c.api_key);
     if (spec.model_key && !facts->deployment.repo_id.empty() && facts->deployment.repo_id != spec.model &&
@@ -219,8 +236,7 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
     }
   }
 
-  auto& job = setup->job;
-  job = prepare_job(
+  setup->job = open_job(
       std::move(spec), [&](const spec::JobSpec& s) { return deployment_shape(s, *facts); },
       [](const PreparedJob& j) -> std::optional<store::StoredPlan> {
         // Another job's file (or a damaged one) is refused below, once the prompts were checked:
@@ -233,6 +249,14 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
         }
         return store::read_plan(j.spec.output);
       });
+  return setup;
+}
+
+/// The second step, once the prompts are measured and planned.
+void finish_on_root(RootSetup& setup) {
+  auto& c = setup.ctx;
+  auto& job = setup.job;
+  const auto& facts = setup.facts;
   const auto& final_spec = job.spec;
   // The bundled server accepts any non-empty key.
   if (c.api_key.empty()) c.api_key = "ndif-local";
@@ -251,22 +275,22 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
     const auto job_for_encoder = encoder_job(final_spec, c.model_key);
     c.python = encoder_python(final_spec);
     c.model_dir = job_for_encoder.model_dir;
-    setup->encoder =
+    setup.encoder =
         std::make_unique<remote::NnsightEncoder>(encoder_options(final_spec, c.run_token), job_for_encoder);
-    const auto hello = setup->encoder->hello();
+    const auto hello = setup.encoder->hello();
     if (facts && facts->env) {
       check_nnsight_versions(hello, *facts->env, final_spec.endpoint);
       c.server_nnsight = facts->env->nnsight_version;
     }
-    check_encoder_model(setup->encoder->open(), job);
-    const auto checked = run_tokenizer_canary(job, *setup->encoder);
+    check_encoder_model(setup.encoder->open(), job);
+    const auto checked = run_tokenizer_canary(job, *setup.encoder);
     std::cerr << fmt::format(
         "ndif-sweep: encoder: nnsight {} with {} ({}the server's); tokenizer canary: {} prompts tokenize "
         "identically\n",
         hello.nnsight_version, hello.executable, c.server_nnsight ? "matches " : "no version from ", checked);
   }
-  setup->resumed = job.plan_from_file ||
-                   store::check_existing(final_spec.output, job.job_hash) == store::Existing::same_job;
+  setup.resumed = job.plan_from_file ||
+                  store::check_existing(final_spec.output, job.job_hash) == store::Existing::same_job;
 
   c.probes = final_spec.probes;
   c.dtype = final_spec.dtype;
@@ -278,9 +302,6 @@ std::unique_ptr<RootSetup> validate_on_root(const RunOptions& options) {
   c.output = final_spec.output.string();
   c.batches = static_cast<std::int64_t>(job.plan.batches.size());
   c.base_url = final_spec.endpoint;
-  c.tokenizer_sha256 = job.tokenizer_sha256;
-  c.positions_per_row = job.shape.positions;
-  return setup;
 }
 
 /// Every rank's encoder made ready before anything is written: on each node the first rank to
@@ -347,7 +368,7 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
       out.meta.push_back(std::move(record.meta_json));
     }
   };
-  layout.n_tokens = job.n_tokens;
+  layout.n_tokens = job.shapes.n_tokens;
   layout.positions = job.shapes.positions;
   layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
   layout.batch_of_row = job.plan.batch_of_row;
@@ -492,8 +513,8 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
   }
   const auto to_go = journaled.size() + fresh.size();
   loop.progress.emplace(options.progress, std::cerr, ctx.batches,
-                        static_cast<std::int64_t>(job.n_tokens.size()), done_batches, done_rows, Clock::now(),
-                        find_terminal());
+                        static_cast<std::int64_t>(job.shapes.n_tokens.size()), done_batches, done_rows,
+                        Clock::now(), find_terminal());
   if (setup.resumed) {
     std::cerr << fmt::format("ndif-sweep: resuming {}: {} of {} batches already done, {} to go, {} rank(s)\n",
                              ctx.output, done_batches, ctx.batches, to_go, ranks);
@@ -504,7 +525,7 @@ void start_root_loop(RootLoop& loop, const RootSetup& setup, const RunContext& c
           journaled.size());
   } else {
     std::cerr << fmt::format("ndif-sweep: {} prompts in {} batches -> {} ({} rank(s), endpoint {})\n",
-                             job.n_tokens.size(), ctx.batches, ctx.output, ranks, job.spec.endpoint);
+                             job.shapes.n_tokens.size(), ctx.batches, ctx.output, ranks, job.spec.endpoint);
   }
   std::deque<std::int32_t> pending = std::move(journaled);
   pending.insert(pending.end(), fresh.begin(), fresh.end());
@@ -564,25 +585,42 @@ int run_sweep(const RunOptions& options) {
   const int rank = comm.rank();
   const bool root = rank == 0;
 
-  // Start. Everything that can be wrong with the input is found by rank 0 before any lock or file
-  // exists (exit 2, 4 or 5 with the disk as it was); then every rank readies its encoder.
+  // Start. Everything that can be wrong with the input is found before any lock or file exists
+  // (exit 2, 4 or 5 with the disk as it was): rank 0 opens the job, every rank measures a part of
+  // the prompts, rank 0 plans and checks the rest; then every rank readies its encoder.
   std::unique_ptr<RootSetup> setup;
-  if (int code = root_step(comm, [&] { setup = validate_on_root(options); })) return code;
-  RunContext ctx =
-      decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
-  // Every rank tokenizes the batches it sends, reading their lines through rank 0's index of the
-  // prompts file (16 bytes a prompt) instead of reading the whole file again.
+  if (int code = root_step(comm, [&] { setup = open_on_root(options); })) return code;
+  const auto planning = PlanningContext::decode(
+      comm.broadcast(root ? PlanningContext{setup->job.plan_from_file, setup->job.tokenizer_sha256,
+                                            setup->job.shape.positions}
+                                .encode()
+                          : std::string()));
+  // Every rank reads the prompts file through rank 0's index of it (16 bytes a prompt) instead of
+  // indexing the whole file again: to measure its part, and to tokenize the batches it sends.
   std::string prompts_index =
       comm.size() > 1 ? comm.broadcast(root ? setup->job.prompts_file->index_bytes() : std::string())
                       : std::string();
-  std::unique_ptr<remote::RequestEncoder> encoder;
   BatchTokenizer batch_prompts;
   if (int code = all_ranks_step(comm, [&] {
-        injected_failure("start", rank);
         batch_prompts = root ? BatchTokenizer::of(setup->job)
                              : BatchTokenizer::for_rank(load_job_spec(options.job_file, options.overrides),
-                                                        prompts_index, ctx.tokenizer_sha256,
-                                                        static_cast<std::size_t>(ctx.positions_per_row));
+                                                        prompts_index, planning.tokenizer_sha256,
+                                                        static_cast<std::size_t>(planning.positions_per_row));
+      }))
+    return code;
+  std::string().swap(prompts_index);
+  auto measured = planning.plan_from_file ? std::nullopt : measure_prompts_in_parts(comm, batch_prompts);
+  if (int code = root_step(comm, [&] {
+        if (measured) plan_job(setup->job, std::move(*measured).shapes(batch_prompts));
+        measured.reset();
+        finish_on_root(*setup);
+      }))
+    return code;
+  RunContext ctx =
+      decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
+  std::unique_ptr<remote::RequestEncoder> encoder;
+  if (int code = all_ranks_step(comm, [&] {
+        injected_failure("start", rank);
         if (root && setup->encoder) {
           encoder = std::move(setup->encoder);
         } else {
@@ -591,7 +629,6 @@ int run_sweep(const RunOptions& options) {
         prepare_encoder(*encoder, ctx);
       }))
     return code;
-  std::string().swap(prompts_index);
   auto lock = store::OutputLock::acquire(ctx.output, comm.handle());
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());

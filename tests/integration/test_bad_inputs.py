@@ -103,6 +103,31 @@ class BadInputs(TempDirTestCase):
                     leftovers = [p.name for p in directory.iterdir() if p.name.startswith("out.h5")]
                     self.assertEqual(leftovers, [], f"{name}: {command} left {leftovers}")
 
+    def test_a_bad_line_in_another_ranks_part_of_the_prompts_is_the_same_exit_2(self):
+        # Three ranks measure rows [0, 1), [1, 2) and [2, 4): these lines lie in rank 1's or rank 2's
+        # part, and the repeated id spans rank 0's and rank 2's. Rank 0 reports the first bad line
+        # of the file, once, as one process does.
+        names = ["prompt_line_not_json", "prompt_line_unknown_key", "positions_not_ints",
+                 "position_out_of_range", "duplicate_id", "invalid_utf8", "absent_span"]
+        for name in names:
+            with self.subTest(case=name):
+                directory = self.dir / ("ranks_" + name)
+                job_path = self.write_case(directory, name)
+                result = sweep("run", job_path, ranks=3, timeout=120)
+                self.assert_rejected(result, name)
+                self.assertEqual(result.stderr.count("prompts.jsonl:"), 1, result.describe())
+                self.assertFalse((directory / "out.h5").exists(), f"{name}: the run created the output")
+        # Two bad lines in two ranks' parts: the first in the file is the one reported.
+        directory = self.dir / "ranks_two_bad"
+        job_path = self.write_case(directory, "prompt_line_not_json")
+        lines = (directory / "prompts.jsonl").read_text().splitlines()
+        lines[1] = '{"prompt": "Hello world", "positions": [0, 40]}'
+        (directory / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+        result = sweep("run", job_path, ranks=3, timeout=120)
+        self.assertEqual(result.returncode, 2, result.describe())
+        self.assertIn("prompts.jsonl:2:", result.stderr, result.describe())
+        self.assertNotIn("prompts.jsonl:3", result.stderr, result.describe())
+
     def test_each_broken_input_leaves_an_existing_output_unchanged(self):
         good_dir = self.dir / "good"
         good_dir.mkdir()

@@ -215,10 +215,30 @@ std::vector<std::string> many_lines(std::size_t n) {
 
 const std::vector<spec::PositionSpec> kScanPositions{index(-1), span("at", 0, true)};
 
-std::string scan_error(const spec::PromptsFile& file, unsigned threads, std::size_t block_rows) {
+/// What ranks 0..parts-1 do: each scans its part, every part but the first travels as bytes, rank 0
+/// merges them in row order.
+PromptShapes scan_in_parts(const spec::PromptsFile& file, std::size_t parts, unsigned threads,
+                           std::size_t block_rows) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto p = positions_per_row(file, kScanPositions);
+  ScanMerge merge(file.rows(), p);
+  for (std::size_t r = 0; r < parts; ++r) {
+    const auto [first, end] = scan_part_rows(file.rows(), r, parts);
+    auto part = scan_part(file, kScanPositions, tokenizer, true, p, first, end, threads, block_rows);
+    merge.add(r == 0 ? std::move(part) : decode_scan_part(encode_scan_part(part, p), p));
+  }
+  return std::move(merge).finish(file, kScanPositions);
+}
+
+/// The error of scanning `file`: with scan_prompts when `parts` is 0, else in that many parts.
+std::string scan_error(const spec::PromptsFile& file, unsigned threads, std::size_t block_rows,
+                       std::size_t parts = 0) {
   static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
   try {
-    (void)scan_prompts(file, kScanPositions, tokenizer, true, threads, block_rows);
+    if (parts == 0)
+      (void)scan_prompts(file, kScanPositions, tokenizer, true, threads, block_rows);
+    else
+      (void)scan_in_parts(file, parts, threads, block_rows);
   } catch (const InputError& error) {
     return error.what();
   }
@@ -242,6 +262,51 @@ TEST(ScanPrompts, EveryBlockSizeAndThreadCountKeepsWhatMeasuringTheParsedFileKee
     }
 }
 
+TEST(ScanPrompts, AnyNumberOfRanksScanningTheirPartsKeepsWhatOneScanKeeps) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto file = prompts_file(many_lines(1000), "parts.jsonl");
+  const auto parsed = spec::read_prompts(file.path(), kScanPositions);
+  const auto expected = measure_prompts(parsed, tokenizer, true, file.path(), 1);
+  for (std::size_t parts : {1U, 2U, 3U, 7U, 1000U, 1001U}) {
+    const auto shapes = scan_in_parts(file, parts, 2, 64);
+    EXPECT_EQ(shapes.n_tokens, expected.n_tokens) << parts;
+    EXPECT_EQ(shapes.positions, expected.positions) << parts;
+    EXPECT_EQ(shapes.positions_per_row, 2);
+    EXPECT_EQ(shapes.max_token_id, expected.max_token_id) << parts;
+    EXPECT_EQ(shapes.n_tokens[shapes.max_token_row], expected.n_tokens[expected.max_token_row]);
+  }
+  // Every row is in exactly one part, in order.
+  std::size_t next = 0;
+  for (std::size_t r = 0; r < 7; ++r) {
+    const auto [first, end] = scan_part_rows(1000, r, 7);
+    EXPECT_EQ(first, next);
+    EXPECT_GE(end, first);
+    next = end;
+  }
+  EXPECT_EQ(next, 1000u);
+}
+
+TEST(ScanPrompts, APartsBytesAreCheckedAgainstTheJob) {
+  static const tokenizer::Tokenizer tokenizer = tiny_tokenizer();
+  const auto file = prompts_file(many_lines(100), "part_bytes.jsonl");
+  const auto part = scan_part(file, kScanPositions, tokenizer, true, 2, 10, 60, 1);
+  const auto bytes = encode_scan_part(part, 2);
+  const auto again = decode_scan_part(bytes, 2);
+  EXPECT_EQ(again.first, 10u);
+  EXPECT_EQ(again.end, 60u);
+  EXPECT_EQ(again.n_tokens, part.n_tokens);
+  EXPECT_EQ(again.positions, part.positions);
+  EXPECT_EQ(again.id_hashes, part.id_hashes);
+  EXPECT_EQ(again.max_token_id, part.max_token_id);
+  EXPECT_FALSE(again.error);
+  EXPECT_THROW((void)decode_scan_part(bytes, 3), InternalError);
+  EXPECT_THROW((void)decode_scan_part(std::string_view(bytes).substr(0, bytes.size() - 1), 2), InternalError);
+  EXPECT_THROW((void)decode_scan_part(std::string_view(bytes).substr(0, 20), 2), InternalError);
+  // A part out of order is refused, not merged.
+  ScanMerge merge(100, 2);
+  EXPECT_THROW(merge.add(decode_scan_part(bytes, 2)), InternalError);
+}
+
 TEST(ScanPrompts, TheFirstBadLineInFileOrderIsReportedWhateverTheBlocksAndThreads) {
   const std::string name = (std::filesystem::temp_directory_path() / "ndif_plan_test_scan.jsonl").string();
   auto lines = many_lines(1000);
@@ -257,12 +322,23 @@ TEST(ScanPrompts, TheFirstBadLineInFileOrderIsReportedWhateverTheBlocksAndThread
                     "ids must be unique")
           << threads << " " << block;
     }
+  // The same when ranks scan parts: the repeat spans two parts, and the later bad lines are in
+  // parts that end the scan of their own.
+  for (std::size_t parts : {2U, 3U, 8U})
+    EXPECT_EQ(scan_error(prompts_file(lines), 1, 64, parts),
+              name +
+                  ":701: id \"p11\" is already the id of line 12 (an absent id is the row number, from 0); "
+                  "ids must be unique")
+        << parts;
   // Without the repeat, the first bad line is the one that is not JSON; a repeat after it is not
   // reached.
   lines[700] = many_lines(701)[700];
   lines[950] = json{{"prompt", "The cat"}, {"id", "p3"}}.dump();
   for (std::size_t block : {std::size_t{64}, std::size_t{65536}})
     EXPECT_THAT(scan_error(prompts_file(lines), 2, block), HasSubstr(name + ":801: not valid JSON")) << block;
+  for (std::size_t parts : {2U, 3U, 8U})
+    EXPECT_THAT(scan_error(prompts_file(lines), 2, 64, parts), HasSubstr(name + ":801: not valid JSON"))
+        << parts;
   // A blank line, and an id that is the row number of a line without one.
   lines = many_lines(300);
   lines[200] = "";

@@ -50,7 +50,7 @@ TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
   const auto prepared = prepare_job(job(), {}, no_network);
   ASSERT_EQ(prepared.shapes.positions_per_row, 2);
   // [<bos>, T, he, Ġcat]; [<bos>, T, he, Ġcat, Ġsat, Ġ, o, n, Ġthe, Ġ, m, at]; [<bos>, a]
-  EXPECT_EQ(prepared.n_tokens, (std::vector<std::int32_t>{4, 12, 2}));
+  EXPECT_EQ(prepared.shapes.n_tokens, (std::vector<std::int32_t>{4, 12, 2}));
   EXPECT_EQ(prepared.shapes.positions, (std::vector<std::int32_t>{0, 3, 0, 11, 0, 1}));
   // A batch's prompts are tokenized again when it is handed out, in its row order.
   const auto batch = encode_batch(prepared, {2, 0});
@@ -83,7 +83,7 @@ TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
   // Planning's lengths, which the plan's padding was made from, not only the same code run twice.
   for (std::size_t k = 0; k < 3; ++k)
     EXPECT_EQ(theirs[k].ids.size(),
-              static_cast<std::size_t>(prepared.n_tokens.at(std::vector<std::size_t>{2, 0, 1}[k])));
+              static_cast<std::size_t>(prepared.shapes.n_tokens.at(std::vector<std::size_t>{2, 0, 1}[k])));
   EXPECT_EQ(theirs[2].ids.size(), 12u);
   EXPECT_EQ(theirs[2].positions, (std::vector<std::int32_t>{0, 11}));
   // A node whose tokenizer file is not rank 0's is refused.
@@ -98,18 +98,18 @@ TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
 TEST_F(JobFiles, ARestartTakesTheStoredPlanTokenizesNothingAndEncodesABatchAsPlanningDid) {
   const auto fresh = prepare_job(job(), {}, no_network);
   bool asked = false;
-  const auto restart = prepare_job(
-      load_job_spec(dir_ / "job.json", {}), no_network,
-      [&](const PreparedJob& j) -> std::optional<store::StoredPlan> {
-        asked = true;
-        // The identity is known before the plan is asked for.
-        EXPECT_EQ(j.job_hash, fresh.job_hash);
-        return store::StoredPlan{fresh.n_tokens, 2, fresh.plan.order, fresh.plan.start, fresh.plan.count};
-      });
+  const auto restart = prepare_job(load_job_spec(dir_ / "job.json", {}), no_network,
+                                   [&](const PreparedJob& j) -> std::optional<store::StoredPlan> {
+                                     asked = true;
+                                     // The identity is known before the plan is asked for.
+                                     EXPECT_EQ(j.job_hash, fresh.job_hash);
+                                     return store::StoredPlan{fresh.shapes.n_tokens, 2, fresh.plan.order,
+                                                              fresh.plan.start, fresh.plan.count};
+                                   });
   ASSERT_TRUE(asked);
   EXPECT_TRUE(restart.plan_from_file);
-  EXPECT_TRUE(restart.shapes.n_tokens.empty());  // nothing was tokenized
-  EXPECT_EQ(restart.n_tokens, fresh.n_tokens);
+  EXPECT_TRUE(restart.shapes.positions.empty());  // nothing was tokenized: lengths are the file's
+  EXPECT_EQ(restart.shapes.n_tokens, fresh.shapes.n_tokens);
   EXPECT_EQ(restart.shape.row_bytes(), fresh.shape.row_bytes());
   ASSERT_EQ(restart.plan.batches.size(), fresh.plan.batches.size());
   EXPECT_EQ(restart.plan.batches[0].rows, fresh.plan.batches[0].rows);

@@ -4,7 +4,11 @@
 /// depends only on the job and the prompts, never on the number of ranks.
 
 #include <cstdint>
+#include <exception>
 #include <filesystem>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ndif_sweep/spec/job_spec.hpp"
@@ -54,6 +58,76 @@ struct PromptShapes {
 [[nodiscard]] PromptShapes measure_prompts(const std::vector<spec::PromptRecord>& prompts,
                                            const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                                            const std::filesystem::path& prompts_file, unsigned threads);
+
+/// P, the positions of every prompt: those of the file's first line. Throws that line's error.
+[[nodiscard]] std::size_t positions_per_row(const spec::PromptsFile& file,
+                                            const std::vector<spec::PositionSpec>& default_positions);
+
+/// One rank's part of planning (docs/design.md, step 2): rows [first, end) of the prompts file
+/// measured as scan_prompts measures them, with a 64-bit hash of each prompt's id so that rank 0
+/// can find ids repeated across parts without the ids. A part stops at its first bad row.
+struct ScanPart {
+  static constexpr std::size_t kNoBadRow = static_cast<std::size_t>(-1);
+  std::size_t first = 0;
+  std::size_t end = 0;                   ///< rows measured are [first, end): end is the bad row if any
+  std::vector<std::int32_t> n_tokens;    ///< end - first
+  std::vector<std::int32_t> positions;   ///< (end - first) x P
+  std::vector<std::uint64_t> id_hashes;  ///< end - first
+  std::int32_t max_token_id = -1;        ///< of the rows measured
+  std::size_t max_token_row = 0;
+  std::size_t bad_row = kNoBadRow;  ///< the first bad row of the part
+  std::exception_ptr error;         ///< why it is bad
+};
+
+/// Rows [first, end) of part `part` of `parts` consecutive parts of `rows` rows; what rank r of R
+/// measures. Every row is in exactly one part.
+[[nodiscard]] std::pair<std::size_t, std::size_t> scan_part_rows(std::size_t rows, std::size_t part,
+                                                                 std::size_t parts);
+
+/// Measures rows [first, end) of `file`, a block of `block_rows` lines at a time on `threads`
+/// threads, every prompt with P = `positions_per_row`. Never throws for a bad line: the part keeps
+/// the first and why.
+[[nodiscard]] ScanPart scan_part(const spec::PromptsFile& file,
+                                 const std::vector<spec::PositionSpec>& default_positions,
+                                 const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
+                                 std::size_t positions_per_row, std::size_t first, std::size_t end,
+                                 unsigned threads, std::size_t block_rows = 65536);
+
+/// The bytes a rank sends rank 0 for its part (20 + 4P bytes a row, and the error's exit code and
+/// message), and the part made again from them. decode_scan_part checks the sizes against P and
+/// throws InternalError when they do not fit.
+[[nodiscard]] std::string encode_scan_part(const ScanPart& part, std::size_t positions_per_row);
+[[nodiscard]] ScanPart decode_scan_part(std::string_view bytes, std::size_t positions_per_row);
+
+/// A prompt's id hash and row, sorted to find repeated ids without holding the ids.
+struct IdKey {
+  std::uint64_t hash;
+  std::size_t row;
+  auto operator<=>(const IdKey&) const = default;
+};
+
+/// Rank 0's merge of the parts of every rank into the shapes of all prompts: the same shapes, and
+/// the same first error, as one scan_prompts over the file, whatever the number of parts.
+class ScanMerge {
+ public:
+  ScanMerge(std::size_t rows, std::size_t positions_per_row);
+  /// Adds the next part; parts come in row order, each starting where the last ended (after a
+  /// part with a bad row the rest are ignored). Throws InternalError for a part out of order.
+  void add(ScanPart part);
+  /// The shapes of every prompt; throws the error of the first bad line in file order (a line that
+  /// repeats an earlier line's id is bad), reading only rows whose id hashes collide again.
+  [[nodiscard]] PromptShapes finish(const spec::PromptsFile& file,
+                                    const std::vector<spec::PositionSpec>& default_positions) &&;
+
+ private:
+  std::size_t rows_;
+  std::size_t p_;
+  std::size_t next_ = 0;
+  PromptShapes shapes_;
+  std::vector<IdKey> keys_;
+  std::size_t bad_row_ = ScanPart::kNoBadRow;
+  std::exception_ptr bad_error_;
+};
 
 /// Parses, checks and tokenizes every prompt of `file`, a block of `block_rows` lines at a time on
 /// `threads` threads, and keeps what measure_prompts keeps: no record, text or id outlives its

@@ -7,6 +7,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@ class MpiSession {
 /// The tag of the run loop's messages (messages.hpp says what they hold).
 enum class Tag : int {
   message = 101,
+  gather = 102,  ///< Communicator::gather_to_root, before the run loop starts
 };
 
 /// A received message's bytes.
@@ -58,6 +60,13 @@ class Communicator {
   [[nodiscard]] int min_all(int value) const;
   /// Collective.
   void barrier() const;
+  /// Collective: rank 0 is handed every other rank's `value`, in rank order, through
+  /// `take(rank, bytes)`, one at a time (so it never holds them all); the other ranks return once
+  /// theirs is sent. Rank 0's own `value` is not used. Chunked: values beyond INT_MAX bytes travel.
+  void gather_to_root(const std::string& value,
+                      const std::function<void(int rank, std::string&& bytes)>& take) const;
+  /// Collective: how many ranks of this communicator run on this rank's node (share its memory).
+  [[nodiscard]] int ranks_on_node() const;
 
   /// Starts sending `out.payload` to `dest` and returns at once (MPI_Isend): two ranks that send
   /// each other a large message at the same moment must not wait on each other. `out` must stay

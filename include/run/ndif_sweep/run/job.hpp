@@ -40,7 +40,6 @@ struct PreparedJob {
   /// Lengths and positions of every prompt (its token ids are not kept: encode_batch makes a
   /// batch's again when it is handed out).
   plan::PromptShapes shapes;
-  std::vector<std::int32_t> n_tokens;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
   spec::ModelConfig model_config;
   plan::RowShape shape;
@@ -69,6 +68,16 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 /// With `stored_plan`, a restart takes the plan of the file instead of tokenizing every prompt.
 [[nodiscard]] PreparedJob prepare_job(spec::JobSpec spec, const ModelConfigSource& config_source,
                                       const StoredPlanSource& stored_plan = {});
+
+/// prepare_job without measuring the prompts: the spec, the model's shape, the prompts file indexed,
+/// the tokenizer, the job's identity, P (from the first line, or the stored plan), and the stored
+/// plan when `stored_plan` gives one (`plan_from_file`). Otherwise the prompts are measured, by
+/// plan::scan_prompts or by every rank a part (run_sweep), and plan_job cuts the batches.
+[[nodiscard]] PreparedJob open_job(spec::JobSpec spec, const ModelConfigSource& config_source,
+                                   const StoredPlanSource& stored_plan = {});
+
+/// Takes the measured prompts (their P must be the job's) and cuts the batches.
+void plan_job(PreparedJob& job, plan::PromptShapes shapes);
 
 /// What a rank needs to tokenize the prompts of its batches again, as planning did: the prompts
 /// file, the tokenizer and the job's positions. Rank 0 takes its PreparedJob's; the other ranks

@@ -1,0 +1,36 @@
+#pragma once
+/// \file
+/// Planning with every rank (docs/design.md, step 2): each rank measures a part of the prompts on
+/// its share of its node's cores, and rank 0 merges the parts into the shapes of every prompt. The
+/// plan cut from them is the one a single process makes, for any number of ranks.
+
+#include <exception>
+#include <optional>
+
+#include "ndif_sweep/plan/batch_plan.hpp"
+#include "ndif_sweep/run/communicator.hpp"
+#include "ndif_sweep/run/job.hpp"
+
+namespace ndif::run {
+
+/// The threads one rank plans on: the cores its affinity mask lets it run on, shared with the
+/// other `ranks_on_node` ranks of its node when they are not bound apart. At least 1.
+[[nodiscard]] unsigned planning_threads(int ranks_on_node);
+
+/// What rank 0 holds once every rank has measured its part.
+struct MeasuredPrompts {
+  plan::ScanMerge merge;
+  std::exception_ptr broken;  ///< a part that did not arrive whole (InternalError)
+  /// The shapes of every prompt. Throws the error of the first bad line in file order (exit 2), or
+  /// why a part did not arrive.
+  [[nodiscard]] plan::PromptShapes shapes(const BatchTokenizer& prompts) &&;
+};
+
+/// Collective: rank r of R measures rows [N r / R, N (r + 1) / R) of the prompts file through
+/// `prompts` and sends them to rank 0 (20 + 4P bytes a prompt), which merges them as they arrive.
+/// Never throws for a bad prompt or a broken part (MeasuredPrompts::shapes does, on rank 0), so
+/// that no rank is left waiting. Returns what rank 0 merged on rank 0, nothing on the others.
+[[nodiscard]] std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm,
+                                                                      const BatchTokenizer& prompts);
+
+}  // namespace ndif::run

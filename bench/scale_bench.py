@@ -71,7 +71,9 @@ def run_until(command, marker, env):
     for line in proc.stderr:
         if marker in line:
             seconds = time.monotonic() - t0
-            pids = harness.mpi_rank_pids(proc.pid) if command[0] == "mpirun" else [proc.pid]
+            pids = list(harness.mpi_rank_pids(proc.pid).values()) if command[0] == "mpirun" else [proc.pid]
+            if not pids:
+                raise SystemExit("scale_bench: found no rank of the run")
             peak = max(vm_hwm_kb(p) for p in pids) / 1024
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -1,5 +1,9 @@
 // ndif-local: the bundled NDIF-compatible server (README "Commands", docs/protocol.md).
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -46,7 +50,17 @@ int main(int argc, char** argv) {
                "zstd-compress result files (G4 requests ask for it in their envelope)");
   app.add_option("--url-ttl-s", options.url_ttl_s, "G4: seconds a result URL stays valid")
       ->capture_default_str();
+  long parent_pid = 0;
+  app.add_option("--parent-pid", parent_pid,
+                 "stop (as on SIGTERM) when this process, the one that started the server, ends, even "
+                 "when it is killed");
   CLI11_PARSE(app, argc, argv);
+  // A sweep killed with SIGKILL (or by OOM) must not leave its bundled server computing the jobs it
+  // sent, holding gigabytes: the kernel sends SIGTERM when the parent dies. If it died before this
+  // line, the server has another parent already and stops at once.
+  if (parent_pid > 0) {
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != static_cast<pid_t>(parent_pid)) return 0;
+  }
 
   try {
     options.model.dtype = *dtype_from_name(model_dtype);  // one of the three CLI11 checked

@@ -44,23 +44,12 @@ LocalServerProcess::LocalServerProcess(const std::filesystem::path& binary,
         fmt::format("endpoint \"local\" needs the ndif-local binary, expected at {}", binary.string()));
   const auto port_file = dir_ / "port";
   const auto log_file = dir_ / "ndif-local.log";
-  std::vector<std::string> args{binary.string(),
-                                "--host",
-                                "127.0.0.1",
-                                "--port",
-                                "0",
-                                "--port-file",
-                                port_file.string(),
-                                "--layers",
-                                std::to_string(options.layers),
-                                "--hidden",
-                                std::to_string(options.hidden),
-                                "--seed",
-                                std::to_string(options.seed),
-                                "--model-dtype",
-                                options.model_dtype,
-                                "--workers",
-                                "2"};
+  std::vector<std::string> args{binary.string(), "--host", "127.0.0.1", "--port", "0", "--port-file",
+                                port_file.string(), "--layers", std::to_string(options.layers), "--hidden",
+                                std::to_string(options.hidden), "--seed", std::to_string(options.seed),
+                                "--model-dtype", options.model_dtype, "--workers", "2",
+                                // It ends with this process, however this process ends.
+                                "--parent-pid", std::to_string(getpid())};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -94,3 +94,32 @@ class NoHang(TempDirTestCase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class BundledServer(TempDirTestCase):
+    def setUp(self):
+        super().setUp()
+        harness.require_binaries(self)
+
+    def test_a_sweep_killed_with_sigkill_leaves_no_bundled_server_behind(self):
+        # Enough batches that the run is still going when it is killed.
+        lines = harness.varied_prompts(400, seed=43)
+        job_path, _ = make_job(self.dir, lines, batch={"target_mb": 32, "max_prompts": 1, "max_tokens": 32768,
+                                                       "sort_by_length": True})
+        proc = self.own_process(subprocess.Popen(sweep_cmd("run", job_path, "--progress", "none"),
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 stdin=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.monotonic() + 30
+        servers = []
+        while not servers:
+            self.assertLess(time.monotonic(), deadline, "the run started no ndif-local")
+            self.assertIsNone(proc.poll(), "the run ended before it could be killed")
+            servers = [p for p in harness.descendants(proc.pid)
+                       if harness.proc_read(p, "comm").strip() == b"ndif-local"]
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(harness.proc_read(p, "comm").strip() == b"ndif-local" for p in servers):
+            self.assertLess(time.monotonic(), deadline, f"ndif-local {servers} still runs after its sweep died")
+            time.sleep(0.05)

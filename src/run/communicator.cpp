@@ -40,16 +40,21 @@ Communicator::Communicator(MPI_Comm comm) : comm_(comm) {
 }
 
 std::string Communicator::broadcast(const std::string& value, int root) const {
+  std::string out = rank_ == root ? value : std::string();
+  broadcast_in_place(out, root);
+  return out;
+}
+
+void Communicator::broadcast_in_place(std::string& value, int root) const {
   unsigned long long len = value.size();
   check(MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, comm_), "MPI_Bcast (length)");
-  std::string out = rank_ == root ? value : std::string(len, '\0');
+  if (rank_ != root) value.assign(len, '\0');
   // Chunked so that payloads beyond INT_MAX bytes still broadcast.
   constexpr unsigned long long kChunk = 1ULL << 30;
   for (unsigned long long off = 0; off < len; off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, len - off));
-    check(MPI_Bcast(out.data() + off, n, MPI_CHAR, root, comm_), "MPI_Bcast (payload)");
+    check(MPI_Bcast(value.data() + off, n, MPI_CHAR, root, comm_), "MPI_Bcast (payload)");
   }
-  return out;
 }
 
 int Communicator::max_all(int value) const {

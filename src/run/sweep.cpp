@@ -597,9 +597,11 @@ int run_sweep(const RunOptions& options) {
                           : std::string()));
   // Every rank reads the prompts file through rank 0's index of it (16 bytes a prompt) instead of
   // indexing the whole file again: to measure its part, and to tokenize the batches it sends.
-  std::string prompts_index =
-      comm.size() > 1 ? comm.broadcast(root ? setup->job.prompts_file->index_bytes() : std::string())
-                      : std::string();
+  std::string prompts_index;
+  if (comm.size() > 1) {
+    if (root) prompts_index = setup->job.prompts_file->index_bytes();
+    comm.broadcast_in_place(prompts_index);
+  }
   BatchTokenizer batch_prompts;
   if (int code = all_ranks_step(comm, [&] {
         batch_prompts = root ? BatchTokenizer::of(setup->job)

@@ -54,6 +54,9 @@ class Communicator {
 
   /// Collective: the string of `root` on every rank.
   [[nodiscard]] std::string broadcast(const std::string& value, int root = 0) const;
+  /// Collective: `value` of `root` into `value` of every rank, without a copy on `root` (for large
+  /// values: the prompts file's index is 16 bytes a prompt).
+  void broadcast_in_place(std::string& value, int root = 0) const;
   /// Collective: the largest of every rank's value.
   [[nodiscard]] int max_all(int value) const;
   /// Collective: the smallest of every rank's value.

@@ -5,23 +5,12 @@
 #include <string_view>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/zip_format.hpp"
 
 namespace ndif {
 namespace {
 
-constexpr std::uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr std::uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr std::uint32_t kEndSig = 0x06054b50;
-constexpr std::uint32_t kZip64EndSig = 0x06064b50;
-constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr std::size_t kLocalHeaderSize = 30;
-constexpr std::size_t kZip64EndSize = 56;
-constexpr std::uint16_t kZip64ExtraId = 0x0001;
-constexpr std::uint16_t kPaddingExtraId = 0x4246;  // "FB", the padding field torch writes
-constexpr std::uint32_t k32 = 0xFFFFFFFFu;
-constexpr std::uint16_t k16 = 0xFFFFu;
-// 1980-01-01, the earliest MS-DOS date; a fixed stamp keeps archives byte-for-byte reproducible.
-constexpr std::uint16_t kDosDate = 0x21;
+using namespace ndif::zip;  // the format's numbers
 
 void put_le(std::vector<std::byte>& out, std::uint64_t value, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out.push_back(static_cast<std::byte>((value >> (8 * i)) & 0xFF));

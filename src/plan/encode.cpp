@@ -324,6 +324,7 @@ struct ScanPartHeader {
 
 template <typename T>
 void append(std::string& out, const T* data, std::size_t count) {
+  if (count == 0) return;  // an empty vector's data() may be null
   out.append(reinterpret_cast<const char*>(data), count * sizeof(T));
 }
 
@@ -331,6 +332,7 @@ template <typename T>
 void take(std::string_view& in, T* data, std::size_t count) {
   const std::size_t bytes = count * sizeof(T);
   if (in.size() < bytes) throw InternalError("planning: another rank's part of the scan is cut short");
+  if (bytes == 0) return;  // an empty vector's data() may be null
   std::memcpy(data, in.data(), bytes);
   in.remove_prefix(bytes);
 }
@@ -369,8 +371,10 @@ std::string encode_scan_part(const ScanPart& part, std::size_t p) {
 ScanPart decode_scan_part(std::string_view bytes, std::size_t p) {
   ScanPartHeader header{};
   take(bytes, &header, 1);
+  // A bad part ends at its bad row.
   if (header.p != p || header.end < header.first || header.message_bytes > bytes.size() ||
-      (header.exit_code != 0) != (header.bad_row != ScanPart::kNoBadRow))
+      (header.exit_code != 0) != (header.bad_row != ScanPart::kNoBadRow) ||
+      (header.exit_code != 0 && header.bad_row != header.end))
     throw InternalError("planning: another rank's part of the scan does not fit this job");
   ScanPart part;
   part.first = header.first;
@@ -381,7 +385,8 @@ ScanPart decode_scan_part(std::string_view bytes, std::size_t p) {
   std::string message(bytes.substr(0, header.message_bytes));
   bytes.remove_prefix(header.message_bytes);
   const std::size_t n = part.end - part.first;
-  if (bytes.size() != n * (4 + 4 * p + 8))
+  const std::size_t row_bytes = 4 + 4 * p + 8;
+  if (n > bytes.size() / row_bytes || bytes.size() != n * row_bytes)
     throw InternalError("planning: another rank's part of the scan has the wrong size");
   part.n_tokens.resize(n);
   part.positions.resize(n * p);

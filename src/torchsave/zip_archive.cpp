@@ -7,26 +7,12 @@
 
 #include "byte_io.hpp"
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/zip_format.hpp"
 
 namespace ndif::torchsave::detail {
 namespace {
 
-constexpr std::uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr std::uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr std::uint32_t kEndSig = 0x06054b50;
-constexpr std::uint32_t kZip64EndSig = 0x06064b50;
-constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr std::size_t kLocalHeaderSize = 30;
-constexpr std::size_t kCentralHeaderSize = 46;
-constexpr std::size_t kEndSize = 22;
-constexpr std::size_t kZip64EndSize = 56;
-constexpr std::size_t kZip64LocatorSize = 20;
-constexpr std::uint16_t kZip64ExtraId = 0x0001;
-constexpr std::uint16_t kPaddingExtraId = 0x4246;  // "FB", the padding field torch writes
-constexpr std::uint32_t k32 = 0xFFFFFFFFu;
-constexpr std::uint16_t k16 = 0xFFFFu;
-// 1980-01-01, the earliest MS-DOS date; a fixed stamp keeps the output byte-for-byte reproducible.
-constexpr std::uint16_t kDosDate = 0x21;
+using namespace ndif::zip;  // the format's numbers
 
 std::uint32_t crc32_of(std::span<const std::byte> data) { return ndif::crc32(data); }
 

@@ -52,14 +52,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   long parent_pid = 0;
   app.add_option("--parent-pid", parent_pid,
-                 "stop (as on SIGTERM) when this process, the one that started the server, ends, even "
-                 "when it is killed");
+                 "the pid of the process that starts this server: stop (as on SIGTERM) when it ends, "
+                 "even when it is killed");
   CLI11_PARSE(app, argc, argv);
   // A sweep killed with SIGKILL (or by OOM) must not leave its bundled server computing the jobs it
   // sent, holding gigabytes: the kernel sends SIGTERM when the parent dies. If it died before this
   // line, the server has another parent already and stops at once.
   if (parent_pid > 0) {
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != static_cast<pid_t>(parent_pid)) return 0;
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+      std::cerr << "ndif-local: --parent-pid: cannot ask to be stopped with the parent process\n";
+      return static_cast<int>(ndif::ExitCode::failure);
+    }
+    if (getppid() != static_cast<pid_t>(parent_pid)) {
+      std::cerr << "ndif-local: --parent-pid " << parent_pid << ": not this server's parent (" << getppid()
+                << "), or it has ended; give the pid of the process that starts the server\n";
+      return static_cast<int>(ndif::ExitCode::invalid_input);
+    }
   }
 
   try {

@@ -280,22 +280,31 @@ ScanPart scan_part(const spec::PromptsFile& file, const std::vector<spec::Positi
   part.first = first;
   part.end = end;
   const std::size_t n = end - first;
-  part.n_tokens.assign(n, 0);
-  part.positions.assign(n * p, 0);
-  part.id_hashes.assign(n, 0);
-  MeasureInto into{first, part.n_tokens, part.positions, part.id_hashes.data()};
   const std::string name = file.path().string();
   block_rows = std::max<std::size_t>(block_rows, 1);
   RowError bad;
-  for (std::size_t at = first; at < end && !bad.error; at += block_rows) {
-    const auto block = file.lines(at, std::min(block_rows, end - at));
-    bad = measure_range(
-        at, at + block.size(), threads,
-        [&](std::size_t row, spec::PromptRecord& scratch) -> const spec::PromptRecord& {
-          scratch = spec::parse_prompt(block.line(row - at), row, file.path(), default_positions);
-          return scratch;
-        },
-        p, tokenizer, add_special_tokens, name, into);
+  MeasureInto into;
+  // Nothing escapes: a rank whose part threw would leave rank 0 waiting for it. A block that cannot
+  // be read (a line changed since rank 0 indexed it, another file on this node) is bad from its
+  // first row, and so is a part that cannot be held.
+  std::size_t at = first;
+  try {
+    part.n_tokens.assign(n, 0);
+    part.positions.assign(n * p, 0);
+    part.id_hashes.assign(n, 0);
+    into = MeasureInto{first, part.n_tokens, part.positions, part.id_hashes.data()};
+    for (; at < end && !bad.error; at += block_rows) {
+      const auto block = file.lines(at, std::min(block_rows, end - at));
+      bad = measure_range(
+          at, at + block.size(), threads,
+          [&](std::size_t row, spec::PromptRecord& scratch) -> const spec::PromptRecord& {
+            scratch = spec::parse_prompt(block.line(row - at), row, file.path(), default_positions);
+            return scratch;
+          },
+          p, tokenizer, add_special_tokens, name, into);
+    }
+  } catch (...) {
+    bad = RowError{at, std::current_exception()};
   }
   part.max_token_id = into.max_token_id;
   part.max_token_row = into.max_token_row;

@@ -98,14 +98,29 @@ void Communicator::gather_to_root(const std::string& value,
   }
 }
 
-int Communicator::ranks_on_node() const {
+std::vector<std::string> Communicator::allgather_on_node(const std::string& value, std::size_t* mine) const {
   MPI_Comm node = MPI_COMM_NULL;
   check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
-  int n = 1;
-  const int rc = MPI_Comm_size(node, &n);
+  int size = 1, rank = 0;
+  int rc = MPI_Comm_size(node, &size);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(node, &rank);
+  // Same sizes everywhere, checked first so that no rank waits in a gather of another size.
+  int len = static_cast<int>(value.size()), smallest = 0, largest = 0;
+  if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&len, &smallest, 1, MPI_INT, MPI_MIN, node);
+  if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&len, &largest, 1, MPI_INT, MPI_MAX, node);
+  std::string all;
+  if (rc == MPI_SUCCESS && smallest == largest) {
+    all.resize(value.size() * static_cast<std::size_t>(size));
+    rc = MPI_Allgather(value.data(), len, MPI_CHAR, all.data(), len, MPI_CHAR, node);
+  }
   MPI_Comm_free(&node);
-  check(rc, "MPI_Comm_size");
-  return n;
+  check(rc, "gathering on the node");
+  if (smallest != largest) throw InternalError("allgather_on_node: the ranks' values differ in size");
+  std::vector<std::string> out;
+  for (int r = 0; r < size; ++r)
+    out.push_back(all.substr(static_cast<std::size_t>(r) * value.size(), value.size()));
+  if (mine != nullptr) *mine = static_cast<std::size_t>(rank);
+  return out;
 }
 
 void Communicator::start_send(int dest, Tag tag, OutgoingSend& out) const {

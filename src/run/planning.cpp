@@ -3,22 +3,41 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
 #include <thread>
 
 namespace ndif::run {
 
-unsigned planning_threads(int ranks_on_node) {
-  unsigned allowed = std::max(1U, std::thread::hardware_concurrency());
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  if (sched_getaffinity(0, sizeof mask, &mask) == 0)
-    allowed = static_cast<unsigned>(std::max(1, CPU_COUNT(&mask)));
-  // Ranks bound apart (srun --cpu-bind) each see their own cores; ranks that may all run anywhere
-  // split the node's cores, so that R ranks of a node start no more threads than it has cores.
-  const unsigned share =
-      std::max(1U, std::thread::hardware_concurrency() / static_cast<unsigned>(std::max(1, ranks_on_node)));
-  return std::max(1U, std::min(allowed, share));
+unsigned planning_threads(const std::vector<cpu_set_t>& node_sets, std::size_t mine) {
+  if (mine >= node_sets.size()) return 1;
+  cpu_set_t own = node_sets[mine];
+  const int cores = CPU_COUNT(&own);
+  int sharers = 0;
+  for (const auto& set : node_sets) {
+    cpu_set_t both;
+    cpu_set_t other = set;
+    CPU_AND(&both, &own, &other);
+    if (CPU_COUNT(&both) > 0) ++sharers;
+  }
+  return static_cast<unsigned>(std::max(1, cores / std::max(1, sharers)));
+}
+
+unsigned planning_threads(const Communicator& comm) {
+  cpu_set_t own;
+  CPU_ZERO(&own);
+  if (sched_getaffinity(0, sizeof own, &own) != 0) {
+    // No affinity to read: every core of the machine.
+    for (unsigned c = 0; c < std::max(1U, std::thread::hardware_concurrency()) && c < CPU_SETSIZE; ++c)
+      CPU_SET(c, &own);
+  }
+  std::size_t mine = 0;
+  const auto gathered =
+      comm.allgather_on_node(std::string(reinterpret_cast<const char*>(&own), sizeof own), &mine);
+  std::vector<cpu_set_t> sets(gathered.size());
+  for (std::size_t r = 0; r < gathered.size(); ++r)
+    std::memcpy(&sets[r], gathered[r].data(), sizeof(cpu_set_t));
+  return planning_threads(sets, mine);
 }
 
 plan::PromptShapes MeasuredPrompts::shapes(const BatchTokenizer& prompts) && {
@@ -32,12 +51,22 @@ std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm
   const std::size_t rows = file.rows();
   const std::size_t p = prompts.positions_per_row;
   const auto parts = static_cast<std::size_t>(comm.size());
-  const unsigned threads = planning_threads(comm.ranks_on_node());
+  const unsigned threads = planning_threads(comm);
   const auto [first, end] = plan::scan_part_rows(rows, static_cast<std::size_t>(comm.rank()), parts);
   auto mine = plan::scan_part(file, prompts.default_positions, *prompts.tokenizer, prompts.add_special_tokens,
                               p, first, end, threads);
   if (comm.rank() != 0) {
-    comm.gather_to_root(plan::encode_scan_part(mine, p), {});
+    std::string bytes;
+    try {
+      bytes = plan::encode_scan_part(mine, p);
+    } catch (...) {
+      // Rank 0 waits for a part from every rank: send one that says why there is none.
+      plan::ScanPart failed;
+      failed.first = failed.end = failed.bad_row = first;
+      failed.error = std::current_exception();
+      bytes = plan::encode_scan_part(failed, p);
+    }
+    comm.gather_to_root(bytes, {});
     return std::nullopt;
   }
   std::optional<MeasuredPrompts> measured;

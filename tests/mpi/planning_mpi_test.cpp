@@ -59,7 +59,7 @@ std::vector<std::string> lines() {
 /// Rank 0 writes `text` to a file of the test's directory and indexes it; every other rank opens it
 /// through rank 0's index, as run_sweep does.
 BatchTokenizer open_everywhere(const Communicator& comm, const fs::path& path,
-                               const std::vector<std::string>& text) {
+                               const std::vector<std::string>& text, const fs::path& on_last_rank = {}) {
   std::shared_ptr<const spec::PromptsFile> file;
   if (comm.rank() == 0) {
     std::ofstream out(path, std::ios::binary);
@@ -68,8 +68,11 @@ BatchTokenizer open_everywhere(const Communicator& comm, const fs::path& path,
     file = std::make_shared<const spec::PromptsFile>(spec::PromptsFile::index(path));
   }
   const auto index = comm.broadcast(comm.rank() == 0 ? file->index_bytes() : std::string());
+  // The last rank may open another file, as a node with another copy would.
+  const bool other = !on_last_rank.empty() && comm.rank() == comm.size() - 1 && comm.rank() != 0;
   if (comm.rank() != 0)
-    file = std::make_shared<const spec::PromptsFile>(spec::PromptsFile::from_index(path, index));
+    file = std::make_shared<const spec::PromptsFile>(
+        spec::PromptsFile::from_index(other ? on_last_rank : path, index));
   return BatchTokenizer{file, std::shared_ptr<const tokenizer::Tokenizer>(&bytes_tokenizer(), [](auto*) {}),
                         positions(), true, 2};
 }
@@ -123,6 +126,25 @@ void run_all(const Communicator& comm, const fs::path& dir) {
       expect(second.find("bad2.jsonl:981: not valid JSON") != std::string::npos,
              "the bad line of the last part is reported: " + second);
   }
+  // The last rank's node sees another file of the same size (one line changed): its part cannot be
+  // read, and rank 0 reports that line instead of waiting for the part forever.
+  {
+    auto changed = lines();
+    changed[990].replace(changed[990].find("\"p990\""), 6, "\"q990\"");
+    const auto path = dir / "other_node.jsonl";
+    const auto last = comm.size() - 1;
+    if (comm.rank() == last && last != 0) {
+      std::ofstream out(dir / "other_node_copy.jsonl", std::ios::binary);
+      for (const auto& line : changed) out << line << '\n';
+    }
+    comm.barrier();
+    const auto prompts = open_everywhere(comm, path, lines(), dir / "other_node_copy.jsonl");
+    const auto error = merged_error(comm, prompts);
+    if (comm.rank() == 0 && last != 0)
+      expect(error.find("other_node_copy.jsonl:991: the line changed since the job read the prompts file") !=
+                 std::string::npos,
+             "a part that cannot be read is reported: " + error);
+  }
   // Parts arrive in rank order, whatever their sizes.
   {
     std::vector<int> order;
@@ -140,7 +162,7 @@ void run_all(const Communicator& comm, const fs::path& dir) {
       expect(order == expected, "parts arrive in rank order");
     }
   }
-  const auto threads = planning_threads(comm.ranks_on_node());
+  const auto threads = planning_threads(comm);
   expect(threads >= 1 && threads <= std::max(1U, std::thread::hardware_concurrency()),
          "a rank plans on at least one thread and no more than the node's cores");
 }

@@ -68,8 +68,10 @@ class Communicator {
   /// theirs is sent. Rank 0's own `value` is not used. Chunked: values beyond INT_MAX bytes travel.
   void gather_to_root(const std::string& value,
                       const std::function<void(int rank, std::string&& bytes)>& take) const;
-  /// Collective: how many ranks of this communicator run on this rank's node (share its memory).
-  [[nodiscard]] int ranks_on_node() const;
+  /// Collective: the `value` of every rank of this communicator that runs on this rank's node
+  /// (shares its memory), in rank order; this rank's is at index `*mine`. Every rank's value must
+  /// have the same size (InternalError otherwise).
+  [[nodiscard]] std::vector<std::string> allgather_on_node(const std::string& value, std::size_t* mine) const;
 
   /// Starts sending `out.payload` to `dest` and returns at once (MPI_Isend): two ranks that send
   /// each other a large message at the same moment must not wait on each other. `out` must stay

@@ -4,8 +4,11 @@
 /// its share of its node's cores, and rank 0 merges the parts into the shapes of every prompt. The
 /// plan cut from them is the one a single process makes, for any number of ranks.
 
+#include <sched.h>
+
 #include <exception>
 #include <optional>
+#include <vector>
 
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/run/communicator.hpp"
@@ -13,9 +16,13 @@
 
 namespace ndif::run {
 
-/// The threads one rank plans on: the cores its affinity mask lets it run on, shared with the
-/// other `ranks_on_node` ranks of its node when they are not bound apart. At least 1.
-[[nodiscard]] unsigned planning_threads(int ranks_on_node);
+/// The threads one rank plans on, from the CPU sets (sched_getaffinity) of the ranks of its node,
+/// its own at `mine`: the cores of its set, divided among the ranks whose sets share any of them.
+/// Ranks bound apart (srun --cpu-bind) keep their own cores; ranks free to run anywhere in one set
+/// split it, so that a node never runs more planning threads than its ranks have cores. At least 1.
+[[nodiscard]] unsigned planning_threads(const std::vector<cpu_set_t>& node_sets, std::size_t mine);
+/// Collective: this rank's planning threads, from its affinity and that of its node's ranks.
+[[nodiscard]] unsigned planning_threads(const Communicator& comm);
 
 /// What rank 0 holds once every rank has measured its part.
 struct MeasuredPrompts {

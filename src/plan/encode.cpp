@@ -349,22 +349,9 @@ void take(std::string_view& in, T* data, std::size_t count) {
 }  // namespace
 
 std::string encode_scan_part(const ScanPart& part, std::size_t p) {
-  std::string message;
-  int code = 0;
-  if (part.error) {
-    try {
-      std::rethrow_exception(part.error);
-    } catch (const Error& e) {
-      code = static_cast<int>(e.exit_code());
-      message = e.what();
-    } catch (const std::exception& e) {
-      code = static_cast<int>(ExitCode::failure);
-      message = std::string("internal error: ") + e.what();
-    } catch (...) {
-      code = static_cast<int>(ExitCode::failure);
-      message = "internal error: an unknown exception";
-    }
-  }
+  const ErrorReport report = part.error ? report_of(part.error) : ErrorReport{ExitCode::ok, {}};
+  const auto& message = report.message;
+  const int code = static_cast<int>(report.code);
   const ScanPartHeader header{part.first, part.end,          part.bad_row, part.max_token_row,
                               p,          part.max_token_id, code,         message.size()};
   std::string out;
@@ -403,10 +390,8 @@ ScanPart decode_scan_part(std::string_view bytes, std::size_t p) {
   take(bytes, part.n_tokens.data(), n);
   take(bytes, part.positions.data(), n * p);
   take(bytes, part.id_hashes.data(), n);
-  if (header.exit_code == static_cast<int>(ExitCode::invalid_input))
-    part.error = std::make_exception_ptr(InputError(message));
-  else if (header.exit_code != 0)
-    part.error = std::make_exception_ptr(Error(static_cast<ExitCode>(header.exit_code), message));
+  if (header.exit_code != 0)
+    part.error = error_from(ErrorReport{static_cast<ExitCode>(header.exit_code), std::move(message)});
   return part;
 }
 

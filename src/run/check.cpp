@@ -70,10 +70,9 @@ class Checklist {
     try {
       steps_.push_back({name, Outcome::ok, body()});
       return true;
-    } catch (const Error& e) {
-      fail(name, e.what(), static_cast<int>(e.exit_code()));
-    } catch (const std::exception& e) {
-      fail(name, std::string("internal error: ") + e.what(), 1);
+    } catch (...) {
+      auto report = report_of(std::current_exception());
+      fail(name, std::move(report.message), static_cast<int>(report.code));
     }
     return false;
   }

@@ -329,12 +329,10 @@ int all_ranks_step(const Communicator& comm, Step&& step) {
   std::string message;
   try {
     step();
-  } catch (const Error& e) {
-    code = static_cast<int>(e.exit_code());
-    message = e.what();
-  } catch (const std::exception& e) {
-    code = 1;
-    message = std::string("internal error: ") + e.what();
+  } catch (...) {
+    auto report = report_of(std::current_exception());
+    code = static_cast<int>(report.code);
+    message = std::move(report.message);
   }
   const int worst = comm.max_all(code);
   if (worst == 0) return 0;

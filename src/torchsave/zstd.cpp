@@ -15,6 +15,10 @@ struct DStreamDeleter {
   void operator()(ZSTD_DStream* s) const noexcept { ZSTD_freeDStream(s); }
 };
 using DStream = std::unique_ptr<ZSTD_DStream, DStreamDeleter>;
+struct DCtxDeleter {
+  void operator()(ZSTD_DCtx* c) const noexcept { ZSTD_freeDCtx(c); }
+};
+using DCtx = std::unique_ptr<ZSTD_DCtx, DCtxDeleter>;
 
 constexpr std::array<std::byte, 4> kZstdMagic{std::byte{0x28}, std::byte{0xB5}, std::byte{0x2F},
                                               std::byte{0xFD}};
@@ -44,7 +48,7 @@ std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::si
     // GB/s). The
     // room bounds what zstd may write, so a header that understates the size fails here and the
     // bounded stream below says what is wrong, as it does for damaged data.
-    DStream context{ZSTD_createDCtx()};
+    DCtx context{ZSTD_createDCtx()};
     if (!context) throw InternalError("zstd: cannot allocate a decompression context");
     std::vector<std::byte> out(static_cast<std::size_t>(announced));
     const std::size_t got =

@@ -12,6 +12,24 @@
 namespace ndif {
 namespace {
 
+TEST(ErrorReport, AnErrorTravelsAsItsCodeAndMessageAndIsThrownAgainAsTheSameKind) {
+  const auto input = report_of(std::make_exception_ptr(InputError("p.jsonl:3: not valid JSON")));
+  EXPECT_EQ(input.code, ExitCode::invalid_input);
+  EXPECT_EQ(input.message, "p.jsonl:3: not valid JSON");
+  const auto other = report_of(std::make_exception_ptr(std::length_error("vector")));
+  EXPECT_EQ(other.code, ExitCode::failure);
+  EXPECT_EQ(other.message, "internal error: vector");
+  EXPECT_EQ(report_of(std::make_exception_ptr(42)).message, "internal error: an unknown exception");
+  try {
+    std::rethrow_exception(error_from(input));
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "p.jsonl:3: not valid JSON");
+  }
+  const auto refused = report_of(error_from({ExitCode::refused, "bad key"}));
+  EXPECT_EQ(refused.code, ExitCode::refused);
+  EXPECT_EQ(refused.message, "bad key");
+}
+
 TEST(Hash, Sha256OfKnownStrings) {
   EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -3,6 +3,7 @@
 /// The one error hierarchy of ndif-sweep. Every error type carries its exit code; `main()` of each
 /// binary holds the only `catch` that turns them into exit codes (see README "Exit codes").
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -71,5 +72,19 @@ class InternalError : public Error {
  public:
   explicit InternalError(const std::string& what) : Error(ExitCode::failure, what) {}
 };
+
+/// What an error ends a process or a rank with: its exit code and its message. For an error that
+/// must travel (to rank 0, or into one report of every rank's), as text.
+struct ErrorReport {
+  ExitCode code = ExitCode::failure;
+  std::string message;
+};
+
+/// The report of `error`: an ndif::Error's own code and message; any other exception exit 1 with
+/// "internal error: " before its text.
+[[nodiscard]] ErrorReport report_of(const std::exception_ptr& error);
+
+/// An error that `report_of` gives `report` again (an InputError for exit 2), to throw elsewhere.
+[[nodiscard]] std::exception_ptr error_from(const ErrorReport& report);
 
 }  // namespace ndif

@@ -154,17 +154,20 @@ std::size_t max_result_bytes(const ExpectedResult& expected) noexcept {
   return static_cast<std::size_t>(expected.data_bytes()) + kContainerSlack;
 }
 
-DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResult& expected) {
+DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected) {
   const auto limit = max_result_bytes(expected);
-  // An uncompressed result is read where it lies: copies of a whole batch are what limits a
-  // rank's throughput (bench/write_bench.cpp).
-  std::vector<std::byte> inflated;
-  std::span<const std::byte> file = bytes;
-  if (torchsave::is_zstd(bytes)) {
-    inflated = torchsave::decompress_zstd(bytes, limit);
-    file = inflated;
-  }
-  const auto root = torchsave::load(file);
+  // The tensor is read where it lies, in the downloaded file or in its decompressed form, which the
+  // storage then owns: copies of a whole batch are what limits a rank's throughput
+  // (bench/write_bench.cpp).
+  const auto root = [&] {
+    if (torchsave::is_zstd(bytes)) {
+      auto inflated = std::make_shared<const ByteBuffer>(torchsave::decompress_zstd(bytes, limit));
+      bytes = {};  // the compressed form is no longer needed while the batch is written
+      return torchsave::load_in_place(*inflated, inflated);
+    }
+    auto file = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+    return torchsave::load_in_place(*file, file);
+  }();
   const auto& tensor = expected.saved_name.empty() ? saved_tensor(root, expected.saved_node)
                                                    : named_tensor(root, expected.saved_name);
 

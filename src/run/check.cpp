@@ -144,10 +144,11 @@ std::string probe_one_prompt(const PreparedJob& job, remote::RequestEncoder& enc
     if (finished.empty()) continue;
     auto& f = finished.front();
     if (f.failure) throw ServiceRefused(fmt::format("the 1-prompt job failed: {}", f.failure->message));
-    const auto decoded = remote::decode_result(f.result, expected);
+    const auto received = f.result.size();
+    const auto decoded = remote::decode_result(std::move(f.result), expected);
     return fmt::format("a 1-prompt job (row 0) came back in {:.1f} s: ({}, {}, {}, {}) {}, {} received",
                        ms_since(started) / 1000, expected.batch, expected.total_layers(), expected.positions,
-                       expected.hidden, dtype_name(expected.dtype), human_bytes(f.result.size()));
+                       expected.hidden, dtype_name(expected.dtype), human_bytes(received));
   }
 }
 

@@ -185,7 +185,7 @@ void Worker::on_finished(remote::FinishedJob& job, Link& link) {
   std::string why;
   if (!job.failure) {
     try {
-      const auto decoded = remote::decode_result(job.result, w.request.expected);
+      const auto decoded = remote::decode_result(std::move(job.result), w.request.expected);
       std::vector<std::span<const std::byte>> parts;
       for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
       const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();

@@ -341,7 +341,7 @@ class Unpickler {
     t.stride = int_tuple(args[3], "a tuple of integer strides");
     as<bool>(args[4], "a bool requires_grad");
     const auto storage_numel =
-        static_cast<std::int64_t>(storage->bytes.size() / element_size(storage->dtype));
+        static_cast<std::int64_t>(storage->data().size() / element_size(storage->dtype));
     if (auto err = view_error(storage_numel, t.offset, t.shape, t.stride)) fail("bad tensor view: " + *err);
     t.storage = storage;
     return {std::move(t)};
@@ -361,7 +361,7 @@ class Unpickler {
     if (fresh) {
       it->second = load_storage_(key, type.dtype, numel);
     } else if (it->second->dtype != type.dtype ||
-               it->second->bytes.size() / element_size(type.dtype) != static_cast<std::uint64_t>(numel)) {
+               it->second->data().size() / element_size(type.dtype) != static_cast<std::uint64_t>(numel)) {
       fail(fmt::format("storage {} is named twice with different types or sizes", key));
     }
     return {StorageRef{it->second}};

@@ -79,10 +79,10 @@ class Pickler {
   void write_tensor(const Tensor& t) {
     if (!t.storage) throw InternalError("torchsave: cannot save a tensor without storage");
     const std::size_t es = element_size(t.storage->dtype);
-    if (t.storage->bytes.size() % es != 0)
+    if (t.storage->data().size() % es != 0)
       throw InternalError(fmt::format("torchsave: storage of {} bytes is not a whole number of {} elements",
-                                      t.storage->bytes.size(), dtype_name(t.storage->dtype)));
-    const auto storage_numel = static_cast<std::int64_t>(t.storage->bytes.size() / es);
+                                      t.storage->data().size(), dtype_name(t.storage->dtype)));
+    const auto storage_numel = static_cast<std::int64_t>(t.storage->data().size() / es);
     if (auto err = view_error(storage_numel, t.offset, t.shape, t.stride))
       throw InternalError(
           fmt::format("torchsave: cannot save a tensor whose view does not fit its storage: {}", *err));

@@ -58,7 +58,7 @@ std::optional<std::string> view_error(std::int64_t storage_numel, std::int64_t o
 std::optional<std::span<const std::byte>> Tensor::contiguous_view() const {
   if (!storage) throw InternalError("torchsave: a tensor without storage has no bytes");
   const std::size_t es = element_size(storage->dtype);
-  const auto storage_numel = static_cast<std::int64_t>(storage->bytes.size() / es);
+  const auto storage_numel = static_cast<std::int64_t>(storage->data().size() / es);
   if (auto err = detail::view_error(storage_numel, offset, shape, stride))
     throw InternalError(fmt::format("torchsave: tensor view does not fit its storage: {}", *err));
   // Row-major: each stride is the product of the later sizes (a dimension of size 1 has any stride).
@@ -68,7 +68,7 @@ std::optional<std::span<const std::byte>> Tensor::contiguous_view() const {
     expect *= shape[d];
   }
   const auto n = static_cast<std::size_t>(numel());
-  return std::span<const std::byte>(storage->bytes.data() + static_cast<std::size_t>(offset) * es, n * es);
+  return std::span<const std::byte>(storage->data().data() + static_cast<std::size_t>(offset) * es, n * es);
 }
 
 std::vector<std::byte> Tensor::contiguous_bytes() const {
@@ -79,7 +79,7 @@ std::vector<std::byte> Tensor::contiguous_bytes() const {
   std::vector<std::byte> out(n * es);
   if (n == 0) return out;
 
-  const std::byte* base = storage->bytes.data();
+  const std::byte* base = storage->data().data();
   const std::size_t dims = shape.size();
   // Walk the index space with the last dimension as the inner loop; a unit inner stride is one
   // memcpy per row, which is the common case for contiguous tensors and row slices.
@@ -119,7 +119,7 @@ Tensor Tensor::from_bytes(DType dtype, std::vector<std::int64_t> shape, std::vec
   t.stride.assign(shape.size(), 1);
   for (std::size_t d = shape.size(); d-- > 1;) t.stride[d - 1] = t.stride[d] * shape[d];
   t.shape = std::move(shape);
-  t.storage = std::make_shared<const Storage>(Storage{dtype, std::move(bytes)});
+  t.storage = std::make_shared<const Storage>(Storage{dtype, std::move(bytes), {}, {}});
   return t;
 }
 

@@ -37,9 +37,8 @@ std::string find_archive_folder(const std::vector<detail::ZipEntry>& entries) {
   return folder;
 }
 
-}  // namespace
-
-Value load(std::span<const std::byte> bytes) {
+/// Both loads; with an `owner`, storages view `bytes` instead of copying them.
+Value load_file(std::span<const std::byte> bytes, const std::shared_ptr<const void>& owner) {
   const auto entries = detail::read_zip(bytes);
   const std::string folder = find_archive_folder(entries);
   std::unordered_map<std::string_view, std::span<const std::byte>> records;
@@ -62,11 +61,21 @@ Value load(std::span<const std::byte> bytes) {
       throw DecodeError(fmt::format("torch.save: storage {} holds {} bytes, but {} elements of {} need {}",
                                     name, it->second.size(), numel, dtype_name(dtype),
                                     static_cast<std::uint64_t>(numel) * es));
-    return std::make_shared<const Storage>(Storage{dtype, {it->second.begin(), it->second.end()}});
+    if (owner) return std::make_shared<const Storage>(Storage{dtype, {}, it->second, owner});
+    return std::make_shared<const Storage>(Storage{dtype, {it->second.begin(), it->second.end()}, {}, {}});
   };
 
   const auto pkl = records.find(folder + "/data.pkl");
   return detail::unpickle(pkl->second, load_storage);
+}
+
+}  // namespace
+
+Value load(std::span<const std::byte> bytes) { return load_file(bytes, nullptr); }
+
+Value load_in_place(std::span<const std::byte> bytes, std::shared_ptr<const void> owner) {
+  if (!owner) throw InternalError("torchsave: load_in_place needs the owner of the file's bytes");
+  return load_file(bytes, owner);
 }
 
 std::vector<std::byte> save(const Value& value, const std::string& archive) {
@@ -85,7 +94,7 @@ std::vector<std::byte> save_archive(const Value& value, const std::string& archi
   zip.add(archive + "/data.pkl", pickled.pickle);
   zip.add(archive + "/byteorder", as_bytes("little"));
   for (std::size_t i = 0; i < pickled.storages.size(); ++i)
-    zip.add(fmt::format("{}/data/{}", archive, i), pickled.storages[i]->bytes);
+    zip.add(fmt::format("{}/data/{}", archive, i), pickled.storages[i]->data());
   zip.add(archive + "/version", as_bytes("3\n"));
   return std::move(zip).finish();
 }

@@ -32,14 +32,15 @@ std::size_t check(std::size_t ret, const char* what) {
 
 std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes, std::size_t max_bytes) {
   if (!is_zstd(bytes)) return bytes;
-  return decompress_zstd(bytes, max_bytes);
+  const auto out = decompress_zstd(bytes, max_bytes);
+  return {out.begin(), out.end()};
 }
 
 bool is_zstd(std::span<const std::byte> bytes) noexcept {
   return bytes.size() >= kZstdMagic.size() && std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin());
 }
 
-std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes) {
+ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes) {
   const auto announced = ZSTD_getFrameContentSize(bytes.data(), bytes.size());
   if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR &&
       announced <= max_bytes) {
@@ -50,7 +51,7 @@ std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::si
     // bounded stream below says what is wrong, as it does for damaged data.
     DCtx context{ZSTD_createDCtx()};
     if (!context) throw InternalError("zstd: cannot allocate a decompression context");
-    std::vector<std::byte> out(static_cast<std::size_t>(announced));
+    ByteBuffer out(static_cast<std::size_t>(announced));
     const std::size_t got =
         ZSTD_decompressDCtx(context.get(), out.data(), out.size(), bytes.data(), bytes.size());
     if (ZSTD_isError(got) == 0) {
@@ -64,7 +65,7 @@ std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::si
 
   // The frame header's content size may be absent or wrong, so the output grows in chunks as
   // zstd produces it and stops at max_bytes instead of trusting the header.
-  std::vector<std::byte> out;
+  ByteBuffer out;
   // Room for what the (first) frame header announces, never more than the limit: growing a
   // batch's 40 MB by doubling copied it about once more (bench/write_bench.cpp).
   if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR)

@@ -36,14 +36,27 @@ void result_file(std::span<const std::byte> bytes, ndif::DType dtype) {
   expected.positions = 1;
   expected.hidden = 2;
   expected.dtype = dtype;
+  const auto element = static_cast<std::size_t>(ndif::spec::dtype_bytes(dtype));
   try {
-    const auto decoded = ndif::remote::decode_result(bytes, expected);
-    const auto element = static_cast<std::size_t>(ndif::spec::dtype_bytes(dtype));
+    const auto decoded = ndif::remote::decode_result({bytes.begin(), bytes.end()}, expected);
     if (decoded.probes.size() != 2 || decoded.probes[0].bytes.size() != 2 * 1 * 1 * 2 * element ||
         decoded.probes[1].bytes.size() != 2 * 2 * 1 * 2 * element || decoded.nonfinite < 0 ||
         decoded.nonfinite > 12) {
       __builtin_trap();
     }
+  } catch (const ndif::DecodeError&) {
+    // damaged, truncated or unexpected result
+  }
+  // One probe: its block views the tensor where it lies in the decoded file (no copy); reading all of
+  // it must stay inside what the file owns.
+  expected.probe_layers = {3};
+  try {
+    const auto decoded = ndif::remote::decode_result({bytes.begin(), bytes.end()}, expected);
+    if (decoded.probes.size() != 1 || decoded.probes[0].bytes.size() != 2 * 3 * 1 * 2 * element)
+      __builtin_trap();
+    unsigned sum = 0;
+    for (const std::byte b : decoded.probes[0].bytes) sum += static_cast<unsigned>(b);
+    if (sum == 0xFFFFFFFFU) __builtin_trap();
   } catch (const ndif::DecodeError&) {
     // damaged, truncated or unexpected result
   }

@@ -138,9 +138,14 @@ ExpectedResult one_probe() {
 }
 
 TEST(ResultDecoder, OneProbeOfAContiguousTensorIsReadInPlaceWithExactBytes) {
-  const auto decoded =
-      decode_result(file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48)))), one_probe());
+  auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  // Moved in, the downloaded buffer becomes the result's: the block lies inside it, not in a copy.
+  const std::byte* first = file.data();
+  const std::byte* end = first + file.size();
+  const auto decoded = decode_result(std::move(file), one_probe());
   ASSERT_EQ(decoded.probes.size(), 1u);
+  EXPECT_GE(decoded.probes[0].bytes.data(), first);
+  EXPECT_LE(decoded.probes[0].bytes.data() + decoded.probes[0].bytes.size(), end);
   EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 3, 2, 4}));
   ASSERT_EQ(decoded.probes[0].bytes.size(), 48u * 2);
   EXPECT_TRUE(decoded.copies.empty());

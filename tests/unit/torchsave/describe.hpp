@@ -51,7 +51,7 @@ inline nlohmann::json describe(const Value& value, std::map<const Storage*, int>
                     {"shape", x.shape},
                     {"stride", x.stride},
                     {"offset", x.offset},
-                    {"storage_numel", x.storage->bytes.size() / element_size(x.dtype())},
+                    {"storage_numel", x.storage->data().size() / element_size(x.dtype())},
                     {"storage", id},
                     {"hex", hex_of(x.contiguous_bytes())}}}};
         } else if constexpr (std::is_same_v<T, List>) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "archive_layout.hpp"
@@ -475,7 +476,8 @@ TEST(TorchsaveZstd, DecompressReadsFramesWhereTheyLieAndRefusesOtherBytes) {
   buffer.insert(buffer.end(), packed.begin(), packed.end());
   const std::span<const std::byte> frames = std::span<const std::byte>(buffer).subspan(4);
   ASSERT_TRUE(is_zstd(frames));
-  EXPECT_EQ(decompress_zstd(frames, data.size()), data);
+  const auto out = decompress_zstd(frames, data.size());
+  EXPECT_EQ(std::vector<std::byte>(out.begin(), out.end()), data);
   EXPECT_FALSE(is_zstd(buffer));
   EXPECT_THROW((void)decompress_zstd(buffer, 1 << 20), DecodeError);
 }
@@ -489,6 +491,49 @@ TEST(TorchsaveZstd, TruncatedOrDamagedFramesAreDecodeErrors) {
         << "cut to " << n;
   auto garbage = bytes_of("\x28\xb5\x2f\xfd garbage that is no frame header");
   EXPECT_THROW((void)maybe_decompress_zstd(garbage, 1 << 20), DecodeError);
+}
+
+TEST(TorchsaveLoadInPlace, StoragesViewTheFileWhereTheirBytesLieAndKeepItAlive) {
+  for (const char* name : {"float16.pt", "views.pt"}) {
+    const auto copy = golden(name);
+    auto file = std::make_shared<const std::vector<std::byte>>(copy);
+    const std::byte* first = file->data();
+    const std::byte* end = first + file->size();
+    const auto value = load_in_place(*file, file);
+    EXPECT_EQ(describe(value), describe(load(copy))) << name;
+    std::weak_ptr<const std::vector<std::byte>> watch = file;
+    file.reset();
+    // The tensors hold the file: its bytes are still theirs, inside it, unchanged.
+    ASSERT_FALSE(watch.expired()) << name;
+    std::size_t tensors = 0;
+    const std::function<void(const Value&)> visit = [&](const Value& v) {
+      if (const auto* t = std::get_if<Tensor>(&v.v)) {
+        ++tensors;
+        const auto bytes = t->storage->data();
+        EXPECT_TRUE(t->storage->bytes.empty());
+        EXPECT_GE(bytes.data(), first);
+        EXPECT_LE(bytes.data() + bytes.size(), end);
+        EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), copy.begin() + (bytes.data() - first)));
+      }
+      if (const auto* d = std::get_if<Dict>(&v.v))
+        for (const auto& [key, item] : d->items) visit(item);
+      if (const auto* l = std::get_if<List>(&v.v))
+        for (const auto& item : *l) visit(item);
+      if (const auto* t = std::get_if<Tuple>(&v.v))
+        for (const auto& item : t->items) visit(item);
+    };
+    visit(value);
+    EXPECT_GT(tensors, 0U) << name;
+  }
+  // load() copies: its storages own their bytes.
+  const auto copied = load(golden("float16.pt"));
+  EXPECT_FALSE(std::get<Tensor>(copied.v).storage->bytes.empty());
+  EXPECT_FALSE(std::get<Tensor>(copied.v).storage->owner);
+}
+
+TEST(TorchsaveLoadInPlace, NeedsAnOwner) {
+  const auto file = golden("float16.pt");
+  EXPECT_THROW((void)load_in_place(file, nullptr), InternalError);
 }
 
 }  // namespace

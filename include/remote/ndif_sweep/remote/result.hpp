@@ -38,6 +38,7 @@ struct DecodedResult {
 /// `result[saved_node]` (G2: `{"id", "result": {node: tensor}}`; G3: keyed by name, accepted when it
 /// holds exactly one tensor). Checks dtype and shape (B, Ltot, P, H) exactly, splits per probe and
 /// counts non-finite values. Throws DecodeError stating what was expected and what came.
-[[nodiscard]] DecodedResult decode_result(std::span<const std::byte> bytes, const ExpectedResult& expected);
+/// Takes the downloaded bytes (move them in: the result's blocks may view them where they lie).
+[[nodiscard]] DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected);
 
 }  // namespace ndif::remote

@@ -5,23 +5,31 @@
 /// DecodeError with a clear message, never a crash or an unbounded allocation.
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "ndif_sweep/core/memory.hpp"
 #include "ndif_sweep/torchsave/value.hpp"
 
 namespace ndif::torchsave {
 
-/// Decodes a torch.save file. Throws DecodeError on anything malformed or unsupported.
+/// Decodes a torch.save file; every storage is a copy of its bytes. Throws DecodeError on anything
+/// malformed or unsupported.
 [[nodiscard]] Value load(std::span<const std::byte> bytes);
+
+/// As load(), but every storage views its bytes where they lie in `bytes` and shares `owner`, which
+/// must own them (a batch's result is not copied out of its archive). `owner` must not be null.
+[[nodiscard]] Value load_in_place(std::span<const std::byte> bytes, std::shared_ptr<const void> owner);
 
 /// Encodes `value` as torch.save (zipfile format, pickle protocol 2) so that real `torch.load`
 /// reads it. `archive` is the top folder name inside the ZIP.
 [[nodiscard]] std::vector<std::byte> save(const Value& value, const std::string& archive = "archive");
 
 /// If `bytes` starts with the zstd magic number, decompresses it (bounded by `max_bytes`),
-/// otherwise returns it unchanged. Throws DecodeError on a damaged or oversized frame.
+/// otherwise returns it unchanged. Throws DecodeError on a damaged or oversized frame. For small
+/// inputs (it copies what decompress_zstd made).
 [[nodiscard]] std::vector<std::byte> maybe_decompress_zstd(std::vector<std::byte> bytes,
                                                            std::size_t max_bytes);
 
@@ -30,6 +38,6 @@ namespace ndif::torchsave {
 
 /// Decompresses the zstd frames `bytes` (read where they lie, not copied), bounded by
 /// `max_bytes`. Throws DecodeError on a damaged or oversized frame or on bytes that are not zstd.
-[[nodiscard]] std::vector<std::byte> decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes);
+[[nodiscard]] ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes);
 
 }  // namespace ndif::torchsave

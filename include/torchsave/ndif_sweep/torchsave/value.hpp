@@ -17,10 +17,19 @@
 
 namespace ndif::torchsave {
 
-/// Raw little-endian bytes of one storage; several tensors may view the same storage.
+/// Raw little-endian bytes of one storage; several tensors may view the same storage. A storage
+/// either owns its bytes or, read by load_in_place(), views them where they lie in a loaded file
+/// and shares that file's owner (a batch's result is then never copied out of its archive).
 struct Storage {
   DType dtype = DType::float32;
-  std::vector<std::byte> bytes;
+  std::vector<std::byte> bytes;       ///< the elements, when the storage owns them
+  std::span<const std::byte> view;    ///< the elements in a loaded file, when `owner` is set
+  std::shared_ptr<const void> owner;  ///< keeps the file that `view` points into alive
+
+  /// The elements, wherever they are.
+  [[nodiscard]] std::span<const std::byte> data() const noexcept {
+    return owner ? view : std::span<const std::byte>(bytes);
+  }
 };
 
 /// A strided view into a storage, as `torch._utils._rebuild_tensor_v2` builds it.

@@ -83,16 +83,25 @@ struct PlanningContext {
   bool plan_from_file = false;         ///< a restart: the plan is the output file's, nothing is measured
   std::string tokenizer_sha256;        ///< what the other ranks check their own tokenizer file against
   std::int64_t positions_per_row = 0;  ///< P of every prompt
+  /// Rank 0's job spec (canonical JSON, overrides applied) and the job file it was read from, which
+  /// its relative paths are resolved against: the other ranks take the prompts file, tokenizer and
+  /// positions from it rather than reading their job file again, which may have been edited since
+  /// (a part measured with other positions) or be another on their node.
+  std::string job_json;
+  std::string job_file;
 
   [[nodiscard]] std::string encode() const {
     return json{{"plan_from_file", plan_from_file},
                 {"tokenizer_sha256", tokenizer_sha256},
-                {"positions_per_row", positions_per_row}}
+                {"positions_per_row", positions_per_row},
+                {"job", job_json},
+                {"job_file", job_file}}
         .dump();
   }
   [[nodiscard]] static PlanningContext decode(const std::string& bytes) {
     const auto j = json::parse(bytes);
-    return PlanningContext{j.at("plan_from_file"), j.at("tokenizer_sha256"), j.at("positions_per_row")};
+    return PlanningContext{j.at("plan_from_file"), j.at("tokenizer_sha256"), j.at("positions_per_row"),
+                           j.at("job"), j.at("job_file")};
   }
 };
 
@@ -588,11 +597,12 @@ int run_sweep(const RunOptions& options) {
   // the prompts, rank 0 plans and checks the rest; then every rank readies its encoder.
   std::unique_ptr<RootSetup> setup;
   if (int code = root_step(comm, [&] { setup = open_on_root(options); })) return code;
-  const auto planning = PlanningContext::decode(
-      comm.broadcast(root ? PlanningContext{setup->job.plan_from_file, setup->job.tokenizer_sha256,
-                                            setup->job.shape.positions}
-                                .encode()
-                          : std::string()));
+  const auto planning = PlanningContext::decode(comm.broadcast(
+      root ? PlanningContext{setup->job.plan_from_file, setup->job.tokenizer_sha256,
+                             setup->job.shape.positions, setup->job.spec.canonical_json().dump(),
+                             std::filesystem::absolute(options.job_file).string()}
+                 .encode()
+           : std::string()));
   // Every rank reads the prompts file through rank 0's index of it (16 bytes a prompt) instead of
   // indexing the whole file again: to measure its part, and to tokenize the batches it sends.
   std::string prompts_index;
@@ -602,10 +612,11 @@ int run_sweep(const RunOptions& options) {
   }
   BatchTokenizer batch_prompts;
   if (int code = all_ranks_step(comm, [&] {
-        batch_prompts = root ? BatchTokenizer::of(setup->job)
-                             : BatchTokenizer::for_rank(load_job_spec(options.job_file, options.overrides),
-                                                        prompts_index, planning.tokenizer_sha256,
-                                                        static_cast<std::size_t>(planning.positions_per_row));
+        batch_prompts =
+            root ? BatchTokenizer::of(setup->job)
+                 : BatchTokenizer::for_rank(spec::parse_job_spec_text(planning.job_json, planning.job_file),
+                                            prompts_index, planning.tokenizer_sha256,
+                                            static_cast<std::size_t>(planning.positions_per_row));
       }))
     return code;
   std::string().swap(prompts_index);

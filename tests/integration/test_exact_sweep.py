@@ -98,6 +98,24 @@ class ExactSweep(TempDirTestCase):
             order = f["batches/order"][()]
             self.assertNotEqual(order.tolist(), sorted(order.tolist()), "the length sort should reorder rows")
 
+    def test_every_rank_plans_with_rank_0s_job_even_when_its_own_job_file_says_otherwise(self):
+        # MPMD: rank 1 is started with another job file (other positions, another prompts file, as an
+        # edit between the ranks' starts or another node's copy would give). Rank 0's job is the one
+        # every rank measures its part of the prompts with; the file holds exactly that job.
+        lines = [t for t in harness.varied_prompts(12, seed=21) if len(t.split(" ")) >= 3]
+        job_path, job = make_job(self.dir, lines, positions=[-1, 1])
+        other = self.dir / "other"
+        other.mkdir()
+        other_job, _ = make_job(other, list(reversed(lines)), positions=[0, 2])
+        expect = Expectation(job, lines)
+        command = (["mpirun", "-np", "1"] + harness.sweep_cmd("run", job_path, "--progress", "lines")
+                   + [":", "-np", "1"] + harness.sweep_cmd("run", other_job, "--progress", "lines"))
+        result = harness.run(command, timeout=240)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertFalse((other / "out.h5").exists())
+        rows, _ = check_file(self, self.dir / "out.h5", expect)
+        self.assertEqual(rows, len(lines))
+
     def test_max_prompts_batches_without_length_sort(self):
         lines = mixed_length_prompts()
         out, _ = self.sweep_and_check(lines, ranks=2, one_batch=False, dtype="bfloat16",

@@ -81,7 +81,7 @@ void plan_job(PreparedJob& job, plan::PromptShapes shapes);
 
 /// What a rank needs to tokenize the prompts of its batches again, as planning did: the prompts
 /// file, the tokenizer and the job's positions. Rank 0 takes its PreparedJob's; the other ranks
-/// make theirs from the same job spec and rank 0's index of the prompts file (for_rank).
+/// make theirs from rank 0's job spec and index of the prompts file (for_rank).
 struct BatchTokenizer {
   std::shared_ptr<const spec::PromptsFile> prompts_file;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
@@ -91,7 +91,7 @@ struct BatchTokenizer {
 
   /// The job's, on the rank that prepared it.
   [[nodiscard]] static BatchTokenizer of(const PreparedJob& job);
-  /// Another rank's, for `spec` (the same job file and flags as rank 0's): the tokenizer file read
+  /// Another rank's, for `spec` (rank 0's, as it sent it): the tokenizer file read
   /// here must have rank 0's SHA-256 `tokenizer_sha256`, and the prompts file is opened with rank
   /// 0's index (PromptsFile::index_bytes). Throws InputError naming the file when this node sees
   /// other files than rank 0.

@@ -162,7 +162,9 @@ DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& 
   const auto root = [&] {
     if (torchsave::is_zstd(bytes)) {
       auto inflated = std::make_shared<const ByteBuffer>(torchsave::decompress_zstd(bytes, limit));
-      bytes = {};  // the compressed form is no longer needed while the batch is written
+      // Freed before the tensor is read: a batch's compressed and decompressed forms are held
+      // together only while zstd runs.
+      std::vector<std::byte>().swap(bytes);
       return torchsave::load_in_place(*inflated, inflated);
     }
     auto file = std::make_shared<const std::vector<std::byte>>(std::move(bytes));

@@ -116,6 +116,27 @@ class ExactSweep(TempDirTestCase):
         rows, _ = check_file(self, self.dir / "out.h5", expect)
         self.assertEqual(rows, len(lines))
 
+        # Span positions travel too: the MPMD run stores what one process running rank 0's job stores.
+        spans = self.dir / "spans"
+        spans.mkdir()
+        span_lines = [f"{t} and the end of the line" for t in lines]
+        span_positions = [{"span": "the", "occurrence": -1, "token": "first"}, -1]
+        span_job, _ = make_job(spans, span_lines, positions=span_positions, output="one.h5")
+        result = harness.sweep("run", span_job, "--progress", "lines", timeout=240)
+        self.assertEqual(result.returncode, 0, result.describe())
+        command = (["mpirun", "-np", "1"]
+                   + harness.sweep_cmd("run", span_job, "--output", spans / "two.h5", "--progress", "lines")
+                   + [":", "-np", "1"] + harness.sweep_cmd("run", other_job, "--progress", "lines"))
+        result = harness.run(command, timeout=240)
+        self.assertEqual(result.returncode, 0, result.describe())
+        with h5py.File(spans / "one.h5", "r") as one, h5py.File(spans / "two.h5", "r") as two:
+            self.assertEqual(one["prompts/positions"][()].tolist(), two["prompts/positions"][()].tolist())
+            self.assertNotEqual(one["prompts/positions"][()][:, 0].tolist(),
+                                one["prompts/positions"][()][:, 1].tolist())
+            self.assertTrue(all(two["batches/done"][()]))
+            for name in one["acts"]:
+                self.assertTrue(np.array_equal(one["acts"][name][()], two["acts"][name][()]), name)
+
     def test_max_prompts_batches_without_length_sort(self):
         lines = mixed_length_prompts()
         out, _ = self.sweep_and_check(lines, ranks=2, one_batch=False, dtype="bfloat16",

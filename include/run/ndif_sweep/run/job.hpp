@@ -91,7 +91,8 @@ struct BatchTokenizer {
 
   /// The job's, on the rank that prepared it.
   [[nodiscard]] static BatchTokenizer of(const PreparedJob& job);
-  /// Another rank's, for `spec` (rank 0's, as it sent it): the tokenizer file read
+  /// Another rank's, for rank 0's prompts file, tokenizer file, positions and add_special_tokens
+  /// in `spec` (it reads no other field): the tokenizer file read
   /// here must have rank 0's SHA-256 `tokenizer_sha256`, and the prompts file is opened with rank
   /// 0's index (PromptsFile::index_bytes). Throws InputError naming the file when this node sees
   /// other files than rank 0.

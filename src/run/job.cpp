@@ -132,19 +132,44 @@ BatchTokenizer BatchTokenizer::of(const PreparedJob& job) {
                         static_cast<std::size_t>(job.shape.positions)};
 }
 
-BatchTokenizer BatchTokenizer::for_rank(const spec::JobSpec& spec, std::string_view prompts_index,
+PromptSource PromptSource::of(const spec::JobSpec& spec) {
+  return PromptSource{std::filesystem::absolute(spec.prompts).lexically_normal(),
+                      std::filesystem::absolute(spec.tokenizer).lexically_normal(), spec.positions,
+                      spec.add_special_tokens};
+}
+
+std::string PromptSource::encode() const {
+  return nlohmann::json{{"prompts", prompts.string()},
+                        {"tokenizer", tokenizer.string()},
+                        {"positions", spec::positions_json(default_positions)},
+                        {"add_special_tokens", add_special_tokens}}
+      .dump();
+}
+
+PromptSource PromptSource::decode(const std::string& text) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    return PromptSource{j.at("prompts").get<std::string>(), j.at("tokenizer").get<std::string>(),
+                        spec::positions_from_json(j.at("positions"), "rank 0's job: "),
+                        j.at("add_special_tokens").get<bool>()};
+  } catch (const nlohmann::json::exception& e) {
+    throw InternalError(fmt::format("rank 0's prompt source does not decode: {}", e.what()));
+  }
+}
+
+BatchTokenizer BatchTokenizer::for_rank(const PromptSource& source, std::string_view prompts_index,
                                         const std::string& tokenizer_sha256, std::size_t positions_per_row) {
-  const auto tokenizer_text = read_file(spec.tokenizer, "tokenizer file");
+  const auto tokenizer_text = read_file(source.tokenizer, "tokenizer file");
   if (sha256_hex(tokenizer_text) != tokenizer_sha256)
     throw InputError(
         fmt::format("{}: the tokenizer file on this node differs from the one rank 0 read; every "
                     "node must see the same tokenizer file",
-                    spec.tokenizer.string()));
+                    source.tokenizer.string()));
   return BatchTokenizer{
-      std::make_shared<const spec::PromptsFile>(spec::PromptsFile::from_index(spec.prompts, prompts_index)),
+      std::make_shared<const spec::PromptsFile>(spec::PromptsFile::from_index(source.prompts, prompts_index)),
       std::make_shared<const tokenizer::Tokenizer>(
-          tokenizer::Tokenizer::from_json(tokenizer_text, spec.tokenizer.string())),
-      spec.positions, spec.add_special_tokens, positions_per_row};
+          tokenizer::Tokenizer::from_json(tokenizer_text, source.tokenizer.string())),
+      source.default_positions, source.add_special_tokens, positions_per_row};
 }
 
 spec::PromptRecord BatchTokenizer::record(std::int64_t row) const {

@@ -78,69 +78,29 @@ struct RunContext {
 };
 
 /// What every rank needs to measure its part of the prompts and tokenize its batches; rank 0
-/// broadcasts it once the job is open, with its index of the prompts file. The other ranks take the
-/// prompts file, tokenizer and positions from here rather than reading their job file again, which
-/// may have been edited since (a part measured with other positions) or be another on their node.
+/// broadcasts it once the job is open, with its index of the prompts file.
 struct PlanningContext {
   bool plan_from_file = false;         ///< a restart: the plan is the output file's, nothing is measured
   std::string tokenizer_sha256;        ///< what the other ranks check their own tokenizer file against
   std::int64_t positions_per_row = 0;  ///< P of every prompt
-  std::string prompts;                 ///< the prompts file rank 0 read, absolute
-  std::string tokenizer;               ///< the tokenizer file rank 0 read, absolute
-  bool add_special_tokens = true;
-  std::vector<spec::PositionSpec> default_positions;  ///< the job's, as rank 0 checked them
+  PromptSource source;                 ///< rank 0's prompts file, tokenizer and positions
 
-  /// Rank 0's. Collective: no; it may throw (a path that is not UTF-8), so it runs in a root step.
+  /// Rank 0's. It may throw (a path that cannot be made absolute), so it runs in a root step.
   [[nodiscard]] static PlanningContext of(const PreparedJob& job) {
-    return PlanningContext{job.plan_from_file,
-                           job.tokenizer_sha256,
-                           job.shape.positions,
-                           std::filesystem::absolute(job.spec.prompts).lexically_normal().string(),
-                           std::filesystem::absolute(job.spec.tokenizer).lexically_normal().string(),
-                           job.spec.add_special_tokens,
-                           job.spec.positions};
+    return PlanningContext{job.plan_from_file, job.tokenizer_sha256, job.shape.positions,
+                           PromptSource::of(job.spec)};
   }
-
-  /// The spec fields BatchTokenizer::for_rank reads; nothing else of it is set.
-  [[nodiscard]] spec::JobSpec tokenizer_spec() const {
-    spec::JobSpec spec;
-    spec.prompts = prompts;
-    spec.tokenizer = tokenizer;
-    spec.add_special_tokens = add_special_tokens;
-    spec.positions = default_positions;
-    return spec;
-  }
-
   [[nodiscard]] std::string encode() const {
-    json positions = json::array();
-    for (const auto& p : default_positions)
-      positions.push_back({{"is_span", p.is_span},
-                           {"index", p.index},
-                           {"span", p.span},
-                           {"occurrence", p.occurrence},
-                           {"last_token", p.last_token}});
     return json{{"plan_from_file", plan_from_file},
                 {"tokenizer_sha256", tokenizer_sha256},
                 {"positions_per_row", positions_per_row},
-                {"prompts", prompts},
-                {"tokenizer", tokenizer},
-                {"add_special_tokens", add_special_tokens},
-                {"default_positions", positions}}
+                {"source", source.encode()}}
         .dump();
   }
   [[nodiscard]] static PlanningContext decode(const std::string& bytes) {
     const auto j = json::parse(bytes);
-    PlanningContext c{j.at("plan_from_file"),
-                      j.at("tokenizer_sha256"),
-                      j.at("positions_per_row"),
-                      j.at("prompts"),
-                      j.at("tokenizer"),
-                      j.at("add_special_tokens"),
-                      {}};
-    for (const auto& p : j.at("default_positions"))
-      c.default_positions.push_back(spec::PositionSpec{p.at("is_span"), p.at("index"), p.at("span"),
-                                                       p.at("occurrence"), p.at("last_token")});
-    return c;
+    return PlanningContext{j.at("plan_from_file"), j.at("tokenizer_sha256"), j.at("positions_per_row"),
+                           PromptSource::decode(j.at("source"))};
   }
 };
 
@@ -651,10 +611,10 @@ int run_sweep(const RunOptions& options) {
   }
   BatchTokenizer batch_prompts;
   if (int code = all_ranks_step(comm, [&] {
-        batch_prompts = root ? BatchTokenizer::of(setup->job)
-                             : BatchTokenizer::for_rank(planning.tokenizer_spec(), prompts_index,
-                                                        planning.tokenizer_sha256,
-                                                        static_cast<std::size_t>(planning.positions_per_row));
+        batch_prompts =
+            root ? BatchTokenizer::of(setup->job)
+                 : BatchTokenizer::for_rank(planning.source, prompts_index, planning.tokenizer_sha256,
+                                            static_cast<std::size_t>(planning.positions_per_row));
       }))
     return code;
   std::string().swap(prompts_index);

@@ -411,8 +411,7 @@ json JobSpec::canonical_json() const {
                           {"output_index", probe.output_index ? json(*probe.output_index) : json(nullptr)},
                           {"layers", layers_value}});
   }
-  json position_list = json::array();
-  for (const PositionSpec& position : positions) position_list.push_back(detail::position_json(position));
+  const json position_list = positions_json(positions);
   return json{
       {"model", model},
       {"revision", revision ? json(*revision) : json(nullptr)},
@@ -485,6 +484,16 @@ JobSpec parse_job_spec_text(const std::string& text, const std::filesystem::path
 
 JobSpec parse_job_spec(const std::filesystem::path& job_file) {
   return parse_job_spec_text(read_file(job_file, "job spec"), job_file);
+}
+
+json positions_json(const std::vector<PositionSpec>& positions) {
+  json list = json::array();
+  for (const PositionSpec& position : positions) list.push_back(detail::position_json(position));
+  return list;
+}
+
+std::vector<PositionSpec> positions_from_json(const json& value, const std::string& prefix) {
+  return detail::parse_positions(value, prefix, "positions");
 }
 
 }  // namespace ndif::spec

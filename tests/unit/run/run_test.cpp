@@ -97,9 +97,15 @@ TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {
 
 TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
   const auto prepared = prepare_job(job(), {}, no_network);
-  const auto spec = load_job_spec(dir_ / "job.json", {});
+  // What rank 0 sends, through its byte form.
+  const auto source = PromptSource::decode(PromptSource::of(prepared.spec).encode());
+  EXPECT_TRUE(source.prompts.is_absolute());
+  EXPECT_EQ(source.prompts, std::filesystem::absolute(dir_ / "prompts.jsonl").lexically_normal());
+  EXPECT_EQ(source.tokenizer, std::filesystem::absolute(prepared.spec.tokenizer).lexically_normal());
+  EXPECT_EQ(source.add_special_tokens, prepared.spec.add_special_tokens);
+  EXPECT_EQ(spec::positions_json(source.default_positions), spec::positions_json(prepared.spec.positions));
   const auto index = prepared.prompts_file->index_bytes();
-  const auto other = BatchTokenizer::for_rank(spec, index, prepared.tokenizer_sha256, 2);
+  const auto other = BatchTokenizer::for_rank(source, index, prepared.tokenizer_sha256, 2);
   const auto theirs = other.encode({2, 0, 1});
   const auto ours = encode_batch(prepared, {2, 0, 1});
   ASSERT_EQ(theirs.size(), 3u);
@@ -115,7 +121,7 @@ TEST_F(JobFiles, AnotherRankTokenizesABatchAsRankZeroThroughItsIndex) {
   EXPECT_EQ(theirs[2].positions, (std::vector<std::int32_t>{0, 11}));
   // A node whose tokenizer file is not rank 0's is refused.
   try {
-    (void)BatchTokenizer::for_rank(spec, index, std::string(64, '0'), 2);
+    (void)BatchTokenizer::for_rank(source, index, std::string(64, '0'), 2);
     ADD_FAILURE() << "another tokenizer was taken";
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("every node must see the same tokenizer file"));

@@ -87,6 +87,29 @@ TEST(JobSpec, EveryDefaultIsTheContractsDefault) {
   EXPECT_EQ(spec.probes[0].layers_text, "0:4");
 }
 
+TEST(JobSpec, PositionsTravelAsTheJobFileWritesThem) {
+  const json written = json::parse(R"([-1, 2, {"span": "the", "occurrence": -2, "token": "first"},
+                                        {"span": "cat", "occurrence": 0, "token": "last"}])");
+  const auto positions = positions_from_json(written, "rank 0's job: ");
+  ASSERT_EQ(positions.size(), 4u);
+  EXPECT_FALSE(positions[0].is_span);
+  EXPECT_EQ(positions[0].index, -1);
+  EXPECT_EQ(positions[1].index, 2);
+  EXPECT_TRUE(positions[2].is_span);
+  EXPECT_EQ(positions[2].span, "the");
+  EXPECT_EQ(positions[2].occurrence, -2);
+  EXPECT_FALSE(positions[2].last_token);
+  EXPECT_EQ(positions[3].span, "cat");
+  EXPECT_TRUE(positions[3].last_token);
+  EXPECT_EQ(positions_json(positions), written);
+  try {
+    (void)positions_from_json(json::array(), "rank 0's job: ");
+    ADD_FAILURE() << "an empty list was taken";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("rank 0's job: \"positions\" must be", 0), 0u) << e.what();
+  }
+}
+
 TEST(JobSpec, EveryKeyIsRead) {
   const json job = json::parse(R"({
     "model": "org/m", "revision": "abc123", "endpoint": "https://ndif.example.org:8443/",

@@ -79,6 +79,22 @@ using ModelConfigSource = std::function<spec::ModelConfig(const spec::JobSpec&)>
 /// Takes the measured prompts (their P must be the job's) and cuts the batches.
 void plan_job(PreparedJob& job, plan::PromptShapes shapes);
 
+/// The part of a job that tokenizing its prompts depends on, as rank 0 read it: the other ranks
+/// take it from rank 0 instead of reading their job file again (which may have been edited since,
+/// or be another on their node).
+struct PromptSource {
+  std::filesystem::path prompts;    ///< absolute
+  std::filesystem::path tokenizer;  ///< absolute
+  std::vector<spec::PositionSpec> default_positions;
+  bool add_special_tokens = true;
+
+  /// `spec`'s, with its paths made absolute. Throws if a path cannot be (filesystem_error).
+  [[nodiscard]] static PromptSource of(const spec::JobSpec& spec);
+  /// As JSON text for a broadcast, and back (InternalError when the text is not one).
+  [[nodiscard]] std::string encode() const;
+  [[nodiscard]] static PromptSource decode(const std::string& text);
+};
+
 /// What a rank needs to tokenize the prompts of its batches again, as planning did: the prompts
 /// file, the tokenizer and the job's positions. Rank 0 takes its PreparedJob's; the other ranks
 /// make theirs from rank 0's job spec and index of the prompts file (for_rank).
@@ -91,12 +107,11 @@ struct BatchTokenizer {
 
   /// The job's, on the rank that prepared it.
   [[nodiscard]] static BatchTokenizer of(const PreparedJob& job);
-  /// Another rank's, for rank 0's prompts file, tokenizer file, positions and add_special_tokens
-  /// in `spec` (it reads no other field): the tokenizer file read
+  /// Another rank's, for rank 0's `source`: the tokenizer file read
   /// here must have rank 0's SHA-256 `tokenizer_sha256`, and the prompts file is opened with rank
   /// 0's index (PromptsFile::index_bytes). Throws InputError naming the file when this node sees
   /// other files than rank 0.
-  [[nodiscard]] static BatchTokenizer for_rank(const spec::JobSpec& spec, std::string_view prompts_index,
+  [[nodiscard]] static BatchTokenizer for_rank(const PromptSource& source, std::string_view prompts_index,
                                                const std::string& tokenizer_sha256,
                                                std::size_t positions_per_row);
 

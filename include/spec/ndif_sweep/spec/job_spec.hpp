@@ -131,6 +131,14 @@ struct JobSpec {
 /// Same, from JSON text; `job_file` is used for messages and to resolve relative paths.
 [[nodiscard]] JobSpec parse_job_spec_text(const std::string& text, const std::filesystem::path& job_file);
 
+/// A positions list in the JSON form of the job file's "positions".
+[[nodiscard]] nlohmann::json positions_json(const std::vector<PositionSpec>& positions);
+
+/// A positions list from that form, checked as the job file's is. Throws InputError whose message
+/// starts with `prefix` (e.g. "job.json: ").
+[[nodiscard]] std::vector<PositionSpec> positions_from_json(const nlohmann::json& value,
+                                                            const std::string& prefix);
+
 /// Checks every probe's layers against the model shape (once it is known, e.g. from /status).
 /// Throws InputError naming the probe.
 void check_layers(const JobSpec& spec, const ModelConfig& config);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <list>
@@ -174,6 +175,7 @@ struct JobTransport::Impl {
   curl::Multi multi = curl::make_multi();
   std::list<Attempt> attempts;        // stable addresses: curl holds pointers into them
   std::vector<SubmittedJob> learned;  // job ids the submit replies gave, not yet returned by run
+  std::atomic<bool> woken{false};     // wake() was called: run returns
 
   explicit Impl(TransportOptions o) : options(std::move(o)), base(trim_slash(options.base_url)) {}
   ~Impl() { cancel_all(); }
@@ -381,6 +383,7 @@ struct JobTransport::Impl {
       curl::check_multi(curl_multi_poll(multi.get(), nullptr, 0,
                                         static_cast<int>(std::clamp<long long>(wait, 0, 1000)), nullptr),
                         "curl_multi_poll");
+      woken.store(false);
       return events;
     }
     auto finish = [&](std::list<Attempt>::iterator it, FinishedJob job) {
@@ -418,7 +421,7 @@ struct JobTransport::Impl {
         if (auto job = on_done(*it, rc)) finish(it, std::move(*job));
       }
       const auto after = Clock::now();
-      if (!finished.empty() || !learned.empty() || after >= until) break;
+      if (!finished.empty() || !learned.empty() || after >= until || woken.exchange(false)) break;
       auto wake = until;
       for (const auto& a : attempts) {
         wake = std::min(wake, a.deadline);
@@ -437,6 +440,12 @@ struct JobTransport::Impl {
 
 JobTransport::JobTransport(TransportOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 JobTransport::~JobTransport() = default;
+
+void JobTransport::wake() noexcept {
+  impl_->woken.store(true);
+  // Fails only for a multi handle that is gone or broken; the flag still ends the next run.
+  curl_multi_wakeup(impl_->multi.get());
+}
 
 void JobTransport::submit(JobTicket ticket, EncodedRequest request) {
   auto& a = impl_->attempts.emplace_back();

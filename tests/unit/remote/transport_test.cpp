@@ -428,6 +428,38 @@ TEST(JobTransport, WithNothingInFlightRunWaitsItsTimeOutInsteadOfReturningAtOnce
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(140));
 }
 
+TEST(JobTransport, WakeFromAnotherThreadEndsARunThatWaitsWithOrWithoutAttempts) {
+  FakeService service;
+  service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });
+  service.get("/response/job-1", [](const auto&, auto& res) { reply_status(res, "QUEUED"); });
+  for (const bool busy : {false, true}) {
+    JobTransport transport(options_for(service));
+    if (busy) {
+      transport.submit(JobTicket{0, 1}, small_request());
+      // The submit's job id comes back first; after it the job only waits in its queue.
+      for (int i = 0; i < 40 && transport.run(std::chrono::milliseconds(50)).submitted.empty(); ++i) {
+      }
+    }
+    const auto start = std::chrono::steady_clock::now();
+    std::thread waker([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      transport.wake();
+    });
+    const auto events = transport.run(std::chrono::seconds(10));
+    const auto took = std::chrono::steady_clock::now() - start;
+    waker.join();
+    EXPECT_TRUE(events.finished.empty());
+    EXPECT_GE(took, std::chrono::milliseconds(90)) << "busy " << busy;
+    EXPECT_LT(took, std::chrono::seconds(3)) << "busy " << busy;
+    // A wake before the run ends it too, instead of being lost.
+    transport.wake();
+    const auto again = std::chrono::steady_clock::now();
+    (void)transport.run(std::chrono::seconds(10));
+    EXPECT_LT(std::chrono::steady_clock::now() - again, std::chrono::seconds(3)) << "busy " << busy;
+    EXPECT_EQ(transport.in_flight(), busy ? 1U : 0U);
+  }
+}
+
 TEST(JobTransport, AResumedJobIsPolledAndDownloadedWithoutASubmit) {
   FakeService service;
   service.post("/request", [](const auto&, auto& res) { reply_status(res, "RECEIVED"); });

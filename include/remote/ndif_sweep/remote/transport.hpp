@@ -110,6 +110,10 @@ class JobTransport {
   /// back as `FinishedJob::failure`.
   [[nodiscard]] TransportEvents run(std::chrono::milliseconds max_wait);
 
+  /// Ends the current or the next `run` early (at once, if it is waiting). Thread-safe: the one
+  /// call another thread may make (a result decoded beside the transfers wakes the rank to write it).
+  void wake() noexcept;
+
   /// Attempts submitted and not yet returned by `run`.
   [[nodiscard]] std::size_t in_flight() const noexcept;
 

@@ -6,7 +6,6 @@
 #include <type_traits>
 
 #include "ndif_sweep/core/error.hpp"
-#include "ndif_sweep/remote/result.hpp"
 #include "ndif_sweep/remote/status.hpp"
 
 namespace ndif::run {
@@ -25,7 +24,8 @@ Worker::Worker(WorkerSettings settings, remote::RequestEncoder& encoder, JobClie
       client_(client),
       sink_(sink),
       policy_(settings_.retry, seed),
-      log_(log) {}
+      log_(log),
+      decoder_(settings_.decode_in_background, [&client] { client.wake(); }) {}
 
 int Worker::free_slots() const {
   if (no_more_work_ || drain_ != DrainRequest::none) return 0;
@@ -35,9 +35,12 @@ int Worker::free_slots() const {
   // (bench/link_bench.py: 0.76 of the link with 4 ranks of 2). The downloads are bounded by as many
   // again, which bounds the results a rank holds.
   const auto states = client_.in_flight_states();
+  // A result decoding has left NDIF's queue too.
   const auto downloading =
       settings_.overlap_downloads
-          ? static_cast<int>(std::count(states.begin(), states.end(), remote::JobState::completed))
+          ? static_cast<int>(
+                std::count(states.begin(), states.end(), remote::JobState::completed) +
+                std::count_if(work_.begin(), work_.end(), [](const auto& kv) { return kv.second.decoding; }))
           : 0;
   const int held = static_cast<int>(work_.size());
   return std::max(0,
@@ -108,10 +111,11 @@ void Worker::drain(DrainRequest level) {
   if (level == DrainRequest::abandon_in_flight) {
     // Their journal entries stay: a restart polls those jobs instead of sending them again.
     client_.cancel_all();
+    decoder_.discard();
     work_.clear();
   } else {
-    // Batches not in flight (not sent yet, or waiting out a backoff) are given up now.
-    std::erase_if(work_, [](const auto& kv) { return !kv.second.in_flight; });
+    // Batches not in flight or decoding (not sent yet, or waiting out a backoff) are given up now.
+    std::erase_if(work_, [](const auto& kv) { return !kv.second.in_flight && !kv.second.decoding; });
   }
 }
 
@@ -165,6 +169,7 @@ void Worker::turn(std::chrono::milliseconds wait, Link& link) {
                   store::JournalEntry{s.job_id, s.ticket.attempt, unix_now(), it->second.request_hash});
   }
   for (auto& f : events.finished) on_finished(f, link);
+  for (auto& d : decoder_.take()) on_decoded(d, link);
 
   if (!idle_sent_) report_states(link);
   if (!idle_sent_ && work_.empty() && encode_failures_.empty() && !awaiting_assignment_ &&
@@ -181,30 +186,39 @@ void Worker::on_finished(remote::FinishedJob& job, Link& link) {
   if (it == work_.end() || it->second.attempt != job.ticket.attempt || !it->second.in_flight) return;
   auto& w = it->second;
   w.in_flight = false;
-  remote::Verdict verdict = remote::Verdict::retry;
-  std::string why;
-  if (!job.failure) {
-    try {
-      const auto decoded = remote::decode_result(std::move(job.result), w.request.expected);
-      std::vector<std::span<const std::byte>> parts;
-      for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
-      const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();
-      sink_.write(w.assignment, parts,
-                  store::BatchStats{w.attempt, seconds, job.bytes_received, decoded.nonfinite});
-      link.send(0,
-                msg::Done{BatchReport{w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()),
-                                      job.bytes_received, w.attempt, seconds}});
-      work_.erase(it);
-      return;
-    } catch (const DecodeError& e) {
-      verdict = remote::classify_decode(true);
-      why = e.what();
-    }
-  } else {
-    verdict = job.failure->verdict;
-    why = job.failure->message;
+  if (job.failure) {
+    on_failed(it, job.failure->verdict, job.failure->message, job.job_id, link);
+    return;
   }
+  w.decoding = true;
+  w.job_id = job.job_id;
+  w.bytes_received = job.bytes_received;
+  decoder_.submit(it->first, std::move(job.result), w.request.expected);
+}
 
+void Worker::on_decoded(remote::DecodeOutcome& decoded, Link& link) {
+  const auto it = work_.find(static_cast<std::int32_t>(decoded.key));
+  // Given up while it decoded (a drain that abandons what is in flight): nothing to do.
+  if (it == work_.end() || !it->second.decoding) return;
+  auto& w = it->second;
+  w.decoding = false;
+  if (!decoded.result) {
+    on_failed(it, remote::classify_decode(true), decoded.error, w.job_id, link);
+    return;
+  }
+  std::vector<std::span<const std::byte>> parts;
+  for (const auto& p : decoded.result->probes) parts.emplace_back(p.bytes);
+  const double seconds = std::chrono::duration<double>(Clock::now() - w.first_start).count();
+  sink_.write(w.assignment, parts,
+              store::BatchStats{w.attempt, seconds, w.bytes_received, decoded.result->nonfinite});
+  link.send(0, msg::Done{BatchReport{w.assignment.batch, static_cast<std::int64_t>(w.assignment.rows.size()),
+                                     w.bytes_received, w.attempt, seconds}});
+  work_.erase(it);
+}
+
+void Worker::on_failed(std::map<std::int32_t, Work>::iterator it, remote::Verdict verdict,
+                       const std::string& why, const std::string& job_id, Link& link) {
+  auto& w = it->second;
   const auto batch = w.assignment.batch;
   if (verdict == remote::Verdict::refused) {
     link.send(0, msg::Refused{fmt::format("batch {}: {}", batch, why)});
@@ -216,7 +230,7 @@ void Worker::on_finished(remote::FinishedJob& job, Link& link) {
     // this run's full retry budget.
     log_ << fmt::format(
         "ndif-sweep: batch {}: the journaled NDIF job {} cannot be used ({}); sending the batch again\n",
-        batch, job.job_id, why);
+        batch, job_id, why);
     w.send_at = Clock::now();
     return;
   }

@@ -2,9 +2,11 @@
 // A scriptable NDIF (FakeClient), a recording file (RecordingSink) and the batches of a small job,
 // for driving the coordinator and the workers without a server, a file or (in the unit tests) MPI.
 
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -34,6 +36,8 @@ inline WorkerSettings test_settings(int max_inflight = 2) {
   s.retry = spec::RetryOptions{3, 0.001, 0.002};
   s.states_every = std::chrono::milliseconds(0);
   s.prompts_of = test_prompts;
+  // Each turn's effects complete when it returns; the tests of the decoding thread turn it on.
+  s.decode_in_background = false;
   return s;
 }
 
@@ -103,13 +107,32 @@ class FakeClient final : public JobClient {
   }
   [[nodiscard]] remote::TransportEvents run(std::chrono::milliseconds max_wait) override {
     waits.push_back(max_wait);
+    if (pending.finished.empty() && pending.submitted.empty()) {
+      // As the transport does: nothing to report, so wait the time out or until woken.
+      std::unique_lock lock(wake_mutex);
+      wake_cv.wait_for(lock, max_wait, [&] { return woken; });
+      woken = false;
+    }
     return std::exchange(pending, {});
+  }
+  void wake() noexcept override {
+    {
+      const std::lock_guard lock(wake_mutex);
+      woken = true;
+      ++wakes;
+    }
+    wake_cv.notify_all();
   }
   [[nodiscard]] std::vector<remote::JobState> in_flight_states() const override {
     std::vector<remote::JobState> states;
     for (const auto& job : in_flight)
       states.push_back(job.downloading ? remote::JobState::completed : remote::JobState::queued);
     return states;
+  }
+  /// wake() calls so far (from the worker's decoding thread).
+  [[nodiscard]] int wakes_seen() {
+    const std::lock_guard lock(wake_mutex);
+    return wakes;
   }
   void cancel_all() noexcept override {
     cancelled += static_cast<int>(in_flight.size());
@@ -127,6 +150,14 @@ class FakeClient final : public JobClient {
     f.result = test_result(job->request.expected, batch);
     f.bytes_received = static_cast<std::int64_t>(f.result.size());
     pending.finished.push_back(std::move(f));
+    return true;
+  }
+  /// Ends the job in flight for `batch` with a result cut off halfway (a DecodeError when it is
+  /// decoded); false if none is in flight.
+  bool complete_truncated(std::int64_t batch) {
+    if (!complete(batch)) return false;
+    auto& result = pending.finished.back().result;
+    result.resize(result.size() / 2);
     return true;
   }
   /// Ends the job in flight for `batch` with a failure of `verdict`; false if none is in flight.
@@ -152,6 +183,10 @@ class FakeClient final : public JobClient {
     while (!in_flight.empty()) complete(in_flight.front().ticket.batch);
   }
 
+  std::mutex wake_mutex;
+  std::condition_variable wake_cv;
+  bool woken = false;
+  int wakes = 0;
   std::vector<remote::JobTicket> submits;
   std::vector<Job> resumes;
   std::vector<Job> in_flight;

@@ -33,7 +33,8 @@ std::deque<std::int32_t> batches(int n) {
 /// A coordinator on rank 0 and a worker on every rank.
 struct Loop {
   explicit Loop(int ranks, std::deque<std::int32_t> pending, int max_inflight = 2,
-                std::map<std::int32_t, store::JournalEntry> journal = {}, int total = -1)
+                std::map<std::int32_t, store::JournalEntry> journal = {}, int total = -1,
+                bool decode_in_background = false)
       : net(ranks),
         progress(ProgressMode::none, log, total < 0 ? static_cast<std::int64_t>(pending.size()) : total, 1000,
                  0, 0, ProgressReporter::Clock::now()),
@@ -45,11 +46,12 @@ struct Loop {
               return a;
             },
             progress, log) {
+    auto settings = testing::test_settings(max_inflight);
+    settings.decode_in_background = decode_in_background;
     for (int r = 0; r < ranks; ++r) {
       clients.push_back(std::make_unique<FakeClient>());
       sinks.push_back(std::make_unique<RecordingSink>());
-      workers.push_back(std::make_unique<Worker>(testing::test_settings(max_inflight), encoder,
-                                                 *clients.back(), *sinks.back(),
+      workers.push_back(std::make_unique<Worker>(settings, encoder, *clients.back(), *sinks.back(),
                                                  static_cast<std::uint64_t>(r), log));
     }
   }
@@ -197,6 +199,71 @@ TEST(Loop, EveryBatchIsWrittenOnceAcrossRanksWithItsOwnDataAndJournaledFirst) {
   EXPECT_EQ(loop.coordinator.outcome().name, "complete");
   EXPECT_EQ(loop.coordinator.outcome().exit_code, 0);
   EXPECT_EQ(loop.progress.done_batches(), 7);
+}
+
+TEST(Loop, ResultsDecodedInTheBackgroundAreEachWrittenOnceWithTheirOwnData) {
+  Loop loop(2, batches(9), 2, {}, -1, true);
+  loop.run([&] { loop.complete_all(); }, 5000);
+  ASSERT_TRUE(loop.all_finished());
+  EXPECT_EQ(loop.written(), 9);
+  std::set<std::int32_t> seen;
+  std::set<std::int64_t> sizes;  // every batch's result file has the same size here
+  for (const auto& sink : loop.sinks) {
+    for (const auto& w : sink->written) {
+      EXPECT_TRUE(seen.insert(w.batch).second) << "batch " << w.batch << " written twice";
+      ASSERT_EQ(w.parts.size(), 1U);
+      ASSERT_EQ(w.parts[0].size(), 2U * 2 * 1 * 4 * 2);
+      for (std::size_t i = 0; i < w.parts[0].size(); i += 2) {
+        std::uint16_t v = 0;
+        std::memcpy(&v, w.parts[0].data() + i, 2);
+        ASSERT_EQ(v, testing::test_value(w.batch)) << "batch " << w.batch << " byte " << i;
+      }
+      EXPECT_EQ(w.stats.attempts, 1);
+      // The size of the file received, carried past the decoding: the data and its container.
+      EXPECT_GT(w.stats.bytes, static_cast<std::int64_t>(w.parts[0].size()));
+      sizes.insert(w.stats.bytes);
+    }
+  }
+  EXPECT_EQ(sizes.size(), 1U);
+  // The decoding thread woke each rank's wait once per result.
+  EXPECT_EQ(loop.clients[0]->wakes_seen() + loop.clients[1]->wakes_seen(), 9);
+  EXPECT_EQ(loop.coordinator.outcome().name, "complete");
+}
+
+TEST(Loop, AResultThatFailsToDecodeInTheBackgroundFailsItsBatchWithTheReasonAndTheRestIsWritten) {
+  Loop loop(1, batches(2), 2, {}, -1, true);
+  loop.start();
+  ASSERT_EQ(loop.submits(), 2);
+  // Received whole and still not a result: the service answered so, and asking again would not
+  // change it (remote::classify_decode), so the batch fails, as when decoding is inline.
+  ASSERT_TRUE(loop.clients[0]->complete_truncated(0));
+  loop.run([&] { loop.complete_all(); }, 5000);
+  ASSERT_TRUE(loop.all_finished());
+  ASSERT_EQ(loop.written(), 1) << loop.log.str();
+  EXPECT_EQ(loop.sinks[0]->written[0].batch, 1);
+  EXPECT_EQ(loop.submits(), 2);
+  EXPECT_NE(
+      loop.log.str().find("batch 0 failed after all attempts: torch.save: no ZIP end-of-central-directory"),
+      std::string::npos)
+      << loop.log.str();
+  EXPECT_EQ(loop.coordinator.outcome().name, "incomplete");
+}
+
+TEST(Loop, AnAbandoningDrainDropsResultsThatAreStillDecoding) {
+  Loop loop(1, batches(2), 2, {}, -1, true);
+  loop.start();
+  ASSERT_EQ(loop.submits(), 2);
+  loop.complete_all();
+  // The turn hands both results to the decoding thread and writes those that are back before it
+  // ends (none, one or both: the thread races the turn). The drain comes before the next turn:
+  // whatever was still decoding or waiting then is never written.
+  loop.workers[0]->turn(0ms, loop.net.link(0));
+  const int before_drain = loop.written();
+  loop.net.link(0).send(0, msg::SignalSeen{true});
+  loop.run([] {}, 5000);
+  ASSERT_TRUE(loop.all_finished());
+  EXPECT_EQ(loop.written(), before_drain);
+  EXPECT_EQ(loop.coordinator.outcome().name, before_drain == 2 ? "complete" : "drained");
 }
 
 TEST(Loop, NoWorkerHoldsMoreThanItsSlots) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "ndif_sweep/remote/decode_thread.hpp"
 #include "ndif_sweep/remote/request.hpp"
 #include "ndif_sweep/remote/retry.hpp"
 #include "ndif_sweep/remote/transport.hpp"
@@ -37,6 +38,9 @@ class JobClient {
   [[nodiscard]] virtual remote::TransportEvents run(std::chrono::milliseconds max_wait) = 0;
   [[nodiscard]] virtual std::vector<remote::JobState> in_flight_states() const = 0;
   virtual void cancel_all() noexcept = 0;
+  /// Ends the current or the next `run` early. Thread-safe: the worker's decoding thread calls it
+  /// when a result is ready to write.
+  virtual void wake() noexcept = 0;
 };
 
 /// The JobClient of a run: a remote::JobTransport.
@@ -57,6 +61,7 @@ class TransportClient final : public JobClient {
     return transport_.in_flight_states();
   }
   void cancel_all() noexcept override { transport_.cancel_all(); }
+  void wake() noexcept override { transport_.wake(); }
 
  private:
   remote::JobTransport transport_;
@@ -89,6 +94,11 @@ struct WorkerSettings {
   /// the next job queues while this one downloads) or only once its data is written (the
   /// one-batch-at-a-time loop that bench/link_bench.py measures as its baseline).
   bool overlap_downloads = true;
+  /// Whether results are decoded on a thread of their own (remote::DecodeThread) while the worker
+  /// writes the one before and drives its transfers (a rank with a second core decodes and
+  /// writes G4 results at about twice the rate; bench/write_bench.cpp), or within the turn that
+  /// received them (every transition complete when turn() returns: the unit tests' choice).
+  bool decode_in_background = true;
   /// The token ids and positions of a batch's rows, in that order, read and tokenized on this rank
   /// as planning did (deterministic): what the worker sends for an Assignment. Errors propagate
   /// (a prompts file changed under the run stops it, exit 2).
@@ -115,7 +125,7 @@ class Worker {
   [[nodiscard]] bool finished() const noexcept { return finished_; }
   /// The run's exit code, once the coordinator sent it.
   [[nodiscard]] std::optional<int> outcome() const noexcept { return outcome_; }
-  /// Batches this worker holds: waiting to be sent, in flight, or waiting out a backoff.
+  /// Batches this worker holds: waiting to be sent, in flight, decoding, or waiting out a backoff.
   [[nodiscard]] std::size_t batches_held() const noexcept { return work_.size(); }
 
  private:
@@ -127,6 +137,9 @@ class Worker {
     int tries_this_run = 0;  // what the retry policy counts: a restart gets the full budget
     bool resumed = false;    // the attempt in flight is a journaled job, polled after a restart
     bool in_flight = false;
+    bool decoding = false;  // its result is with decoder_, to be written when it comes back
+    std::string job_id;     // of the attempt whose result is decoding
+    std::int64_t bytes_received = 0;
     Clock::time_point first_start;
     std::optional<Clock::time_point> send_at;  // set: waiting to be sent (now, or after a backoff)
   };
@@ -135,6 +148,9 @@ class Worker {
   void drain(DrainRequest level);
   void start(Work& w);
   void on_finished(remote::FinishedJob& job, Link& link);
+  void on_decoded(remote::DecodeOutcome& decoded, Link& link);
+  void on_failed(std::map<std::int32_t, Work>::iterator it, remote::Verdict verdict, const std::string& why,
+                 const std::string& job_id, Link& link);
   void report_states(Link& link);
   [[nodiscard]] int free_slots() const;
 
@@ -154,6 +170,7 @@ class Worker {
   DrainRequest drain_ = DrainRequest::none;
   std::map<std::string, int> reported_states_;
   Clock::time_point states_sent_{};
+  remote::DecodeThread decoder_;  // last: its thread may call client_ until it is joined
 };
 
 }  // namespace ndif::run

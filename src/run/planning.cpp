@@ -9,7 +9,7 @@
 
 namespace ndif::run {
 
-unsigned planning_threads(const std::vector<cpu_set_t>& node_sets, std::size_t mine) {
+unsigned core_share(const std::vector<cpu_set_t>& node_sets, std::size_t mine) {
   if (mine >= node_sets.size()) return 1;
   cpu_set_t own = node_sets[mine];
   const int cores = CPU_COUNT(&own);
@@ -23,7 +23,7 @@ unsigned planning_threads(const std::vector<cpu_set_t>& node_sets, std::size_t m
   return static_cast<unsigned>(std::max(1, cores / std::max(1, sharers)));
 }
 
-unsigned planning_threads(const Communicator& comm) {
+unsigned core_share(const Communicator& comm) {
   cpu_set_t own;
   CPU_ZERO(&own);
   if (sched_getaffinity(0, sizeof own, &own) != 0) {
@@ -37,7 +37,7 @@ unsigned planning_threads(const Communicator& comm) {
   std::vector<cpu_set_t> sets(gathered.size());
   for (std::size_t r = 0; r < gathered.size(); ++r)
     std::memcpy(&sets[r], gathered[r].data(), sizeof(cpu_set_t));
-  return planning_threads(sets, mine);
+  return core_share(sets, mine);
 }
 
 plan::PromptShapes MeasuredPrompts::shapes(const BatchTokenizer& prompts) && {
@@ -51,7 +51,7 @@ std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm
   const std::size_t rows = file.rows();
   const std::size_t p = prompts.positions_per_row;
   const auto parts = static_cast<std::size_t>(comm.size());
-  const unsigned threads = planning_threads(comm);
+  const unsigned threads = core_share(comm);
   const auto [first, end] = plan::scan_part_rows(rows, static_cast<std::size_t>(comm.rank()), parts);
   auto mine = plan::scan_part(file, prompts.default_positions, *prompts.tokenizer, prompts.add_special_tokens,
                               p, first, end, threads);

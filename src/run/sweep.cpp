@@ -471,7 +471,7 @@ class FileSink final : public BatchSink {
   store::ParallelOutput& output_;
 };
 
-WorkerSettings worker_settings(const RunContext& c, BatchTokenizer prompts) {
+WorkerSettings worker_settings(const RunContext& c, BatchTokenizer prompts, unsigned cores) {
   WorkerSettings s;
   s.prompts_of = [prompts = std::move(prompts)](const std::vector<std::int64_t>& rows) {
     return prompts.encode(rows);
@@ -483,6 +483,7 @@ WorkerSettings worker_settings(const RunContext& c, BatchTokenizer prompts) {
   s.hidden = c.hidden;
   s.max_inflight = c.max_inflight;
   s.retry = c.retry;
+  s.decode_threads = cores;
   // The benchmark hook of docs/design.md (the run loop): the one-batch-at-a-time baseline.
   s.overlap_downloads = env_or_empty("NDIF_SWEEP_BENCH_SERIAL") != "1";
   return s;
@@ -642,6 +643,8 @@ int run_sweep(const RunOptions& options) {
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
+  // As many results decode at once as this rank has cores (collective, like the open).
+  const unsigned cores = core_share(comm);
 
   // Run and finalize. Every rank runs on its own until the collective close; an error on one rank
   // (a failed write, a broken message) must not leave the others waiting in that close: it is
@@ -652,7 +655,7 @@ int run_sweep(const RunOptions& options) {
     if (root) start_root_loop(loop, *setup, ctx, output, options, comm.size());
     TransportClient client(remote::TransportOptions{ctx.base_url, ctx.api_key, ctx.timeouts});
     FileSink sink(output);
-    Worker worker(worker_settings(ctx, batch_prompts), *encoder, client, sink,
+    Worker worker(worker_settings(ctx, batch_prompts, cores), *encoder, client, sink,
                   static_cast<std::uint64_t>(rank), root ? static_cast<std::ostream&>(loop.log) : std::cerr);
     const auto show_log = [&] {
       if (!root || loop.log.tellp() == 0) return;

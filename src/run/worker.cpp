@@ -25,7 +25,7 @@ Worker::Worker(WorkerSettings settings, remote::RequestEncoder& encoder, JobClie
       sink_(sink),
       policy_(settings_.retry, seed),
       log_(log),
-      decoder_(settings_.decode_in_background, [&client] { client.wake(); }) {}
+      decoder_(settings_.decode_threads, [&client] { client.wake(); }) {}
 
 int Worker::free_slots() const {
   if (no_more_work_ || drain_ != DrainRequest::none) return 0;

@@ -162,7 +162,7 @@ void run_all(const Communicator& comm, const fs::path& dir) {
       expect(order == expected, "parts arrive in rank order");
     }
   }
-  const auto threads = planning_threads(comm);
+  const auto threads = core_share(comm);
   expect(threads >= 1 && threads <= std::max(1U, std::thread::hardware_concurrency()),
          "a rank plans on at least one thread and no more than the node's cores");
 }

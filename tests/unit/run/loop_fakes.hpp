@@ -36,8 +36,8 @@ inline WorkerSettings test_settings(int max_inflight = 2) {
   s.retry = spec::RetryOptions{3, 0.001, 0.002};
   s.states_every = std::chrono::milliseconds(0);
   s.prompts_of = test_prompts;
-  // Each turn's effects complete when it returns; the tests of the decoding thread turn it on.
-  s.decode_in_background = false;
+  // Each turn's effects complete when it returns; the tests of the decoding threads turn them on.
+  s.decode_threads = 0;
   return s;
 }
 

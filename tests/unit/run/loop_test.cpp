@@ -34,7 +34,7 @@ std::deque<std::int32_t> batches(int n) {
 struct Loop {
   explicit Loop(int ranks, std::deque<std::int32_t> pending, int max_inflight = 2,
                 std::map<std::int32_t, store::JournalEntry> journal = {}, int total = -1,
-                bool decode_in_background = false)
+                unsigned decode_threads = 0)
       : net(ranks),
         progress(ProgressMode::none, log, total < 0 ? static_cast<std::int64_t>(pending.size()) : total, 1000,
                  0, 0, ProgressReporter::Clock::now()),
@@ -47,7 +47,7 @@ struct Loop {
             },
             progress, log) {
     auto settings = testing::test_settings(max_inflight);
-    settings.decode_in_background = decode_in_background;
+    settings.decode_threads = decode_threads;
     for (int r = 0; r < ranks; ++r) {
       clients.push_back(std::make_unique<FakeClient>());
       sinks.push_back(std::make_unique<RecordingSink>());
@@ -202,7 +202,7 @@ TEST(Loop, EveryBatchIsWrittenOnceAcrossRanksWithItsOwnDataAndJournaledFirst) {
 }
 
 TEST(Loop, ResultsDecodedInTheBackgroundAreEachWrittenOnceWithTheirOwnData) {
-  Loop loop(2, batches(9), 2, {}, -1, true);
+  Loop loop(2, batches(9), 2, {}, -1, 2);
   loop.run([&] { loop.complete_all(); }, 5000);
   ASSERT_TRUE(loop.all_finished());
   EXPECT_EQ(loop.written(), 9);
@@ -231,7 +231,7 @@ TEST(Loop, ResultsDecodedInTheBackgroundAreEachWrittenOnceWithTheirOwnData) {
 }
 
 TEST(Loop, AResultThatFailsToDecodeInTheBackgroundFailsItsBatchWithTheReasonAndTheRestIsWritten) {
-  Loop loop(1, batches(2), 2, {}, -1, true);
+  Loop loop(1, batches(2), 2, {}, -1, 1);
   loop.start();
   ASSERT_EQ(loop.submits(), 2);
   // Received whole and still not a result: the service answered so, and asking again would not
@@ -250,7 +250,7 @@ TEST(Loop, AResultThatFailsToDecodeInTheBackgroundFailsItsBatchWithTheReasonAndT
 }
 
 TEST(Loop, AnAbandoningDrainDropsResultsThatAreStillDecoding) {
-  Loop loop(1, batches(2), 2, {}, -1, true);
+  Loop loop(1, batches(2), 2, {}, -1, 1);
   loop.start();
   ASSERT_EQ(loop.submits(), 2);
   loop.complete_all();

@@ -56,21 +56,21 @@ cpu_set_t cores(std::initializer_list<int> ids) {
 
 TEST(PlanningThreads, RanksBoundApartKeepTheirCoresRanksSharingASetSplitIt) {
   // One rank of a 2-core machine plans on both; two ranks free on both take one each.
-  EXPECT_EQ(planning_threads({cores({0, 1})}, 0), 2u);
-  EXPECT_EQ(planning_threads({cores({0, 1}), cores({0, 1})}, 1), 1u);
+  EXPECT_EQ(core_share({cores({0, 1})}, 0), 2u);
+  EXPECT_EQ(core_share({cores({0, 1}), cores({0, 1})}, 1), 1u);
   // Bound apart, one core each, or eight each of 64.
-  EXPECT_EQ(planning_threads({cores({0}), cores({1})}, 0), 1u);
+  EXPECT_EQ(core_share({cores({0}), cores({1})}, 0), 1u);
   std::vector<cpu_set_t> bound;
   for (int r = 0; r < 8; ++r)
     bound.push_back(
         cores({8 * r, 8 * r + 1, 8 * r + 2, 8 * r + 3, 8 * r + 4, 8 * r + 5, 8 * r + 6, 8 * r + 7}));
-  for (std::size_t r = 0; r < 8; ++r) EXPECT_EQ(planning_threads(bound, r), 8u);
+  for (std::size_t r = 0; r < 8; ++r) EXPECT_EQ(core_share(bound, r), 8u);
   // Eight ranks free in a cpuset of 8 cores of a 64-core node: one each, not eight.
   const std::vector<cpu_set_t> shared(8, cores({0, 1, 2, 3, 4, 5, 6, 7}));
-  EXPECT_EQ(planning_threads(shared, 3), 1u);
+  EXPECT_EQ(core_share(shared, 3), 1u);
   // Never fewer than one, also for a rank not in the list.
-  EXPECT_EQ(planning_threads(std::vector<cpu_set_t>(4, cores({0})), 0), 1u);
-  EXPECT_EQ(planning_threads({}, 0), 1u);
+  EXPECT_EQ(core_share(std::vector<cpu_set_t>(4, cores({0})), 0), 1u);
+  EXPECT_EQ(core_share({}, 0), 1u);
 }
 
 TEST_F(JobFiles, PrepareTokenizesResolvesAndPlans) {

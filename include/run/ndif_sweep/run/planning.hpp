@@ -16,13 +16,14 @@
 
 namespace ndif::run {
 
-/// The threads one rank plans on, from the CPU sets (sched_getaffinity) of the ranks of its node,
-/// its own at `mine`: the cores of its set, divided among the ranks whose sets share any of them.
-/// Ranks bound apart (srun --cpu-bind) keep their own cores; ranks free to run anywhere in one set
-/// split it, so that a node never runs more planning threads than its ranks have cores. At least 1.
-[[nodiscard]] unsigned planning_threads(const std::vector<cpu_set_t>& node_sets, std::size_t mine);
-/// Collective: this rank's planning threads, from its affinity and that of its node's ranks.
-[[nodiscard]] unsigned planning_threads(const Communicator& comm);
+/// The cores one rank keeps busy (the threads it plans on, and those that decode its results), from
+/// the CPU sets (sched_getaffinity) of the ranks of its node, its own at `mine`: the cores of its
+/// set, divided among the ranks whose sets share any of them. Ranks bound apart (srun --cpu-bind)
+/// keep their own cores; ranks free to run anywhere in one set split it, so that a node never runs
+/// more such threads than its ranks have cores. At least 1.
+[[nodiscard]] unsigned core_share(const std::vector<cpu_set_t>& node_sets, std::size_t mine);
+/// Collective: this rank's share of cores, from its affinity and that of its node's ranks.
+[[nodiscard]] unsigned core_share(const Communicator& comm);
 
 /// What rank 0 holds once every rank has measured its part.
 struct MeasuredPrompts {

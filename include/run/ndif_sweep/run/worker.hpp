@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "ndif_sweep/remote/decode_thread.hpp"
+#include "ndif_sweep/remote/decode_pool.hpp"
 #include "ndif_sweep/remote/request.hpp"
 #include "ndif_sweep/remote/retry.hpp"
 #include "ndif_sweep/remote/transport.hpp"
@@ -94,11 +94,12 @@ struct WorkerSettings {
   /// the next job queues while this one downloads) or only once its data is written (the
   /// one-batch-at-a-time loop that bench/link_bench.py measures as its baseline).
   bool overlap_downloads = true;
-  /// Whether results are decoded on a thread of their own (remote::DecodeThread) while the worker
-  /// writes the one before and drives its transfers (a rank with a second core decodes and
-  /// writes G4 results at about twice the rate; bench/write_bench.cpp), or within the turn that
-  /// received them (every transition complete when turn() returns: the unit tests' choice).
-  bool decode_in_background = true;
+  /// Threads that decode results (remote::DecodePool) while the worker writes those already
+  /// decoded and drives its transfers: a rank's share of its node's cores (run::core_share) in a
+  /// run, since a G4 result decompresses on one core only (bench/write_bench.cpp); 0 decodes within
+  /// the turn that received the result (every transition complete when turn() returns: the unit
+  /// tests' choice).
+  unsigned decode_threads = 1;
   /// The token ids and positions of a batch's rows, in that order, read and tokenized on this rank
   /// as planning did (deterministic): what the worker sends for an Assignment. Errors propagate
   /// (a prompts file changed under the run stops it, exit 2).
@@ -170,7 +171,7 @@ class Worker {
   DrainRequest drain_ = DrainRequest::none;
   std::map<std::string, int> reported_states_;
   Clock::time_point states_sent_{};
-  remote::DecodeThread decoder_;  // last: its thread may call client_ until it is joined
+  remote::DecodePool decoder_;  // last: its thread may call client_ until it is joined
 };
 
 }  // namespace ndif::run

@@ -1,12 +1,12 @@
 #pragma once
 /// \file
-/// A rank's results decoded on a thread of their own (zstd, torch.save, the checks of
+/// A rank's results decoded on threads of their own (zstd, torch.save, the checks of
 /// remote::decode_result and the non-finite count) while the rank's main thread drives its
-/// transfers and writes the result before: a G4 result's zstd alone is half of what a rank spends
-/// on a gigabyte (bench/write_bench.cpp), and the write is most of the rest, so one result decoding
-/// while the one before it is written lets a rank with a second core keep up with twice the link.
-/// No MPI, HDF5 or curl: the thread runs decode_result and nothing else; the main thread keeps
-/// every MPI and HDF5 call (MPI_THREAD_FUNNELED).
+/// transfers and writes the results already decoded. A G4 result's zstd is four fifths of what a
+/// rank spends on it (bench/write_bench.cpp) and one frame decompresses on one core only, so
+/// results decoding side by side, beside the write, are what lets a rank with more than one core
+/// take in more than one core's worth. No MPI, HDF5 or curl: the threads run decode_result and
+/// nothing else; the main thread keeps every MPI and HDF5 call (MPI_THREAD_FUNNELED).
 
 #include <chrono>
 #include <condition_variable>
@@ -32,23 +32,24 @@ struct DecodeOutcome {
   std::string error;                    ///< the DecodeError's message when it did not
 };
 
-/// Decodes submitted results in order on one background thread, or in submit() itself.
+/// Decodes submitted results on background threads, several at once, or in submit() itself.
 /// One thread submits and takes (not thread-safe among callers); the decoding runs beside it.
-class DecodeThread {
+class DecodePool {
  public:
-  /// `background` false decodes in submit() itself, so that each call's effect is complete when
-  /// it returns (one core to a rank; unit tests of every transition). `ready` is called on the
-  /// decoding thread after each result, to wake the thread that takes them: it must be
+  /// `threads` decode at most as many results at once; 0 decodes in submit() itself, so that each
+  /// call's effect is complete when it returns (unit tests of every transition). `ready` is called
+  /// on a decoding thread after each result, to wake the thread that takes them: it must be
   /// thread-safe and must not throw.
-  DecodeThread(bool background, std::function<void()> ready);
-  /// Stops the thread once the result it is decoding is done; results not taken are dropped.
-  ~DecodeThread();
-  DecodeThread(const DecodeThread&) = delete;
-  DecodeThread& operator=(const DecodeThread&) = delete;
+  DecodePool(unsigned threads, std::function<void()> ready);
+  /// Stops the threads once the results they are decoding are done; results not taken are dropped.
+  ~DecodePool();
+  DecodePool(const DecodePool&) = delete;
+  DecodePool& operator=(const DecodePool&) = delete;
 
   /// Queues a downloaded result for decoding against `expected`.
   void submit(std::int64_t key, std::vector<std::byte> bytes, ExpectedResult expected);
-  /// The results decoded since the last take, in the order they were submitted; never waits.
+  /// The results decoded since the last take, in the order they were done (with one thread, the
+  /// order they were submitted in); never waits.
   /// An error other than a DecodeError (out of memory, an internal error) is rethrown here, on
   /// the caller's thread.
   [[nodiscard]] std::vector<DecodeOutcome> take();
@@ -74,18 +75,19 @@ class DecodeThread {
 
   static Done decode(Job job);
   void loop();
+  void stop() noexcept;
   std::vector<DecodeOutcome> take_locked(std::unique_lock<std::mutex>& lock);
 
   std::function<void()> ready_;
   mutable std::mutex mutex_;
-  std::condition_variable work_cv_;   // the decoding thread waits for a job or the stop
+  std::condition_variable work_cv_;   // the decoding threads wait for a job or the stop
   std::condition_variable ready_cv_;  // take(max_wait) waits for a result
   std::deque<Job> queue_;
   std::vector<Done> done_;
   std::size_t decoding_ = 0;
   std::uint64_t generation_ = 0;  // bumped by discard(): what is decoding then is dropped
   bool stop_ = false;
-  std::thread thread_;  // last: started once everything it reads exists
+  std::vector<std::thread> threads_;  // last: started once everything they read exists
 };
 
 }  // namespace ndif::remote

@@ -1,8 +1,9 @@
-#include "ndif_sweep/remote/decode_thread.hpp"
+#include "ndif_sweep/remote/decode_pool.hpp"
 
 #include <gtest/gtest.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -65,7 +66,7 @@ void expect_exact(const DecodeOutcome& out, std::int64_t k) {
 }
 
 // Takes until `count` results came back or two seconds passed.
-std::vector<DecodeOutcome> take_all(DecodeThread& decoder, std::size_t count) {
+std::vector<DecodeOutcome> take_all(DecodePool& decoder, std::size_t count) {
   std::vector<DecodeOutcome> all;
   const auto until = std::chrono::steady_clock::now() + 2s;
   while (all.size() < count && std::chrono::steady_clock::now() < until)
@@ -73,9 +74,9 @@ std::vector<DecodeOutcome> take_all(DecodeThread& decoder, std::size_t count) {
   return all;
 }
 
-TEST(DecodeThread, DecodesInTheBackgroundInOrderWithExactValuesAndWakesTheTaker) {
+TEST(DecodePool, OneThreadDecodesInTheBackgroundInOrderWithExactValuesAndWakesTheTaker) {
   std::atomic<int> woken{0};
-  DecodeThread decoder(true, [&] { ++woken; });
+  DecodePool decoder(1, [&] { ++woken; });
   for (std::int64_t k = 0; k < 6; ++k) decoder.submit(100 + k, result_file(k, k % 2 == 1), expected());
   const auto all = take_all(decoder, 6);
   ASSERT_EQ(all.size(), 6U);
@@ -87,9 +88,24 @@ TEST(DecodeThread, DecodesInTheBackgroundInOrderWithExactValuesAndWakesTheTaker)
   EXPECT_EQ(decoder.pending(), 0U);
 }
 
-TEST(DecodeThread, InlineDecodesWithinSubmitAndNeverCallsReady) {
+TEST(DecodePool, SeveralThreadsDecodeEveryResultOnceWithItsOwnValues) {
+  std::atomic<int> woken{0};
+  DecodePool decoder(3, [&] { ++woken; });
+  for (std::int64_t k = 0; k < 24; ++k) decoder.submit(k, result_file(k, k % 3 != 0), expected());
+  auto all = take_all(decoder, 24);
+  ASSERT_EQ(all.size(), 24U);
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+  for (std::int64_t k = 0; k < 24; ++k) {
+    ASSERT_EQ(all[static_cast<std::size_t>(k)].key, k);
+    expect_exact(all[static_cast<std::size_t>(k)], k);
+  }
+  EXPECT_EQ(woken.load(), 24);
+  EXPECT_EQ(decoder.pending(), 0U);
+}
+
+TEST(DecodePool, NoThreadsDecodesWithinSubmitAndNeverCallsReady) {
   int woken = 0;
-  DecodeThread decoder(false, [&] { ++woken; });
+  DecodePool decoder(0, [&] { ++woken; });
   decoder.submit(3, result_file(3, true), expected());
   EXPECT_EQ(decoder.pending(), 1U);
   const auto out = decoder.take();
@@ -100,9 +116,9 @@ TEST(DecodeThread, InlineDecodesWithinSubmitAndNeverCallsReady) {
   EXPECT_TRUE(decoder.take().empty());
 }
 
-TEST(DecodeThread, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
-  for (const bool background : {false, true}) {
-    DecodeThread decoder(background, [] {});
+TEST(DecodePool, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
+  for (const unsigned threads : {0U, 1U, 3U}) {
+    DecodePool decoder(threads, [] {});
     auto truncated = result_file(1, false);
     truncated.resize(truncated.size() / 2);
     decoder.submit(1, std::move(truncated), expected());
@@ -110,8 +126,9 @@ TEST(DecodeThread, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
     wrong.hidden = 8;
     decoder.submit(2, result_file(2, false), wrong);
     decoder.submit(3, result_file(3, true), expected());
-    const auto all = take_all(decoder, 3);
-    ASSERT_EQ(all.size(), 3U) << "background " << background;
+    auto all = take_all(decoder, 3);
+    ASSERT_EQ(all.size(), 3U) << threads << " threads";
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
     EXPECT_FALSE(all[0].result.has_value());
     EXPECT_FALSE(all[0].error.empty());
     ASSERT_FALSE(all[1].result.has_value());
@@ -120,8 +137,8 @@ TEST(DecodeThread, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
   }
 }
 
-TEST(DecodeThread, DiscardedResultsNeverComeBack) {
-  DecodeThread decoder(true, [] {});
+TEST(DecodePool, DiscardedResultsNeverComeBack) {
+  DecodePool decoder(2, [] {});
   for (std::int64_t k = 0; k < 20; ++k) decoder.submit(k, result_file(k, true), expected());
   decoder.discard();
   decoder.submit(99, result_file(9, false), expected());
@@ -136,17 +153,17 @@ TEST(DecodeThread, DiscardedResultsNeverComeBack) {
   EXPECT_EQ(decoder.pending(), 0U);
 }
 
-TEST(DecodeThread, TakeWithAWaitReturnsAtOnceWhenNothingIsPending) {
-  DecodeThread decoder(true, [] {});
+TEST(DecodePool, TakeWithAWaitReturnsAtOnceWhenNothingIsPending) {
+  DecodePool decoder(2, [] {});
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_TRUE(decoder.take(5s).empty());
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
 }
 
-TEST(DecodeThread, DestroyedWithResultsQueuedItStopsAndDropsThem) {
+TEST(DecodePool, DestroyedWithResultsQueuedItStopsAndDropsThem) {
   std::atomic<int> woken{0};
   {
-    DecodeThread decoder(true, [&] { ++woken; });
+    DecodePool decoder(2, [&] { ++woken; });
     for (std::int64_t k = 0; k < 50; ++k) decoder.submit(k, result_file(k, true), expected());
   }
   EXPECT_LE(woken.load(), 50);

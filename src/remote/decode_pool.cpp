@@ -1,4 +1,4 @@
-#include "ndif_sweep/remote/decode_thread.hpp"
+#include "ndif_sweep/remote/decode_pool.hpp"
 
 #include <utility>
 
@@ -6,22 +6,32 @@
 
 namespace ndif::remote {
 
-DecodeThread::DecodeThread(bool background, std::function<void()> ready) : ready_(std::move(ready)) {
-  if (background) thread_ = std::thread([this] { loop(); });
+DecodePool::DecodePool(unsigned threads, std::function<void()> ready) : ready_(std::move(ready)) {
+  threads_.reserve(threads);
+  try {
+    for (unsigned t = 0; t < threads; ++t) threads_.emplace_back([this] { loop(); });
+  } catch (...) {
+    // A thread the system would not start: the ones that did start are stopped, not left running.
+    stop();
+    throw;
+  }
 }
 
-DecodeThread::~DecodeThread() {
-  if (!thread_.joinable()) return;
+DecodePool::~DecodePool() { stop(); }
+
+void DecodePool::stop() noexcept {
+  if (threads_.empty()) return;
   {
     const std::lock_guard lock(mutex_);
     stop_ = true;
     queue_.clear();
   }
   work_cv_.notify_all();
-  thread_.join();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
 }
 
-DecodeThread::Done DecodeThread::decode(Job job) {
+DecodePool::Done DecodePool::decode(Job job) {
   Done done;
   done.outcome.key = job.key;
   try {
@@ -34,8 +44,8 @@ DecodeThread::Done DecodeThread::decode(Job job) {
   return done;
 }
 
-void DecodeThread::submit(std::int64_t key, std::vector<std::byte> bytes, ExpectedResult expected) {
-  if (!thread_.joinable()) {
+void DecodePool::submit(std::int64_t key, std::vector<std::byte> bytes, ExpectedResult expected) {
+  if (threads_.empty()) {
     auto done = decode(Job{key, std::move(bytes), std::move(expected), 0});
     const std::lock_guard lock(mutex_);
     done_.push_back(std::move(done));
@@ -48,7 +58,7 @@ void DecodeThread::submit(std::int64_t key, std::vector<std::byte> bytes, Expect
   work_cv_.notify_one();
 }
 
-void DecodeThread::loop() {
+void DecodePool::loop() {
   std::unique_lock lock(mutex_);
   while (true) {
     work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
@@ -72,7 +82,7 @@ void DecodeThread::loop() {
   }
 }
 
-std::vector<DecodeOutcome> DecodeThread::take_locked(std::unique_lock<std::mutex>& lock) {
+std::vector<DecodeOutcome> DecodePool::take_locked(std::unique_lock<std::mutex>& lock) {
   auto done = std::exchange(done_, {});
   lock.unlock();
   std::vector<DecodeOutcome> out;
@@ -84,23 +94,23 @@ std::vector<DecodeOutcome> DecodeThread::take_locked(std::unique_lock<std::mutex
   return out;
 }
 
-std::vector<DecodeOutcome> DecodeThread::take() {
+std::vector<DecodeOutcome> DecodePool::take() {
   std::unique_lock lock(mutex_);
   return take_locked(lock);
 }
 
-std::vector<DecodeOutcome> DecodeThread::take(std::chrono::milliseconds max_wait) {
+std::vector<DecodeOutcome> DecodePool::take(std::chrono::milliseconds max_wait) {
   std::unique_lock lock(mutex_);
   ready_cv_.wait_for(lock, max_wait, [&] { return !done_.empty() || (queue_.empty() && decoding_ == 0); });
   return take_locked(lock);
 }
 
-std::size_t DecodeThread::pending() const {
+std::size_t DecodePool::pending() const {
   const std::lock_guard lock(mutex_);
   return queue_.size() + decoding_ + done_.size();
 }
 
-void DecodeThread::discard() {
+void DecodePool::discard() {
   std::deque<Job> queued;
   std::vector<Done> done;
   {

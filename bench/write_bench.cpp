@@ -1,7 +1,8 @@
 // The receiving path of one rank without a network: decode a batch's result file (torch.save, with
 // or without zstd) and write its rows into the output file through parallel HDF5, flag included,
-// exactly as a run does (remote::decode_result, store::ParallelOutput::write_batch). Prints the
-// throughput in GB/s of activations and the CPU seconds per GB (getrusage: user + system).
+// exactly as a run does (remote::DecodePool running remote::decode_result,
+// store::ParallelOutput::write_batch). Prints the throughput in GB/s of activations and the CPU
+// seconds per GB (getrusage: user + system, both threads).
 //
 //   write_bench [--rows 1024] [--batch 32] [--layers 80] [--hidden 8192] [--dir /tmp] [--repeat 2]
 //               [--malloc-default]
@@ -9,7 +10,10 @@
 // Rows are written in two orders: the plan's order for prompts sorted by length (each batch's rows
 // scattered over the file: a random permutation, the worst case) and in file order (batches of
 // consecutive rows). The file lands in the page cache: this measures the client's CPU and memory
-// traffic, not the disk. Figures are kept in docs/performance.md.
+// traffic, not the disk. Each case runs with the results decoded on two threads and on one while
+// the main thread writes those decoded (ndif-sweep runs as many as the rank's share of cores:
+// WorkerSettings::decode_threads), and decoded inline, one after the other. Figures are kept in
+// docs/performance.md.
 #include <fmt/format.h>
 #include <mpi.h>
 #include <sys/resource.h>
@@ -22,10 +26,12 @@
 #include <iostream>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "ndif_sweep/core/memory.hpp"
+#include "ndif_sweep/remote/decode_pool.hpp"
 #include "ndif_sweep/remote/request.hpp"
 #include "ndif_sweep/remote/result.hpp"
 #include "ndif_sweep/store/output_file.hpp"
@@ -115,7 +121,7 @@ struct Figures {
   double gb_per_s = 0, cpu_s_per_gb = 0, decode_share = 0;
 };
 
-Figures run(const Options& o, bool scattered, bool zstd) {
+Figures run(const Options& o, bool scattered, bool zstd, unsigned threads) {
   std::vector<std::int64_t> order(static_cast<std::size_t>(o.rows));
   std::iota(order.begin(), order.end(), std::int64_t{0});
   if (scattered) std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
@@ -130,34 +136,49 @@ Figures run(const Options& o, bool scattered, bool zstd) {
   expected.positions = 1;
   expected.hidden = o.hidden;
   expected.dtype = DType::float16;
+  auto expected_for = [&](std::size_t b) {
+    auto e = expected;
+    e.batch = std::min(o.batch, o.rows - static_cast<std::int64_t>(b) * o.batch);
+    return e;
+  };
   // Every batch has the same size here but the last; results are made before the clock starts.
   std::vector<std::vector<std::byte>> files;
-  for (std::int64_t start = 0; start < o.rows; start += o.batch) {
-    expected.batch = std::min(o.batch, o.rows - start);
-    files.push_back(result_file(expected, static_cast<std::uint64_t>(start), zstd));
-  }
+  for (std::size_t b = 0; static_cast<std::int64_t>(b) * o.batch < o.rows; ++b)
+    files.push_back(result_file(expected_for(b), static_cast<std::uint64_t>(b) * o.batch, zstd));
   double wall = 0, cpu = 0, decode = 0, bytes = 0;
   for (int pass = 0; pass < o.repeat; ++pass) {
     // Each pass decodes its own copy, as a run decodes the buffer it downloaded (decode_result
     // takes it and reads the tensor where it lies).
     std::vector<std::vector<std::byte>> received = files;
+    remote::DecodePool decoder(threads, [] {});
     const auto t0 = Clock::now();
     const double c0 = cpu_seconds();
     double decoding = 0;
-    for (std::size_t b = 0; b < files.size(); ++b) {
-      const auto start = static_cast<std::int64_t>(b) * o.batch;
-      expected.batch = std::min(o.batch, o.rows - start);
-      const auto d0 = Clock::now();
-      const auto decoded = remote::decode_result(std::move(received[b]), expected);
-      decoding += std::chrono::duration<double>(Clock::now() - d0).count();
+    auto write = [&](remote::DecodeOutcome& d) {
+      const auto b = static_cast<std::size_t>(d.key);
+      if (!d.result) throw std::runtime_error("write_bench: a result did not decode: " + d.error);
       std::vector<std::span<const std::byte>> parts;
-      for (const auto& p : decoded.probes) parts.emplace_back(p.bytes);
+      for (const auto& p : d.result->probes) parts.emplace_back(p.bytes);
+      const auto start = static_cast<std::int64_t>(b) * o.batch;
       const std::span<const std::int64_t> rows(order.data() + start,
-                                               static_cast<std::size_t>(expected.batch));
+                                               static_cast<std::size_t>(expected_for(b).batch));
       output.write_batch(static_cast<std::int32_t>(b), rows, parts,
                          store::BatchStats{1, 0.0, static_cast<std::int64_t>(files[b].size()), 0});
-      if (pass == 0) bytes += static_cast<double>(expected.data_bytes());
+      if (pass == 0) bytes += static_cast<double>(expected_for(b).data_bytes());
+    };
+    // As a worker holds them: at most four results decoding or waiting to be written (a run's
+    // bound is twice max_inflight, 2 by default).
+    constexpr std::size_t kHeld = 4;
+    for (std::size_t b = 0; b < files.size(); ++b) {
+      const auto d0 = Clock::now();
+      decoder.submit(static_cast<std::int64_t>(b), std::move(received[b]), expected_for(b));
+      if (threads == 0) decoding += std::chrono::duration<double>(Clock::now() - d0).count();
+      for (auto& d : decoder.take()) write(d);
+      while (decoder.pending() >= kHeld)
+        for (auto& d : decoder.take(std::chrono::milliseconds(1000))) write(d);
     }
+    while (decoder.pending() > 0)
+      for (auto& d : decoder.take(std::chrono::milliseconds(1000))) write(d);
     const double w = std::chrono::duration<double>(Clock::now() - t0).count();
     // The best pass: the first also pays for the file's first touch of the page cache.
     if (pass == 0 || w < wall) {
@@ -212,15 +233,22 @@ int main(int argc, char** argv) {
       "{} rows of {} layers x 1 position x {} hidden, float16, batches of {} ({:.1f} MB); "
       "best of {} passes\n",
       o.rows, o.layers, o.hidden, o.batch, batch_mb, o.repeat);
-  std::cout << fmt::format("{:<28} {:>7} {:>9} {:>13}\n", "case", "GB/s", "CPU s/GB", "decode share");
+  std::cout << fmt::format("{:<28} {:<8} {:>7} {:>9} {:>13}\n", "case", "decode", "GB/s", "CPU s/GB",
+                           "decode share");
   for (const bool zstd : {false, true}) {
     for (const bool scattered : {true, false}) {
-      const auto f = run(o, scattered, zstd);
-      std::cout << fmt::format("{:<28} {:>7.2f} {:>9.3f} {:>12.0f}%\n",
-                               fmt::format("{}, {}", zstd ? "G4 zstd" : "G2 plain",
-                                           scattered ? "rows scattered" : "rows in order"),
-                               f.gb_per_s, f.cpu_s_per_gb, 100 * f.decode_share)
-                << std::flush;
+      for (const unsigned threads : {2U, 1U, 0U}) {
+        const auto f = run(o, scattered, zstd, threads);
+        // The share of the wall time spent decoding is measured where decoding is in line.
+        std::cout << fmt::format(
+                         "{:<28} {:<8} {:>7.2f} {:>9.3f} {:>13}\n",
+                         fmt::format("{}, {}", zstd ? "G4 zstd" : "G2 plain",
+                                     scattered ? "rows scattered" : "rows in order"),
+                         threads == 0 ? std::string("inline") : fmt::format("{} thr", threads), f.gb_per_s,
+                         f.cpu_s_per_gb,
+                         threads > 0 ? std::string("-") : fmt::format("{:.0f}%", 100 * f.decode_share))
+                  << std::flush;
+      }
     }
   }
   MPI_Finalize();

@@ -154,14 +154,19 @@ std::size_t max_result_bytes(const ExpectedResult& expected) noexcept {
   return static_cast<std::size_t>(expected.data_bytes()) + kContainerSlack;
 }
 
-DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected) {
+ByteBuffer result_room(std::span<const std::byte> bytes, const ExpectedResult& expected) {
+  return torchsave::zstd_room(bytes, max_result_bytes(expected));
+}
+
+DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected, ByteBuffer room) {
   const auto limit = max_result_bytes(expected);
   // The tensor is read where it lies, in the downloaded file or in its decompressed form, which the
   // storage then owns: copies of a whole batch are what limits a rank's throughput
   // (bench/write_bench.cpp).
   const auto root = [&] {
     if (torchsave::is_zstd(bytes)) {
-      auto inflated = std::make_shared<const ByteBuffer>(torchsave::decompress_zstd(bytes, limit));
+      auto inflated =
+          std::make_shared<const ByteBuffer>(torchsave::decompress_zstd(bytes, limit, std::move(room)));
       // Freed before the tensor is read: a batch's compressed and decompressed forms are held
       // together only while zstd runs.
       std::vector<std::byte>().swap(bytes);

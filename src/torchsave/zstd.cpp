@@ -40,7 +40,16 @@ bool is_zstd(std::span<const std::byte> bytes) noexcept {
   return bytes.size() >= kZstdMagic.size() && std::equal(kZstdMagic.begin(), kZstdMagic.end(), bytes.begin());
 }
 
-ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes) {
+ByteBuffer zstd_room(std::span<const std::byte> bytes, std::size_t max_bytes) {
+  ByteBuffer room;
+  if (!is_zstd(bytes)) return room;
+  const auto announced = ZSTD_getFrameContentSize(bytes.data(), bytes.size());
+  if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR && announced <= max_bytes)
+    room.reserve(static_cast<std::size_t>(announced));
+  return room;
+}
+
+ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes, ByteBuffer room) {
   const auto announced = ZSTD_getFrameContentSize(bytes.data(), bytes.size());
   if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR &&
       announced <= max_bytes) {
@@ -51,7 +60,9 @@ ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_byt
     // bounded stream below says what is wrong, as it does for damaged data.
     DCtx context{ZSTD_createDCtx()};
     if (!context) throw InternalError("zstd: cannot allocate a decompression context");
-    ByteBuffer out(static_cast<std::size_t>(announced));
+    // Within the room's capacity this allocates nothing and touches no byte (ByteBuffer).
+    ByteBuffer out = std::move(room);
+    out.resize(static_cast<std::size_t>(announced));
     const std::size_t got =
         ZSTD_decompressDCtx(context.get(), out.data(), out.size(), bytes.data(), bytes.size());
     if (ZSTD_isError(got) == 0) {
@@ -81,9 +92,9 @@ ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_byt
     std::byte probe{};
     ZSTD_outBuffer buf{&probe, 1, 0};
     if (!full) {
-      const std::size_t room = std::min(chunk, max_bytes - old);
-      out.resize(old + room);
-      buf = {out.data() + old, room, 0};
+      const std::size_t step = std::min(chunk, max_bytes - old);
+      out.resize(old + step);
+      buf = {out.data() + old, step, 0};
     }
     const std::size_t consumed_before = in.pos;
     pending = check(ZSTD_decompressStream(stream.get(), &buf, &in), "decompress");

@@ -65,6 +65,13 @@ void expect_exact(const DecodeOutcome& out, std::int64_t k) {
   }
 }
 
+// Waits up to two seconds for `counter` to reach `count`: a thread calls ready() just after its
+// result can be taken, so the taker may hold the result first.
+void await_count(const std::atomic<int>& counter, int count) {
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  while (counter.load() < count && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+}
+
 // Takes until `count` results came back or two seconds passed.
 std::vector<DecodeOutcome> take_all(DecodePool& decoder, std::size_t count) {
   std::vector<DecodeOutcome> all;
@@ -84,6 +91,7 @@ TEST(DecodePool, OneThreadDecodesInTheBackgroundInOrderWithExactValuesAndWakesTh
     EXPECT_EQ(all[static_cast<std::size_t>(k)].key, 100 + k);
     expect_exact(all[static_cast<std::size_t>(k)], k);
   }
+  await_count(woken, 6);
   EXPECT_EQ(woken.load(), 6);
   EXPECT_EQ(decoder.pending(), 0U);
 }
@@ -99,6 +107,7 @@ TEST(DecodePool, SeveralThreadsDecodeEveryResultOnceWithItsOwnValues) {
     ASSERT_EQ(all[static_cast<std::size_t>(k)].key, k);
     expect_exact(all[static_cast<std::size_t>(k)], k);
   }
+  await_count(woken, 24);
   EXPECT_EQ(woken.load(), 24);
   EXPECT_EQ(decoder.pending(), 0U);
 }

@@ -198,6 +198,26 @@ TEST(ResultDecoder, AcceptsZstdCompressedFiles) {
   EXPECT_THROW(static_cast<void>(decode_result(compressed, expected_f16())), DecodeError);
 }
 
+TEST(ResultDecoder, AZstdResultIsDecompressedIntoTheRoomMadeForItOnAnotherThread) {
+  auto one_probe = expected_f16();
+  one_probe.probe_layers = {3};
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  std::vector<std::byte> compressed(ZSTD_compressBound(file.size()));
+  compressed.resize(ZSTD_compress(compressed.data(), compressed.size(), file.data(), file.size(), 3));
+  // As DecodePool does: the room is made where the download arrived, the decoding runs elsewhere.
+  auto room = result_room(compressed, one_probe);
+  ASSERT_GE(room.capacity(), file.size());
+  const auto* begin = room.data();
+  const auto* end = begin + room.capacity();
+  const auto decoded = decode_result(compressed, one_probe, std::move(room));
+  ASSERT_EQ(decoded.probes.size(), 1U);
+  const auto* rows = decoded.probes[0].bytes.data();
+  EXPECT_TRUE(rows >= begin && rows + decoded.probes[0].bytes.size() <= end);
+  for (std::size_t i = 0; i < 48; ++i) ASSERT_EQ(at16(decoded.probes[0].bytes, i), i);
+  // A plain result needs none.
+  EXPECT_EQ(result_room(file, one_probe).capacity(), 0U);
+}
+
 TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {
   ts::Dict results;
   results.items.emplace_back(ts::Value{std::string("acts")},

@@ -438,6 +438,27 @@ TEST(TorchsaveZstd, FramesWithAndWithoutContentSizeDecompress) {
   EXPECT_EQ(describe(load(maybe_decompress_zstd(zstd_compress(file, false), 1 << 20))), describe(load(file)));
 }
 
+TEST(TorchsaveZstd, AFrameThatAnnouncesItsSizeDecompressesIntoTheRoomMadeForIt) {
+  const auto data = counting_bytes(300000);
+  const auto packed = zstd_compress(data, true);
+  auto room = zstd_room(packed, data.size());
+  ASSERT_EQ(room.capacity(), data.size());
+  EXPECT_TRUE(room.empty());
+  const auto* where = room.data();
+  const auto out = decompress_zstd(packed, data.size(), std::move(room));
+  EXPECT_EQ(out.data(), where);  // the room's memory, not a new allocation
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin(), data.end()));
+  // No room without an announced size, beyond the limit, or for bytes that are not zstd.
+  EXPECT_EQ(zstd_room(zstd_compress(data, false), data.size()).capacity(), 0U);
+  EXPECT_EQ(zstd_room(packed, data.size() - 1).capacity(), 0U);
+  EXPECT_EQ(zstd_room(data, data.size()).capacity(), 0U);
+  // A room too small is not written past: the output is allocated instead, and exact.
+  ByteBuffer small;
+  small.reserve(10);
+  const auto grown = decompress_zstd(packed, data.size(), std::move(small));
+  EXPECT_TRUE(std::equal(grown.begin(), grown.end(), data.begin(), data.end()));
+}
+
 TEST(TorchsaveZstd, ConcatenatedFramesDecompressToTheirConcatenation) {
   auto a = counting_bytes(1000);
   const auto b = bytes_of("tail");

@@ -39,9 +39,10 @@ using ByteBuffer = std::vector<std::byte, UninitializedAllocator<std::byte>>;
 /// above its mmap threshold (at most 32 MB by default) with fresh mappings, so every batch paid
 /// for its pages again in page faults (most of a rank's CPU in bench/write_bench.cpp). With the
 /// threshold raised and trimming bounded, the next batch reuses the same memory; a rank's footprint
-/// stays at its peak of results in flight. Threads share that one heap (a thread's own arena
-/// returns its heaps to the kernel regardless). Call once, first thing in main, before any thread
-/// starts; not thread-safe.
+/// stays at its peak of results in flight. This holds for the main heap only: a thread's own arena
+/// unmaps its heaps (64 MiB at most) once empty whatever the settings, so buffers that must stay are
+/// allocated on the main thread (remote::DecodePool::submit). Call once, first thing in main; not
+/// thread-safe.
 void keep_large_buffers() noexcept;
 
 }  // namespace ndif

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "ndif_sweep/core/memory.hpp"
 #include "ndif_sweep/remote/request.hpp"
 
 namespace ndif::remote {
@@ -39,6 +40,12 @@ struct DecodedResult {
 /// holds exactly one tensor). Checks dtype and shape (B, Ltot, P, H) exactly, splits per probe and
 /// counts non-finite values. Throws DecodeError stating what was expected and what came.
 /// Takes the downloaded bytes (move them in: the result's blocks may view them where they lie).
-[[nodiscard]] DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected);
+/// A zstd result is decompressed into `room` when it is big enough (result_room).
+[[nodiscard]] DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected,
+                                          ByteBuffer room = {});
+
+/// Room for the decompressed form of a downloaded result, allocated on the calling thread (empty
+/// for a result that is not zstd or does not announce its size within max_result_bytes).
+[[nodiscard]] ByteBuffer result_room(std::span<const std::byte> bytes, const ExpectedResult& expected);
 
 }  // namespace ndif::remote

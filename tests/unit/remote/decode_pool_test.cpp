@@ -1,7 +1,6 @@
 #include "ndif_sweep/remote/decode_pool.hpp"
 
 #include <gtest/gtest.h>
-#include <zstd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,60 +8,43 @@
 #include <string>
 #include <thread>
 
-#include "ndif_sweep/torchsave/torchsave.hpp"
+#include "result_files.hpp"
 
 namespace ndif::remote {
 namespace {
 
-namespace ts = torchsave;
 using namespace std::chrono_literals;
+using testing::file_of;
+using testing::g2_result;
+using testing::pattern16;
+using testing::tensor;
+using testing::zstd_of;
 
-// B=2 prompts, one probe of 2 layers, P=1, H=4 in float16: element i of result `k` holds the
-// 16-bit pattern 1000 k + i, so every value says which result and which element it is.
+// One probe of all 3 layers of testing::expected_f16()'s (2, 3, 2, 4) tensor: element i of result
+// `k` holds the 16-bit pattern 1000 k + i, so every value says which result and which element it is.
 ExpectedResult expected() {
-  ExpectedResult e;
-  e.saved_node = 7;
-  e.batch = 2;
-  e.probe_layers = {2};
-  e.positions = 1;
-  e.hidden = 4;
-  e.dtype = DType::float16;
+  auto e = testing::expected_f16();
+  e.probe_layers = {3};
   return e;
 }
+
+constexpr std::size_t kElements = 48;
 
 std::uint16_t value(std::int64_t k, std::size_t i) { return static_cast<std::uint16_t>(1000 * k + i); }
 
 std::vector<std::byte> result_file(std::int64_t k, bool zstd) {
-  const auto e = expected();
-  const auto count = static_cast<std::size_t>(e.data_bytes() / 2);
-  std::vector<std::byte> bytes(count * 2);
-  for (std::size_t i = 0; i < count; ++i) {
-    const auto v = value(k, i);
-    std::memcpy(bytes.data() + 2 * i, &v, 2);
-  }
-  ts::Dict results;
-  results.items.emplace_back(ts::Value{e.saved_node},
-                             ts::Value{ts::Tensor::from_bytes(e.dtype, {2, 2, 1, 4}, std::move(bytes))});
-  ts::Dict root;
-  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job")});
-  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
-  auto file = ts::save(ts::Value{std::move(root)});
-  if (!zstd) return file;
-  std::vector<std::byte> packed(ZSTD_compressBound(file.size()));
-  packed.resize(ZSTD_compress(packed.data(), packed.size(), file.data(), file.size(), 3));
-  return packed;
+  const auto file =
+      file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(kElements, value(k, 0)))));
+  return zstd ? zstd_of(file) : file;
 }
 
 void expect_exact(const DecodeOutcome& out, std::int64_t k) {
   ASSERT_TRUE(out.result.has_value()) << out.error;
   ASSERT_EQ(out.result->probes.size(), 1U);
   const auto bytes = out.result->probes[0].bytes;
-  ASSERT_EQ(bytes.size(), 32U);
-  for (std::size_t i = 0; i < 16; ++i) {
-    std::uint16_t got = 0;
-    std::memcpy(&got, bytes.data() + 2 * i, 2);
-    EXPECT_EQ(got, value(k, i)) << "result " << k << " element " << i;
-  }
+  ASSERT_EQ(bytes.size(), 2 * kElements);
+  for (std::size_t i = 0; i < kElements; ++i)
+    EXPECT_EQ(testing::at16(bytes, i), value(k, i)) << "result " << k << " element " << i;
 }
 
 // Waits up to two seconds for `counter` to reach `count`: a thread calls ready() just after its
@@ -132,7 +114,7 @@ TEST(DecodePool, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
     truncated.resize(truncated.size() / 2);
     decoder.submit(1, std::move(truncated), expected());
     auto wrong = expected();
-    wrong.hidden = 8;
+    wrong.hidden = 8;  // the file holds (2, 3, 2, 4)
     decoder.submit(2, result_file(2, false), wrong);
     decoder.submit(3, result_file(3, true), expected());
     auto all = take_all(decoder, 3);
@@ -141,7 +123,7 @@ TEST(DecodePool, ABadResultComesBackAsItsDecodeErrorAndTheNextStillDecodes) {
     EXPECT_FALSE(all[0].result.has_value());
     EXPECT_FALSE(all[0].error.empty());
     ASSERT_FALSE(all[1].result.has_value());
-    EXPECT_NE(all[1].error.find("expected (2, 2, 1, 8)"), std::string::npos) << all[1].error;
+    EXPECT_NE(all[1].error.find("expected (2, 3, 2, 8)"), std::string::npos) << all[1].error;
     expect_exact(all[2], 3);
   }
 }
@@ -170,12 +152,23 @@ TEST(DecodePool, TakeWithAWaitReturnsAtOnceWhenNothingIsPending) {
 }
 
 TEST(DecodePool, DestroyedWithResultsQueuedItStopsAndDropsThem) {
+  std::vector<std::vector<std::byte>> files;
+  for (std::int64_t k = 0; k < 50; ++k) files.push_back(result_file(k, true));
   std::atomic<int> woken{0};
+  const auto t0 = std::chrono::steady_clock::now();
   {
-    DecodePool decoder(2, [&] { ++woken; });
-    for (std::int64_t k = 0; k < 50; ++k) decoder.submit(k, result_file(k, true), expected());
+    // The thread's first result keeps it in ready() while the rest are queued and the pool is
+    // destroyed: those must be dropped, not decoded on the way out.
+    DecodePool decoder(1, [&] {
+      if (++woken == 1) std::this_thread::sleep_for(200ms);
+    });
+    decoder.submit(0, std::move(files[0]), expected());
+    await_count(woken, 1);
+    for (std::int64_t k = 1; k < 50; ++k)
+      decoder.submit(k, std::move(files[static_cast<std::size_t>(k)]), expected());
   }
-  EXPECT_LE(woken.load(), 50);
+  EXPECT_EQ(woken.load(), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
 }
 
 }  // namespace

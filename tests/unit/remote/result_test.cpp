@@ -9,54 +9,20 @@
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
+#include "result_files.hpp"
 
 namespace ndif::remote {
 namespace {
 
 namespace ts = torchsave;
 
-// B=2 prompts, probes of 2 and 1 layers (Ltot=3), P=2, H=4: element i of the (2, 3, 2, 4) tensor
-// holds the 16-bit pattern i, so every byte says where it came from.
-ExpectedResult expected_f16() {
-  ExpectedResult e;
-  e.saved_node = 20;
-  e.batch = 2;
-  e.probe_layers = {2, 1};
-  e.positions = 2;
-  e.hidden = 4;
-  e.dtype = DType::float16;
-  return e;
-}
-
-std::vector<std::byte> pattern16(std::size_t count) {
-  std::vector<std::byte> bytes(count * 2);
-  for (std::size_t i = 0; i < count; ++i) {
-    const auto v = static_cast<std::uint16_t>(i);
-    std::memcpy(bytes.data() + 2 * i, &v, 2);
-  }
-  return bytes;
-}
-
-std::uint16_t at16(std::span<const std::byte> bytes, std::size_t i) {
-  std::uint16_t v = 0;
-  std::memcpy(&v, bytes.data() + 2 * i, 2);
-  return v;
-}
-
-ts::Value g2_result(ts::Value saved, std::int64_t node = 20) {
-  ts::Dict results;
-  results.items.emplace_back(ts::Value{node}, std::move(saved));
-  ts::Dict root;
-  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job-1")});
-  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
-  return ts::Value{std::move(root)};
-}
-
-ts::Value tensor(DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
-  return ts::Value{ts::Tensor::from_bytes(dtype, std::move(shape), std::move(bytes))};
-}
-
-std::vector<std::byte> file_of(const ts::Value& value) { return ts::save(value); }
+using testing::at16;
+using testing::expected_f16;
+using testing::file_of;
+using testing::g2_result;
+using testing::pattern16;
+using testing::tensor;
+using testing::zstd_of;
 
 std::string decode_message(const std::vector<std::byte>& file, const ExpectedResult& expected) {
   try {
@@ -202,8 +168,7 @@ TEST(ResultDecoder, AZstdResultIsDecompressedIntoTheRoomMadeForItOnAnotherThread
   auto one_probe = expected_f16();
   one_probe.probe_layers = {3};
   const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
-  std::vector<std::byte> compressed(ZSTD_compressBound(file.size()));
-  compressed.resize(ZSTD_compress(compressed.data(), compressed.size(), file.data(), file.size(), 3));
+  const auto compressed = zstd_of(file);
   // As DecodePool does: the room is made where the download arrived, the decoding runs elsewhere.
   auto room = result_room(compressed, one_probe);
   ASSERT_GE(room.capacity(), file.size());

@@ -46,12 +46,11 @@ plan::PromptShapes MeasuredPrompts::shapes(const BatchTokenizer& prompts) && {
 }
 
 std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm,
-                                                        const BatchTokenizer& prompts) {
+                                                        const BatchTokenizer& prompts, unsigned threads) {
   const auto& file = *prompts.prompts_file;
   const std::size_t rows = file.rows();
   const std::size_t p = prompts.positions_per_row;
   const auto parts = static_cast<std::size_t>(comm.size());
-  const unsigned threads = core_share(comm);
   const auto [first, end] = plan::scan_part_rows(rows, static_cast<std::size_t>(comm.rank()), parts);
   auto mine = plan::scan_part(file, prompts.default_positions, *prompts.tokenizer, prompts.add_special_tokens,
                               p, first, end, threads);

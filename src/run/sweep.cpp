@@ -619,7 +619,10 @@ int run_sweep(const RunOptions& options) {
       }))
     return code;
   std::string().swap(prompts_index);
-  auto measured = planning.plan_from_file ? std::nullopt : measure_prompts_in_parts(comm, batch_prompts);
+  // The cores this rank keeps busy, planning and then decoding its results (collective).
+  const unsigned cores = core_share(comm);
+  auto measured =
+      planning.plan_from_file ? std::nullopt : measure_prompts_in_parts(comm, batch_prompts, cores);
   if (int code = root_step(comm, [&] {
         if (measured) plan_job(setup->job, std::move(*measured).shapes(batch_prompts));
         measured.reset();
@@ -643,8 +646,6 @@ int run_sweep(const RunOptions& options) {
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
-  // As many results decode at once as this rank has cores (collective, like the open).
-  const unsigned cores = core_share(comm);
 
   // Run and finalize. Every rank runs on its own until the collective close; an error on one rank
   // (a failed write, a broken message) must not leave the others waiting in that close: it is

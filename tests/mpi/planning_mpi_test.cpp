@@ -79,7 +79,7 @@ BatchTokenizer open_everywhere(const Communicator& comm, const fs::path& path,
 
 /// The error rank 0's merge throws, or "" when it throws none (every rank calls this).
 std::string merged_error(const Communicator& comm, const BatchTokenizer& prompts) {
-  auto measured = measure_prompts_in_parts(comm, prompts);
+  auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
   expect(measured.has_value() == (comm.rank() == 0), "only rank 0 holds the merge");
   if (!measured) return "";
   try {
@@ -95,7 +95,7 @@ void run_all(const Communicator& comm, const fs::path& dir) {
   // The merge of every rank's part is one process's scan.
   {
     const auto prompts = open_everywhere(comm, dir / "good.jsonl", text);
-    auto measured = measure_prompts_in_parts(comm, prompts);
+    auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
     if (comm.rank() == 0) {
       const auto shapes = std::move(*measured).shapes(prompts);
       const auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);

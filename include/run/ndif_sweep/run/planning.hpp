@@ -35,10 +35,12 @@ struct MeasuredPrompts {
 };
 
 /// Collective: rank r of R measures rows [N r / R, N (r + 1) / R) of the prompts file through
-/// `prompts` and sends them to rank 0 (20 + 4P bytes a prompt), which merges them as they arrive.
-/// Never throws for a bad prompt or a broken part (MeasuredPrompts::shapes does, on rank 0), so
-/// that no rank is left waiting. Returns what rank 0 merged on rank 0, nothing on the others.
+/// `prompts` on `threads` (its core_share) and sends them to rank 0 (20 + 4P bytes a prompt), which
+/// merges them as they arrive. Never throws for a bad prompt or a broken part
+/// (MeasuredPrompts::shapes does, on rank 0), so that no rank is left waiting. Returns what rank 0
+/// merged on rank 0, nothing on the others.
 [[nodiscard]] std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm,
-                                                                      const BatchTokenizer& prompts);
+                                                                      const BatchTokenizer& prompts,
+                                                                      unsigned threads);
 
 }  // namespace ndif::run

@@ -105,6 +105,13 @@ PromptsFile PromptsFile::index(const std::filesystem::path& path) {
   return file;
 }
 
+std::uint64_t PromptsFile::line_bytes(std::size_t first, std::size_t count) const {
+  if (first > rows() || count > rows() - first)
+    throw InternalError("PromptsFile::line_bytes: rows " + std::to_string(first) + " + " +
+                        std::to_string(count) + " of " + std::to_string(rows()));
+  return starts_[first + count] - starts_[first];
+}
+
 LineBlock PromptsFile::lines(std::size_t first, std::size_t count) const {
   if (first > rows() || count > rows() - first)
     throw InternalError("PromptsFile::lines: rows " + std::to_string(first) + " + " + std::to_string(count) +

@@ -50,6 +50,9 @@ class PromptsFile {
   /// a line is not what was indexed (the job's identity is the bytes it hashed), InternalError for
   /// rows past the end.
   [[nodiscard]] LineBlock lines(std::size_t first, std::size_t count) const;
+  /// Bytes of rows [first, first + count) in the file, their newlines included, from the index
+  /// (nothing is read): what lines() reads for them. Throws InternalError for rows past the end.
+  [[nodiscard]] std::uint64_t line_bytes(std::size_t first, std::size_t count) const;
   /// Row `row`'s line. Throws as lines().
   [[nodiscard]] std::string line(std::size_t row) const;
 

@@ -324,7 +324,8 @@ namespace {
 
 /// The bytes of a ScanPart: a header of u64 (first, end, bad_row, max_token_row, P), i32
 /// max_token_id, i32 exit code of the error, u64 length of its message, then the message, the
-/// lengths, the positions and the id hashes, all little-endian as this machine's memory.
+/// lengths and the id hashes, all little-endian as this machine's memory. P travels so that a part
+/// measured for another job is refused; the positions themselves stay with the rank.
 struct ScanPartHeader {
   std::uint64_t first, end, bad_row, max_token_row, p;
   std::int32_t max_token_id, exit_code;
@@ -355,11 +356,10 @@ std::string encode_scan_part(const ScanPart& part, std::size_t p) {
   const ScanPartHeader header{part.first, part.end,          part.bad_row, part.max_token_row,
                               p,          part.max_token_id, code,         message.size()};
   std::string out;
-  out.reserve(sizeof header + message.size() + part.n_tokens.size() * (4 + 4 * p + 8));
+  out.reserve(sizeof header + message.size() + part.n_tokens.size() * (4 + 8));
   append(out, &header, 1);
   out += message;
   append(out, part.n_tokens.data(), part.n_tokens.size());
-  append(out, part.positions.data(), part.positions.size());
   append(out, part.id_hashes.data(), part.id_hashes.size());
   return out;
 }
@@ -381,14 +381,12 @@ ScanPart decode_scan_part(std::string_view bytes, std::size_t p) {
   std::string message(bytes.substr(0, header.message_bytes));
   bytes.remove_prefix(header.message_bytes);
   const std::size_t n = part.end - part.first;
-  const std::size_t row_bytes = 4 + 4 * p + 8;
+  const std::size_t row_bytes = 4 + 8;
   if (n > bytes.size() / row_bytes || bytes.size() != n * row_bytes)
     throw InternalError("planning: another rank's part of the scan has the wrong size");
   part.n_tokens.resize(n);
-  part.positions.resize(n * p);
   part.id_hashes.resize(n);
   take(bytes, part.n_tokens.data(), n);
-  take(bytes, part.positions.data(), n * p);
   take(bytes, part.id_hashes.data(), n);
   if (header.exit_code != 0)
     part.error = error_from(ErrorReport{static_cast<ExitCode>(header.exit_code), std::move(message)});
@@ -403,15 +401,12 @@ void ScanMerge::add(ScanPart part) {
     throw InternalError("planning: a part of the scan starts at row " + std::to_string(part.first) +
                         " but the next row to merge is " + std::to_string(next_));
   if (part.first == 0 && part.end == rows_ && !part.error) {
-    // One part of every row (a single rank): take its arrays as they are.
+    // One part of every row (a single rank): take its lengths as they are.
     shapes_.n_tokens = std::move(part.n_tokens);
-    shapes_.positions = std::move(part.positions);
   } else {
-    if (shapes_.n_tokens.empty()) size_shapes(shapes_, rows_, p_);
+    if (shapes_.n_tokens.empty()) shapes_.n_tokens.assign(rows_, 0);
     std::copy(part.n_tokens.begin(), part.n_tokens.end(),
               shapes_.n_tokens.begin() + static_cast<std::ptrdiff_t>(part.first));
-    std::copy(part.positions.begin(), part.positions.end(),
-              shapes_.positions.begin() + static_cast<std::ptrdiff_t>(part.first * p_));
   }
   if (keys_.empty()) keys_.reserve(rows_);
   for (std::size_t k = 0; k < part.id_hashes.size(); ++k)
@@ -438,7 +433,7 @@ PromptShapes ScanMerge::finish(const spec::PromptsFile& file,
   if (repeat.error) std::rethrow_exception(repeat.error);
   if (bad_error_) std::rethrow_exception(bad_error_);
   shapes_.positions_per_row = static_cast<std::int64_t>(p_);
-  if (shapes_.n_tokens.empty()) size_shapes(shapes_, rows_, p_);
+  if (shapes_.n_tokens.empty()) shapes_.n_tokens.assign(rows_, 0);
   return std::move(shapes_);
 }
 
@@ -449,9 +444,13 @@ PromptShapes scan_prompts(const spec::PromptsFile& file,
   // Row 0 fixes P; when it is bad, it is the first bad row.
   const std::size_t p = positions_per_row(file, default_positions);
   ScanMerge merge(file.rows(), p);
-  merge.add(scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
-                      block_rows));
-  return std::move(merge).finish(file, default_positions);
+  auto part = scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
+                        block_rows);
+  auto positions = std::move(part.positions);
+  merge.add(std::move(part));
+  auto shapes = std::move(merge).finish(file, default_positions);
+  shapes.positions = std::move(positions);
+  return shapes;
 }
 
 }  // namespace ndif::plan

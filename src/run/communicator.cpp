@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 
 #include "ndif_sweep/core/error.hpp"
 
@@ -17,6 +19,20 @@ void check(int rc, const char* what) {
   int len = 0;
   MPI_Error_string(rc, text, &len);
   throw InternalError(fmt::format("MPI: {} failed: {}", what, std::string(text, static_cast<size_t>(len))));
+}
+
+/// Payloads travel in chunks of this many bytes, so that an int counts each.
+constexpr unsigned long long kChunkBytes = 1ULL << 30;
+
+/// Calls `ready` until it says yes, sleeping between calls: 20 us at first, doubling to 1 ms
+/// (communicator.hpp, receive(), says why not MPI's own waits).
+template <typename Ready>
+void wait_until(Ready&& ready) {
+  auto pause = std::chrono::microseconds(20);
+  while (!ready()) {
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(1));
+  }
 }
 
 }  // namespace
@@ -50,9 +66,8 @@ void Communicator::broadcast_in_place(std::string& value, int root) const {
   check(MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, comm_), "MPI_Bcast (length)");
   if (rank_ != root) value.assign(len, '\0');
   // Chunked so that payloads beyond INT_MAX bytes still broadcast.
-  constexpr unsigned long long kChunk = 1ULL << 30;
-  for (unsigned long long off = 0; off < len; off += kChunk) {
-    const int n = static_cast<int>(std::min(kChunk, len - off));
+  for (unsigned long long off = 0; off < len; off += kChunkBytes) {
+    const int n = static_cast<int>(std::min(kChunkBytes, len - off));
     check(MPI_Bcast(value.data() + off, n, MPI_CHAR, root, comm_), "MPI_Bcast (payload)");
   }
 }
@@ -71,31 +86,62 @@ int Communicator::min_all(int value) const {
 
 void Communicator::barrier() const { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
+void Communicator::start_framed_send(int dest, Tag tag, FramedSend& out) const {
+  out.length = out.payload.size();
+  out.requests.assign(1 + (out.length + kChunkBytes - 1) / kChunkBytes, MPI_REQUEST_NULL);
+  check(
+      MPI_Isend(&out.length, 1, MPI_UNSIGNED_LONG_LONG, dest, static_cast<int>(tag), comm_, &out.requests[0]),
+      "MPI_Isend (length)");
+  for (unsigned long long off = 0, k = 1; off < out.length; off += kChunkBytes, ++k)
+    check(MPI_Isend(out.payload.data() + off, static_cast<int>(std::min(kChunkBytes, out.length - off)),
+                    MPI_CHAR, dest, static_cast<int>(tag), comm_, &out.requests[k]),
+          "MPI_Isend (payload)");
+}
+
+bool Communicator::done(FramedSend& out) const {
+  int flag = 0;
+  check(MPI_Testall(static_cast<int>(out.requests.size()), out.requests.data(), &flag, MPI_STATUSES_IGNORE),
+        "MPI_Testall");
+  return flag != 0;
+}
+
+void Communicator::wait(FramedSend& out) const {
+  wait_until([&] { return done(out); });
+}
+
+void Communicator::send(int dest, Tag tag, std::string_view bytes) const {
+  FramedSend out;
+  out.payload.assign(bytes);
+  start_framed_send(dest, tag, out);
+  wait(out);
+}
+
+std::string Communicator::receive(int source, Tag tag) const {
+  wait_until([&] {
+    int flag = 0;
+    check(MPI_Iprobe(source, static_cast<int>(tag), comm_, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
+    return flag != 0;
+  });
+  unsigned long long len = 0;
+  check(MPI_Recv(&len, 1, MPI_UNSIGNED_LONG_LONG, source, static_cast<int>(tag), comm_, MPI_STATUS_IGNORE),
+        "MPI_Recv (length)");
+  std::string bytes(len, '\0');
+  // The bytes follow their length at once: MPI_Recv's short wait for them is no spin worth avoiding.
+  for (unsigned long long off = 0; off < len; off += kChunkBytes)
+    check(MPI_Recv(bytes.data() + off, static_cast<int>(std::min(kChunkBytes, len - off)), MPI_CHAR, source,
+                   static_cast<int>(tag), comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv (payload)");
+  return bytes;
+}
+
 void Communicator::gather_to_root(const std::string& value,
                                   const std::function<void(int, std::string&&)>& take) const {
-  constexpr unsigned long long kChunk = 1ULL << 30;
-  const int tag = static_cast<int>(Tag::gather);
   if (rank_ != 0) {
-    unsigned long long len = value.size();
-    check(MPI_Send(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, tag, comm_), "MPI_Send (length)");
-    for (unsigned long long off = 0; off < len; off += kChunk)
-      check(MPI_Send(value.data() + off, static_cast<int>(std::min(kChunk, len - off)), MPI_CHAR, 0, tag,
-                     comm_),
-            "MPI_Send (payload)");
+    send(0, Tag::gather, value);
     return;
   }
   // In rank order, so that rank 0 merges as it receives.
-  for (int source = 1; source < size_; ++source) {
-    unsigned long long len = 0;
-    check(MPI_Recv(&len, 1, MPI_UNSIGNED_LONG_LONG, source, tag, comm_, MPI_STATUS_IGNORE),
-          "MPI_Recv (length)");
-    std::string bytes(len, '\0');
-    for (unsigned long long off = 0; off < len; off += kChunk)
-      check(MPI_Recv(bytes.data() + off, static_cast<int>(std::min(kChunk, len - off)), MPI_CHAR, source, tag,
-                     comm_, MPI_STATUS_IGNORE),
-            "MPI_Recv (payload)");
-    take(source, std::move(bytes));
-  }
+  for (int source = 1; source < size_; ++source) take(source, receive(source, Tag::gather));
 }
 
 std::vector<std::string> Communicator::allgather_on_node(const std::string& value, std::size_t* mine) const {

@@ -45,19 +45,21 @@ plan::PromptShapes MeasuredPrompts::shapes(const BatchTokenizer& prompts) && {
   return std::move(merge).finish(*prompts.prompts_file, prompts.default_positions);
 }
 
-std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm,
-                                                        const BatchTokenizer& prompts, unsigned threads) {
+Measurement measure_prompts_in_parts(const Communicator& comm, const BatchTokenizer& prompts,
+                                     unsigned threads) {
   const auto& file = *prompts.prompts_file;
   const std::size_t rows = file.rows();
   const std::size_t p = prompts.positions_per_row;
   const auto parts = static_cast<std::size_t>(comm.size());
   const auto [first, end] = plan::scan_part_rows(rows, static_cast<std::size_t>(comm.rank()), parts);
-  auto mine = plan::scan_part(file, prompts.default_positions, *prompts.tokenizer, prompts.add_special_tokens,
+  auto part = plan::scan_part(file, prompts.default_positions, *prompts.tokenizer, prompts.add_special_tokens,
                               p, first, end, threads);
+  Measurement measured;
+  measured.mine = MeasuredPart{first, std::move(part.positions)};
   if (comm.rank() != 0) {
     std::string bytes;
     try {
-      bytes = plan::encode_scan_part(mine, p);
+      bytes = plan::encode_scan_part(part, p);
     } catch (...) {
       // Rank 0 waits for a part from every rank: send one that says why there is none.
       plan::ScanPart failed;
@@ -66,12 +68,11 @@ std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm
       bytes = plan::encode_scan_part(failed, p);
     }
     comm.gather_to_root(bytes, {});
-    return std::nullopt;
+    return measured;
   }
-  std::optional<MeasuredPrompts> measured;
-  measured.emplace(MeasuredPrompts{plan::ScanMerge(rows, p), nullptr});
-  auto& m = *measured;
-  m.merge.add(std::move(mine));
+  measured.merged.emplace(MeasuredPrompts{plan::ScanMerge(rows, p), nullptr});
+  auto& m = *measured.merged;
+  m.merge.add(std::move(part));
   comm.gather_to_root({}, [&](int, std::string&& bytes) {
     if (m.broken) return;
     try {

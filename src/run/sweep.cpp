@@ -34,6 +34,7 @@
 #include "ndif_sweep/run/commands.hpp"
 #include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/coordinator.hpp"
+#include "ndif_sweep/run/file_creation.hpp"
 #include "ndif_sweep/run/local_server.hpp"
 #include "ndif_sweep/run/mpi_link.hpp"
 #include "ndif_sweep/run/planning.hpp"
@@ -352,8 +353,9 @@ int all_ranks_step(const Communicator& comm, Step&& step) {
   return worst;
 }
 
-/// The file's layout; the prompts' strings are read again from the prompts file a block at a time
-/// as the file is written (every prompt's text at once would be the largest thing rank 0 holds).
+/// The file's layout. Its strings and positions come from every rank (file_creation.hpp): the
+/// strings, read again from the prompts file by the rank that measured them, through
+/// create_with_every_rank; the positions, which stayed with that rank, through write_positions.
 store::FileLayout file_layout(const PreparedJob& job, const std::string& model_key) {
   const auto& spec = job.spec;
   store::FileLayout layout;
@@ -363,19 +365,8 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
   layout.model_key = model_key;
   layout.tokenizer_sha256 = job.tokenizer_sha256;
   layout.tool_version = kToolVersion;
-  layout.prompt_strings = [file = job.prompts_file, &spec](std::size_t first, std::size_t count,
-                                                           store::PromptStrings& out) {
-    auto records = spec::parse_lines(file->lines(first, count), spec.prompts, spec.positions,
-                                     std::max(1U, std::thread::hardware_concurrency()));
-    for (auto* column : {&out.text, &out.id, &out.meta}) column->reserve(records.size());
-    for (auto& record : records) {
-      out.text.push_back(std::move(record.text));
-      out.id.push_back(std::move(record.id));
-      out.meta.push_back(std::move(record.meta_json));
-    }
-  };
   layout.n_tokens = job.shapes.n_tokens;
-  layout.positions = job.shapes.positions;
+  layout.positions_from_ranks = true;
   layout.positions_per_row = static_cast<std::size_t>(job.shape.positions);
   layout.batch_of_row = job.plan.batch_of_row;
   layout.order = job.plan.order;
@@ -388,18 +379,20 @@ store::FileLayout file_layout(const PreparedJob& job, const std::string& model_k
   return layout;
 }
 
-/// Phase 2 on rank 0, holding the lock: create the file (or re-check it: another run may have made
-/// it between phase 1 and the lock), start the bundled server, and record this run.
-void start_on_root(RootSetup& setup, int ranks) {
+/// Phase 1's end on rank 0, holding the lock: whether the file must be created (another run may
+/// have made it between the start and the lock; a restart's file may have gone meanwhile).
+bool file_to_create_on_root(RootSetup& setup) {
   const auto& spec = setup.job.spec;
   setup.resumed = store::check_existing(spec.output, setup.job.job_hash) == store::Existing::same_job;
-  if (!setup.resumed) {
-    if (setup.job.plan_from_file)
-      throw StorageError(fmt::format("{} was removed while this run started; run the same command again",
-                                     spec.output.string()));
-    store::create_output_file(spec.output, file_layout(setup.job, setup.ctx.model_key));
-  }
+  if (!setup.resumed && setup.job.plan_from_file)
+    throw StorageError(fmt::format("{} was removed while this run started; run the same command again",
+                                   spec.output.string()));
+  return !setup.resumed;
+}
 
+/// Phase 2 on rank 0, the file in place: start the bundled server, and record this run.
+void start_on_root(RootSetup& setup, int ranks) {
+  const auto& spec = setup.job.spec;
   if (spec.endpoint == "local") {
     setup.local = std::make_unique<LocalServerProcess>(LocalServerProcess::default_binary(), spec.local);
     setup.ctx.base_url = setup.local->base_url();
@@ -434,6 +427,39 @@ int root_step(const Communicator& comm, Step&& step) {
     }
   }
   return std::stoi(comm.broadcast(std::to_string(code)));
+}
+
+/// Collective: creates the output file with every rank (file_creation.hpp): rank 0 writes it and
+/// the strings every rank reads of its part, every rank writes its part's positions, rank 0
+/// publishes it. Returns 0, or the exit code every rank leaves with (the failing rank says why);
+/// an unpublished file is removed on failure.
+int create_output_with_every_rank(const Communicator& comm, RootSetup* setup, const BatchTokenizer& prompts,
+                                  unsigned cores, const std::filesystem::path& output,
+                                  const MeasuredPart& part) {
+  const bool root = comm.rank() == 0;
+  std::filesystem::path temporary;
+  if (int code = all_ranks_step(comm, [&] {
+        std::optional<store::FileLayout> layout;
+        if (root) layout = file_layout(setup->job, setup->ctx.model_key);
+        temporary = create_with_every_rank(comm, prompts, cores, output, layout ? &*layout : nullptr);
+      }))
+    return code;
+  temporary = comm.broadcast(temporary.string());
+  int code = all_ranks_step(
+      comm, [&] { store::write_positions(temporary, comm.handle(), part.first, part.positions); });
+  if (code == 0) {
+    code = root_step(comm, [&] {
+      try {
+        store::publish(temporary, output);
+      } catch (...) {
+        store::discard_unpublished(temporary);
+        throw;
+      }
+    });
+  } else if (root) {
+    store::discard_unpublished(temporary);
+  }
+  return code;
 }
 
 /// Ends every rank after an error on this one, so no rank waits forever in the collective close.
@@ -584,6 +610,30 @@ class TurnPacer {
   std::chrono::milliseconds wait_ = kShortest;
 };
 
+/// The benchmark hook of docs/design.md (phase times): with NDIF_SWEEP_PHASE_TIMES=1, rank 0 prints
+/// how long each step of the start took, once the file is in place, so that a benchmark reads the
+/// time of one step instead of subtracting two noisy wall times.
+class PhaseTimes {
+ public:
+  explicit PhaseTimes(bool root) : on_(root && env_or_empty("NDIF_SWEEP_PHASE_TIMES") == "1") {}
+  /// Ends the step `name` now.
+  void mark(const char* name) {
+    if (!on_) return;
+    const auto now = Clock::now();
+    text_ += fmt::format("{}{} {:.3f} s", text_.empty() ? "" : ", ", name,
+                         std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+  void print() const {
+    if (on_) std::cerr << "ndif-sweep: phase times: " << text_ << '\n';
+  }
+
+ private:
+  bool on_;
+  Clock::time_point last_ = Clock::now();
+  std::string text_;
+};
+
 }  // namespace
 
 int run_sweep(const RunOptions& options) {
@@ -591,6 +641,7 @@ int run_sweep(const RunOptions& options) {
   const Communicator comm;
   const int rank = comm.rank();
   const bool root = rank == 0;
+  PhaseTimes times(root);
 
   // Start. Everything that can be wrong with the input is found before any lock or file exists
   // (exit 2, 4 or 5 with the disk as it was): rank 0 opens the job, every rank measures a part of
@@ -621,14 +672,19 @@ int run_sweep(const RunOptions& options) {
   std::string().swap(prompts_index);
   // The cores this rank keeps busy, planning and then decoding its results (collective).
   const unsigned cores = core_share(comm);
-  auto measured =
-      planning.plan_from_file ? std::nullopt : measure_prompts_in_parts(comm, batch_prompts, cores);
+  times.mark("open");
+  // A restart takes its file's plan and measures nothing. Otherwise each rank keeps the positions of
+  // its part for the file, and rank 0 the lengths of every prompt for the plan.
+  Measurement measured;
+  if (!planning.plan_from_file) measured = measure_prompts_in_parts(comm, batch_prompts, cores);
+  times.mark("measure");
   if (int code = root_step(comm, [&] {
-        if (measured) plan_job(setup->job, std::move(*measured).shapes(batch_prompts));
-        measured.reset();
+        if (measured.merged) plan_job(setup->job, std::move(*measured.merged).shapes(batch_prompts));
+        measured.merged.reset();
         finish_on_root(*setup);
       }))
     return code;
+  times.mark("plan");
   RunContext ctx =
       decode_context(json::parse(comm.broadcast(root ? encode_context(setup->ctx) : std::string())));
   std::unique_ptr<remote::RequestEncoder> encoder;
@@ -643,7 +699,19 @@ int run_sweep(const RunOptions& options) {
       }))
     return code;
   auto lock = store::OutputLock::acquire(ctx.output, comm.handle());
+  bool create = false;
+  if (int code = root_step(comm, [&] { create = file_to_create_on_root(*setup); })) return code;
+  times.mark("encoders and lock");
+  if (comm.broadcast(root && create ? "1" : "0") == "1") {
+    if (int code =
+            create_output_with_every_rank(comm, setup.get(), batch_prompts, cores, ctx.output, measured.mine))
+      return code;
+  }
+  measured = {};
+  times.mark("create");
   if (int code = root_step(comm, [&] { start_on_root(*setup, comm.size()); })) return code;
+  times.mark("server and run record");
+  times.print();
   ctx.base_url = comm.broadcast(root ? setup->ctx.base_url : std::string());
   auto output = store::ParallelOutput::open(ctx.output, comm.handle());
 

@@ -54,7 +54,8 @@ void check_layout(const FileLayout& layout) {
               layout.batch_of_row.size() == n && layout.order.size() == n,
           "per-prompt arrays differ in length");
   require(layout.positions_per_row > 0, "no positions per prompt");
-  require(layout.positions.size() == n * layout.positions_per_row, "positions is not N x P");
+  require(layout.positions.size() == (layout.positions_from_ranks ? 0 : n * layout.positions_per_row),
+          "positions is not N x P (or empty, written by the ranks)");
   require(!layout.batch_start.empty() && layout.batch_start.size() == layout.batch_count.size(),
           "batch start and count differ in length or are empty");
   for (std::size_t b = 0; b < layout.batch_start.size(); ++b)
@@ -131,31 +132,37 @@ void create_prompt_strings(hid_t prompts, const FileLayout& layout) {
   Handle datasets[3] = {create_allocated(prompts, names[0], type.get(), {n}),
                         create_allocated(prompts, names[1], type.get(), {n}),
                         create_allocated(prompts, names[2], type.get(), {n})};
+  // Every row exactly once, whatever order the blocks come in.
+  std::vector<bool> written(n, false);
+  std::size_t rows_written = 0;
   auto write_block = [&](std::size_t first, const PromptStrings& block) {
+    const std::size_t rows = block.text.size();
+    if (rows == 0 || first > n || rows > n - first || block.id.size() != rows || block.meta.size() != rows ||
+        std::find(written.begin() + static_cast<std::ptrdiff_t>(first),
+                  written.begin() + static_cast<std::ptrdiff_t>(first + rows),
+                  true) != written.begin() + static_cast<std::ptrdiff_t>(first + rows))
+      throw InternalError("file layout: the prompt strings of " + std::to_string(rows) + " rows from row " +
+                          std::to_string(first) + " are not a block of rows still to write");
+    std::fill(written.begin() + static_cast<std::ptrdiff_t>(first),
+              written.begin() + static_cast<std::ptrdiff_t>(first + rows), true);
+    rows_written += rows;
     const std::vector<std::string>* columns[3] = {&block.text, &block.id, &block.meta};
-    for (int k = 0; k < 3; ++k) {
-      if (first + columns[k]->size() > n || columns[k]->size() != block.text.size() || block.text.empty())
-        throw InternalError("file layout: the prompt strings of rows from " + std::to_string(first) +
-                            " are not one block of the file's rows");
+    for (int k = 0; k < 3; ++k)
       write_string_rows(datasets[k].get(), type.get(), std::string("/prompts/") + names[k], first,
                         *columns[k]);
-    }
   };
   if (!layout.prompt_strings) {
     write_block(0, PromptStrings{layout.text, layout.id, layout.meta});
   } else {
     PromptStrings block;
-    const std::size_t rows = std::max<std::size_t>(layout.prompt_string_rows, 1);
-    for (std::size_t first = 0; first < n; first += rows) {
-      const std::size_t count = std::min(rows, n - first);
+    while (const auto first = layout.prompt_strings(block)) {
+      write_block(*first, block);
       block = {};
-      layout.prompt_strings(first, count, block);
-      if (block.text.size() != count)
-        throw InternalError("file layout: the prompt string source gave " +
-                            std::to_string(block.text.size()) + " rows for " + std::to_string(count));
-      write_block(first, block);
     }
   }
+  if (rows_written != n)
+    throw InternalError("file layout: the prompt strings of " + std::to_string(n - rows_written) + " of " +
+                        std::to_string(n) + " rows never came");
   for (int k = 0; k < 3; ++k) datasets[k].close(std::string("close /prompts/") + names[k]);
 }
 
@@ -207,8 +214,12 @@ void write_contents(hid_t file, const FileLayout& layout) {
     Handle prompts = create_group(file, "prompts");
     create_prompt_strings(prompts.get(), layout);
     create_numbers(prompts.get(), "n_tokens", H5T_STD_I32LE, layout.n_tokens);
-    create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions,
-                   {n, layout.positions_per_row});
+    if (layout.positions_from_ranks)
+      create_allocated(prompts.get(), "positions", H5T_STD_I32LE, {n, layout.positions_per_row})
+          .close("close /prompts/positions");
+    else
+      create_numbers(prompts.get(), "positions", H5T_STD_I32LE, layout.positions,
+                     {n, layout.positions_per_row});
     create_numbers(prompts.get(), "batch", H5T_STD_I32LE, layout.batch_of_row);
     prompts.close("close /prompts");
   }
@@ -254,14 +265,18 @@ std::string utc_now_iso8601() {
   return text;
 }
 
-void create_output_file(const std::filesystem::path& path, const FileLayout& layout) {
+std::filesystem::path unpublished_path(const std::filesystem::path& path) {
+  return path.string() + ".creating";
+}
+
+std::filesystem::path create_unpublished(const std::filesystem::path& path, const FileLayout& layout) {
   check_output_path(path);
   check_layout(layout);
   if (!is_activation_dtype(layout.dtype))
     throw InputError(std::string("dtype \"") + dtype_name(layout.dtype) +
                      "\" is not one of float16, bfloat16, float32");
 
-  const std::filesystem::path temporary = path.string() + ".creating";
+  const std::filesystem::path temporary = unpublished_path(path);
   try {
     Handle fapl = h5::serial_access(false);
     Handle file(check_id(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
@@ -269,14 +284,29 @@ void create_output_file(const std::filesystem::path& path, const FileLayout& lay
     write_contents(file.get(), layout);
     file.close("close " + temporary.string());
   } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
+    discard_unpublished(temporary);
     throw;
   }
+  return temporary;
+}
+
+void publish(const std::filesystem::path& temporary, const std::filesystem::path& path) {
   std::error_code ec;
   std::filesystem::rename(temporary, path, ec);
   if (ec)
     throw StorageError("cannot rename " + temporary.string() + " to " + path.string() + ": " + ec.message());
+}
+
+void discard_unpublished(const std::filesystem::path& temporary) noexcept {
+  std::error_code ignored;
+  std::filesystem::remove(temporary, ignored);
+}
+
+void create_output_file(const std::filesystem::path& path, const FileLayout& layout) {
+  if (layout.positions_from_ranks)
+    throw InternalError(
+        "create_output_file: the ranks' positions need create_unpublished and write_positions");
+  publish(create_unpublished(path, layout), path);
 }
 
 }  // namespace ndif::store

@@ -60,6 +60,42 @@ std::vector<std::int64_t> read_range(hid_t dataset, hsize_t start, hsize_t count
 
 }  // namespace
 
+void write_positions(const std::filesystem::path& temporary, MPI_Comm comm, std::size_t first_row,
+                     std::span<const std::int32_t> positions) {
+  h5::silence_diagnostics();
+  Handle fapl(check_id(H5Pcreate(H5P_FILE_ACCESS), "create a file access property list"));
+  check(H5Pset_fapl_mpio(fapl.get(), comm, MPI_INFO_NULL), "select the MPI-IO driver");
+  // Every rank opens the same file, so an open fails on all of them or none.
+  Handle file(check_id(H5Fopen(temporary.c_str(), H5F_ACC_RDWR, fapl.get()),
+                       "open " + temporary.string() + " to write the ranks' positions"));
+  std::exception_ptr failed;
+  try {
+    Handle dataset = h5::open_dataset(file.get(), "prompts/positions");
+    const auto dims = h5::dataset_shape(dataset.get(), "/prompts/positions");
+    if (dims.size() != 2 || dims[1] == 0 || positions.size() % dims[1] != 0 || first_row > dims[0] ||
+        positions.size() / dims[1] > dims[0] - first_row)
+      throw InternalError("write_positions: " + std::to_string(positions.size()) + " positions from row " +
+                          std::to_string(first_row) + " do not fit /prompts/positions");
+    const hsize_t start[2] = {first_row, 0};
+    const hsize_t count[2] = {positions.size() / dims[1], dims[1]};
+    if (count[0] > 0) {
+      Handle file_space(check_id(H5Dget_space(dataset.get()), "get the dataspace of /prompts/positions"));
+      check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+            "select this rank's rows of /prompts/positions");
+      Handle memory_space(check_id(H5Screate_simple(2, count, nullptr), "create a dataspace for positions"));
+      check(H5Dwrite(dataset.get(), H5T_NATIVE_INT32, memory_space.get(), file_space.get(), H5P_DEFAULT,
+                     positions.data()),
+            "write this rank's rows of /prompts/positions");
+    }
+    dataset.close("close /prompts/positions");
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  // Collective: reached by every rank that opened the file, whatever its write did.
+  file.close("close " + temporary.string());
+  if (failed) std::rethrow_exception(failed);
+}
+
 struct ParallelOutput::State {
   std::filesystem::path path;
   Handle file;

@@ -6,10 +6,12 @@
 
 #include <mpi.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,7 +21,10 @@
 #include "ndif_sweep/core/files.hpp"
 #include "ndif_sweep/plan/batch_plan.hpp"
 #include "ndif_sweep/run/communicator.hpp"
+#include "ndif_sweep/run/file_creation.hpp"
 #include "ndif_sweep/run/planning.hpp"
+#include "ndif_sweep/store/parallel_output.hpp"
+#include "store_fixture.hpp"
 
 namespace {
 
@@ -80,14 +85,133 @@ BatchTokenizer open_everywhere(const Communicator& comm, const fs::path& path,
 /// The error rank 0's merge throws, or "" when it throws none (every rank calls this).
 std::string merged_error(const Communicator& comm, const BatchTokenizer& prompts) {
   auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
-  expect(measured.has_value() == (comm.rank() == 0), "only rank 0 holds the merge");
-  if (!measured) return "";
+  expect(measured.merged.has_value() == (comm.rank() == 0), "only rank 0 holds the merge");
+  if (!measured.merged) return "";
   try {
-    (void)std::move(*measured).shapes(prompts);
+    (void)std::move(*measured.merged).shapes(prompts);
   } catch (const InputError& e) {
     return e.what();
   }
   return "";
+}
+
+/// Rank 0's layout of an output file for `prompts`, measured by every rank; P = 2 positions left to
+/// the ranks.
+store::FileLayout layout_of(const plan::PromptShapes& shapes) {
+  store::FileLayout layout;
+  layout.job_json = "{}";
+  layout.job_hash = "h";
+  layout.model = "m";
+  layout.model_key = "k";
+  layout.tokenizer_sha256 = std::string(64, '0');
+  layout.tool_version = "t";
+  layout.n_tokens = shapes.n_tokens;
+  layout.positions_from_ranks = true;
+  layout.positions_per_row = 2;
+  const auto plan = plan::make_batch_plan(shapes.n_tokens, spec::BatchOptions{},
+                                          plan::RowShape{.total_layers = 1, .positions = 2, .hidden = 4});
+  layout.batch_of_row = plan.batch_of_row;
+  layout.order = plan.order;
+  layout.batch_start = plan.start;
+  layout.batch_count = plan.count;
+  layout.probes = {{"resid", "model.layers.{layer}", 0, {0}, "0:1"}};
+  layout.hidden = 4;
+  return layout;
+}
+
+/// Steps 1 to 3 of file_creation.hpp as run_sweep takes them; "" when the file was published, else
+/// the error rank 0 met (every rank returns).
+std::string create_file(const Communicator& comm, const BatchTokenizer& prompts, const fs::path& output,
+                        std::size_t block_rows) {
+  auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
+  std::optional<store::FileLayout> layout;
+  if (comm.rank() == 0) layout = layout_of(std::move(*measured.merged).shapes(prompts));
+  std::string error;
+  fs::path temporary;
+  try {
+    temporary = create_with_every_rank(comm, prompts, core_share(comm), output, layout ? &*layout : nullptr,
+                                       block_rows);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  expect(comm.rank() == 0 || (error.empty() && temporary.empty()), "only rank 0 fails or holds the file");
+  if (comm.broadcast(error) != "") return error;
+  temporary = comm.broadcast(temporary.string());
+  store::write_positions(temporary, comm.handle(), measured.mine.first, measured.mine.positions);
+  if (comm.rank() == 0) store::publish(temporary, output);
+  comm.barrier();
+  return "";
+}
+
+void create_with_every_rank_checks(const Communicator& comm, const fs::path& dir) {
+  using store::testing::read_raw;
+  using store::testing::read_strings_raw;
+  // Every row's strings and positions, read by the rank that measured it: one process's.
+  const auto text = lines();
+  for (std::size_t block_rows : {std::size_t{37}, std::size_t{65536}}) {
+    const auto prompts = open_everywhere(comm, dir / "create.jsonl", text);
+    const auto output = dir / ("created_" + std::to_string(block_rows) + ".h5");
+    expect(create_file(comm, prompts, output, block_rows).empty(), "the file is created");
+    if (comm.rank() != 0) continue;
+    expect(fs::exists(output) && !fs::exists(store::unpublished_path(output)), "the file is published");
+    std::vector<std::string> texts, ids, metas;
+    for (std::size_t row = 0; row < text.size(); ++row) {
+      const auto record = spec::parse_prompt(text[row], row, "create.jsonl", positions());
+      texts.push_back(record.text);
+      ids.push_back(record.id);
+      metas.push_back(record.meta_json);
+    }
+    expect(read_strings_raw(output.string(), "/prompts/text") == texts, "every text is the prompt's");
+    expect(read_strings_raw(output.string(), "/prompts/id") == ids, "every id is the prompt's");
+    expect(read_strings_raw(output.string(), "/prompts/meta") == metas, "every meta is the prompt's");
+    const auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);
+    const auto raw = read_raw(output.string(), "/prompts/positions");
+    std::vector<std::int32_t> stored(raw.size() / 4);
+    std::memcpy(stored.data(), raw.data(), raw.size());
+    expect(stored == one.positions, "every row's positions are one process's");
+  }
+  // The last rank's node sees a changed line: rank 0 reports it, no file is left, no rank hangs.
+  {
+    auto changed = lines();
+    changed[990].replace(changed[990].find("\"p990\""), 6, "\"q990\"");
+    const auto last = comm.size() - 1;
+    if (comm.rank() == last) {
+      std::ofstream out(dir / "create_copy.jsonl", std::ios::binary);
+      for (const auto& line : changed) out << line << '\n';
+    }
+    comm.barrier();
+    // Planning read the file before it changed; the strings are read after.
+    const auto prompts =
+        open_everywhere(comm, dir / "create_changed.jsonl", lines(), dir / "create_copy.jsonl");
+    auto measured = measure_prompts_in_parts(comm, prompts, 1);
+    (void)measured;
+    std::optional<store::FileLayout> layout;
+    if (comm.rank() == 0) {
+      auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);
+      layout = layout_of(one);
+    }
+    const auto output = dir / "changed.h5";
+    std::string error;
+    try {
+      (void)create_with_every_rank(comm, prompts, 1, output, layout ? &*layout : nullptr, 64);
+    } catch (const InputError& e) {
+      error = e.what();
+    }
+    comm.barrier();
+    if (comm.rank() == 0) {
+      expect(error.find("create_copy.jsonl:991: the line changed since the job read the prompts file") !=
+                 std::string::npos,
+             "another rank's unreadable line is rank 0's error: " + error);
+      expect(!fs::exists(output) && !fs::exists(store::unpublished_path(output)), "no file is left");
+    }
+  }
+  // Rank 0 cannot make the file: every other rank is told to send nothing.
+  {
+    const auto prompts = open_everywhere(comm, dir / "create2.jsonl", text);
+    const auto error = create_file(comm, prompts, dir / "missing" / "out.h5", 16);
+    if (comm.rank() == 0)
+      expect(error.find("does not exist") != std::string::npos, "rank 0's own error: " + error);
+  }
 }
 
 void run_all(const Communicator& comm, const fs::path& dir) {
@@ -96,11 +220,18 @@ void run_all(const Communicator& comm, const fs::path& dir) {
   {
     const auto prompts = open_everywhere(comm, dir / "good.jsonl", text);
     auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
+    // Every rank keeps the positions of its own rows, which are one process's.
+    const auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);
+    const auto [first, end] = plan::scan_part_rows(997, static_cast<std::size_t>(comm.rank()),
+                                                   static_cast<std::size_t>(comm.size()));
+    expect(measured.mine.first == first, "a rank's part starts at its first row");
+    expect(measured.mine.positions ==
+               std::vector<std::int32_t>(one.positions.begin() + 2 * first, one.positions.begin() + 2 * end),
+           "a rank's positions are one process's for its rows");
     if (comm.rank() == 0) {
-      const auto shapes = std::move(*measured).shapes(prompts);
-      const auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);
+      const auto shapes = std::move(*measured.merged).shapes(prompts);
       expect(shapes.n_tokens == one.n_tokens, "lengths equal one process's scan");
-      expect(shapes.positions == one.positions, "positions equal one process's scan");
+      expect(shapes.positions.empty(), "rank 0 holds no positions");
       expect(shapes.max_token_id == one.max_token_id, "the largest token id is one process's");
       // bytes.json: one token a byte plus BOS, so line k has 1 + (1 + 7k mod 40) tokens.
       bool lengths = shapes.n_tokens.size() == 997;
@@ -145,6 +276,7 @@ void run_all(const Communicator& comm, const fs::path& dir) {
                  std::string::npos,
              "a part that cannot be read is reported: " + error);
   }
+  create_with_every_rank_checks(comm, dir);
   // Parts arrive in rank order, whatever their sizes.
   {
     std::vector<int> order;

@@ -118,4 +118,24 @@ inline std::vector<std::byte> read_raw(const std::string& path, const std::strin
   return bytes;
 }
 
+/// Reads a whole 1-D variable-length string dataset with the plain HDF5 C API.
+inline std::vector<std::string> read_strings_raw(const std::string& path, const std::string& dataset) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t set = H5Dopen2(file, dataset.c_str(), H5P_DEFAULT);
+  const hid_t type = H5Dget_type(set);
+  const hid_t space = H5Dget_space(set);
+  std::vector<char*> pointers(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space)), nullptr);
+  std::vector<std::string> values;
+  if (H5Tis_variable_str(type) > 0 &&
+      H5Dread(set, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) >= 0) {
+    for (char* p : pointers) values.emplace_back(p != nullptr ? p : "");
+    H5Dvlen_reclaim(type, space, H5P_DEFAULT, pointers.data());
+  }
+  H5Sclose(space);
+  H5Tclose(type);
+  H5Dclose(set);
+  H5Fclose(file);
+  return values;
+}
+
 }  // namespace ndif::store::testing

@@ -145,6 +145,109 @@ TEST_F(StoreTest, CreateWritesEveryDatasetOfTheFormatAtFullSize) {
   EXPECT_EQ(read_numbers<std::uint64_t>(file(), "/batches/checksum"), (std::vector<std::uint64_t>{0, 0, 0}));
 }
 
+TEST_F(StoreTest, CreatedInStepsTheFileHoldsEveryRanksRowsOnlyOncePublished) {
+  const FileLayout whole = example_layout("float16", 6);
+  const std::size_t n = whole.text.size();
+  ASSERT_EQ(n, 17u);
+  FileLayout layout = whole;
+  layout.text.clear();
+  layout.id.clear();
+  layout.meta.clear();
+  layout.positions.clear();
+  layout.positions_from_ranks = true;
+  // Blocks of several sizes, out of row order, as a source that takes them from the ranks' parts in
+  // turn gives them.
+  const std::vector<std::pair<std::size_t, std::size_t>> blocks{{9, 4}, {0, 1}, {13, 4}, {1, 5}, {6, 3}};
+  std::size_t given = 0;
+  layout.prompt_strings = [&](PromptStrings& out) -> std::optional<std::size_t> {
+    EXPECT_TRUE(out.text.empty());
+    if (given == blocks.size()) return std::nullopt;
+    const auto [first, count] = blocks[given++];
+    for (std::size_t r = first; r < first + count; ++r) {
+      out.text.push_back(whole.text[r]);
+      out.id.push_back(whole.id[r]);
+      out.meta.push_back(whole.meta[r]);
+    }
+    return first;
+  };
+  const auto temporary = create_unpublished(file(), layout);
+  EXPECT_EQ(temporary, unpublished_path(file()));
+  EXPECT_EQ(given, blocks.size());
+  EXPECT_TRUE(fs::exists(temporary));
+  EXPECT_FALSE(fs::exists(file()));
+  // Two "ranks" write their rows of positions, in any order; rows past the file are refused and the
+  // file is still closed (a later open works).
+  const std::span<const std::int32_t> all(whole.positions);
+  write_positions(temporary, MPI_COMM_SELF, 9, all.subspan(18));
+  write_positions(temporary, MPI_COMM_SELF, 0, all.subspan(0, 18));
+  EXPECT_THROW(write_positions(temporary, MPI_COMM_SELF, n - 1, all.subspan(0, 4)), InternalError);
+  EXPECT_THROW(write_positions(temporary, MPI_COMM_SELF, 0, all.subspan(0, 3)), InternalError);
+  write_positions(temporary, MPI_COMM_SELF, n, {});  // a rank with no rows
+  publish(temporary, file());
+  EXPECT_FALSE(fs::exists(temporary));
+  EXPECT_EQ(read_numbers<std::int32_t>(file(), "/prompts/positions"), whole.positions);
+  EXPECT_EQ(read_strings_raw(file().string(), "/prompts/text"), whole.text);
+  EXPECT_EQ(read_strings_raw(file().string(), "/prompts/id"), whole.id);
+  EXPECT_EQ(read_strings_raw(file().string(), "/prompts/meta"), whole.meta);
+  EXPECT_EQ(read_numbers<std::int32_t>(file(), "/prompts/n_tokens"), whole.n_tokens);
+  EXPECT_EQ(check_existing(file(), "a1b2c3"), Existing::same_job);
+  // The whole layout through create_output_file makes the same datasets.
+  fs::remove(file());
+  create_output_file(file(), whole);
+  EXPECT_EQ(read_numbers<std::int32_t>(file(), "/prompts/positions"), whole.positions);
+  EXPECT_EQ(read_strings_raw(file().string(), "/prompts/text"), whole.text);
+}
+
+TEST_F(StoreTest, AFailedCreationLeavesNoFileBehind) {
+  FileLayout layout = example_layout("float16");
+  const std::size_t n = layout.text.size();
+  layout.text.clear();
+  layout.id.clear();
+  layout.meta.clear();
+  // A source that fails midway (another rank could not read its part); one that gives an empty
+  // block, rows past the end, a row twice, or too few rows.
+  std::size_t calls = 0;
+  const auto three_rows = [&](std::size_t first) {
+    return [&calls, first](PromptStrings& out) -> std::optional<std::size_t> {
+      if (calls++ > 0) throw InputError("prompts.jsonl:5: the line changed");
+      out = {{"a", "b", "c"}, {"1", "2", "3"}, {"{}", "{}", "{}"}};
+      return first;
+    };
+  };
+  layout.prompt_strings = three_rows(0);
+  EXPECT_THROW((void)create_unpublished(file(), layout), InputError);
+  calls = 0;
+  layout.prompt_strings = three_rows(n - 2);
+  EXPECT_THROW((void)create_unpublished(file(), layout), InternalError);
+  layout.prompt_strings = [](PromptStrings&) -> std::optional<std::size_t> { return 0; };
+  EXPECT_THROW((void)create_unpublished(file(), layout), InternalError);
+  const auto from_rows = [](std::vector<std::size_t> firsts) {
+    return [firsts, k = std::size_t{0}](PromptStrings& out) mutable -> std::optional<std::size_t> {
+      if (k == firsts.size()) return std::nullopt;
+      out = {{"a", "b"}, {"1", "2"}, {"{}", "{}"}};
+      return firsts[k++];
+    };
+  };
+  layout.prompt_strings = from_rows({0, 2, 3});  // row 3 twice
+  EXPECT_THROW((void)create_unpublished(file(), layout), InternalError);
+  layout.prompt_strings = from_rows({0, 2});  // rows 4 on never come
+  try {
+    (void)create_unpublished(file(), layout);
+    ADD_FAILURE() << "a file with rows never written was made";
+  } catch (const InternalError& e) {
+    EXPECT_THAT(e.what(), HasSubstr(std::to_string(n - 4) + " of " + std::to_string(n) + " rows never came"));
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 0);
+  // Positions left to the ranks need the steps; without them they are a layout error.
+  FileLayout deferred = example_layout("float16");
+  deferred.positions.clear();
+  deferred.positions_from_ranks = true;
+  EXPECT_THROW(create_output_file(file(), deferred), InternalError);
+  deferred.positions_from_ranks = false;
+  EXPECT_THROW(create_output_file(file(), deferred), InternalError);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 0);
+}
+
 TEST_F(StoreTest, CreateChoosesChunksOfAboutTwoMebibytesSpanningAllLayers) {
   FileLayout layout = example_layout("float32", 40, 4096);  // a row of resid: 3 * 2 * 4096 * 4 = 96 KiB
   create_output_file(file(), layout);

@@ -45,11 +45,13 @@ struct EncodedPrompt {
 
 /// What planning keeps of every prompt: small integers, never its token ids.
 struct PromptShapes {
-  std::vector<std::int32_t> n_tokens;   ///< N: tokens of each prompt, special tokens included
-  std::vector<std::int32_t> positions;  ///< N x P resolved positions, row-major
-  std::int64_t positions_per_row = 0;   ///< P
-  std::int32_t max_token_id = -1;       ///< the largest token id of any prompt (vocabulary check)
-  std::size_t max_token_row = 0;        ///< a prompt that holds it
+  std::vector<std::int32_t> n_tokens;  ///< N: tokens of each prompt, special tokens included
+  /// N x P resolved positions, row-major; empty from ScanMerge, whose parts keep their own
+  /// positions (each rank writes its part's into the output file).
+  std::vector<std::int32_t> positions;
+  std::int64_t positions_per_row = 0;  ///< P
+  std::int32_t max_token_id = -1;      ///< the largest token id of any prompt (vocabulary check)
+  std::size_t max_token_row = 0;       ///< a prompt that holds it
 };
 
 /// Tokenizes every prompt on `threads` threads (contiguous slices) and keeps their lengths and
@@ -93,9 +95,10 @@ struct ScanPart {
                                  std::size_t positions_per_row, std::size_t first, std::size_t end,
                                  unsigned threads, std::size_t block_rows = 65536);
 
-/// The bytes a rank sends rank 0 for its part (20 + 4P bytes a row, and the error's exit code and
-/// message), and the part made again from them. decode_scan_part checks the sizes against P and
-/// throws InternalError when they do not fit.
+/// The bytes a rank sends rank 0 for its part (12 bytes a row: length and id hash; the positions
+/// stay with the rank, which writes them into the output file itself), the error's exit code and
+/// message, and the part made again from them (without positions). decode_scan_part checks the
+/// sizes and P and throws InternalError when they do not fit.
 [[nodiscard]] std::string encode_scan_part(const ScanPart& part, std::size_t positions_per_row);
 [[nodiscard]] ScanPart decode_scan_part(std::string_view bytes, std::size_t positions_per_row);
 
@@ -106,8 +109,9 @@ struct IdKey {
   auto operator<=>(const IdKey&) const = default;
 };
 
-/// Rank 0's merge of the parts of every rank into the shapes of all prompts: the same shapes, and
-/// the same first error, as one scan_prompts over the file, whatever the number of parts.
+/// Rank 0's merge of the parts of every rank into the shapes of all prompts: the same lengths, and
+/// the same first error, as one scan_prompts over the file, whatever the number of parts. Positions
+/// are not merged: they stay in the parts (O(N P) integers rank 0 never holds).
 class ScanMerge {
  public:
   ScanMerge(std::size_t rows, std::size_t positions_per_row);
@@ -130,10 +134,10 @@ class ScanMerge {
 };
 
 /// Parses, checks and tokenizes every prompt of `file`, a block of `block_rows` lines at a time on
-/// `threads` threads, and keeps what measure_prompts keeps: no record, text or id outlives its
-/// block (repeated ids are found from 64-bit hashes, and only colliding rows are read again).
-/// Checks as parse_prompts and encode_prompts, and throws the error of the first bad line in file
-/// order (for a repeated id, the line that repeats it), whatever the thread count and block size.
+/// `threads` threads, and keeps what measure_prompts keeps (one process's part, positions included): no
+/// record, text or id outlives its block (repeated ids are found from 64-bit hashes, and only colliding rows
+/// are read again). Checks as parse_prompts and encode_prompts, and throws the error of the first bad line in
+/// file order (for a repeated id, the line that repeats it), whatever the thread count and block size.
 [[nodiscard]] PromptShapes scan_prompts(const spec::PromptsFile& file,
                                         const std::vector<spec::PositionSpec>& default_positions,
                                         const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,

@@ -10,6 +10,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ndif::run {
@@ -27,7 +28,8 @@ class MpiSession {
 /// The tag of the run loop's messages (messages.hpp says what they hold).
 enum class Tag : int {
   message = 101,
-  gather = 102,  ///< Communicator::gather_to_root, before the run loop starts
+  gather = 102,   ///< Communicator::gather_to_root, before the run loop starts
+  strings = 103,  ///< the prompts' strings on their way to rank 0 as the output file is created
 };
 
 /// A received message's bytes.
@@ -41,6 +43,14 @@ struct Envelope {
 struct OutgoingSend {
   std::string payload;
   MPI_Request request = MPI_REQUEST_NULL;
+};
+
+/// A framed message on its way to another rank (Communicator::start_framed_send): its length and
+/// bytes live here until Communicator::done says so. The receiver takes it with receive().
+struct FramedSend {
+  unsigned long long length = 0;
+  std::string payload;
+  std::vector<MPI_Request> requests;
 };
 
 /// A communicator (MPI_COMM_WORLD by default) with the few operations the run needs.
@@ -68,6 +78,24 @@ class Communicator {
   /// theirs is sent. Rank 0's own `value` is not used. Chunked: values beyond INT_MAX bytes travel.
   void gather_to_root(const std::string& value,
                       const std::function<void(int rank, std::string&& bytes)>& take) const;
+  /// Starts sending `out.payload` to `dest` as one framed message (its length, then its bytes in
+  /// chunks that an int counts, so that messages beyond INT_MAX bytes travel) and returns at once.
+  /// `out` must stay where it is until done(out). Not collective.
+  void start_framed_send(int dest, Tag tag, FramedSend& out) const;
+  /// True once MPI has finished with every part of a framed send (MPI_Testall); never waits.
+  [[nodiscard]] bool done(FramedSend& out) const;
+  /// Waits until done(out), without spinning.
+  void wait(FramedSend& out) const;
+  /// Sends `bytes` to `dest` framed and returns once MPI is done with them: for large messages, once
+  /// `dest` takes them, so that a receiver that takes one message at a time sets the pace. Not
+  /// collective.
+  void send(int dest, Tag tag, std::string_view bytes) const;
+  /// The next framed message of `tag` from `source`, waiting for it without spinning. Not collective.
+  ///
+  /// These waits poll with short sleeps (20 us, doubling to 1 ms) instead of MPI's own waits, which
+  /// spin a core: on a node with more threads than cores (a rank reading ahead on a thread of its
+  /// own, ranks sharing cores) a spinning wait takes the core from the work it waits for.
+  [[nodiscard]] std::string receive(int source, Tag tag) const;
   /// Collective: the `value` of every rank of this communicator that runs on this rank's node
   /// (shares its memory), in rank order; this rank's is at index `*mine`. Every rank's value must
   /// have the same size (InternalError otherwise).

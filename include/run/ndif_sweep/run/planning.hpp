@@ -6,6 +6,7 @@
 
 #include <sched.h>
 
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <vector>
@@ -34,13 +35,25 @@ struct MeasuredPrompts {
   [[nodiscard]] plan::PromptShapes shapes(const BatchTokenizer& prompts) &&;
 };
 
+/// What a rank keeps of its own part of the prompts: its first row and the positions of its rows,
+/// which it writes into the output file itself (store::write_positions).
+struct MeasuredPart {
+  std::size_t first = 0;
+  std::vector<std::int32_t> positions;  ///< P per row
+};
+
+/// Every rank's result of measure_prompts_in_parts.
+struct Measurement {
+  MeasuredPart mine;
+  std::optional<MeasuredPrompts> merged;  ///< rank 0's merge of every part; nothing on the others
+};
+
 /// Collective: rank r of R measures rows [N r / R, N (r + 1) / R) of the prompts file through
-/// `prompts` on `threads` (its core_share) and sends them to rank 0 (20 + 4P bytes a prompt), which
-/// merges them as they arrive. Never throws for a bad prompt or a broken part
-/// (MeasuredPrompts::shapes does, on rank 0), so that no rank is left waiting. Returns what rank 0
-/// merged on rank 0, nothing on the others.
-[[nodiscard]] std::optional<MeasuredPrompts> measure_prompts_in_parts(const Communicator& comm,
-                                                                      const BatchTokenizer& prompts,
-                                                                      unsigned threads);
+/// `prompts` on `threads` (its core_share), keeps their positions and sends rank 0 their lengths
+/// and id hashes (12 bytes a prompt), which rank 0 merges as they arrive. Never throws for a bad
+/// prompt or a broken part (MeasuredPrompts::shapes does, on rank 0), so that no rank is left
+/// waiting.
+[[nodiscard]] Measurement measure_prompts_in_parts(const Communicator& comm, const BatchTokenizer& prompts,
+                                                   unsigned threads);
 
 }  // namespace ndif::run

@@ -27,13 +27,17 @@ struct ProbeLayout {
   std::string layers_text;          ///< the layers as the job spec wrote them, e.g. "0:32"
 };
 
-/// Everything the file is created from: identity, prompts, batch plan, probes.
-/// The strings of prompts [first, first + count): text, id and meta of each, in row order.
+/// The strings of consecutive prompts: text, id and meta of each, in row order.
 struct PromptStrings {
   std::vector<std::string> text, id, meta;
 };
-using PromptStringSource = std::function<void(std::size_t first, std::size_t count, PromptStrings& out)>;
+/// The next block of prompts' strings: fills `out` (empty on call) with the strings of rows
+/// [first, first + k), k >= 1, and returns `first`; or returns nothing once every row was given.
+/// Blocks come in any order a source likes (by bytes, in turn from the parts of several ranks), each
+/// row in exactly one block.
+using PromptStringSource = std::function<std::optional<std::size_t>(PromptStrings& out)>;
 
+/// Everything the file is created from: identity, prompts, batch plan, probes.
 struct FileLayout {
   std::string job_json;          ///< canonical job JSON (no secrets)
   std::string job_hash;          ///< hex hash of job_json
@@ -48,10 +52,13 @@ struct FileLayout {
   /// When set, the vectors above stay empty and the string datasets are written a block of rows at a
   /// time from this source, so that no list of every prompt's strings is held.
   PromptStringSource prompt_strings;
-  std::size_t prompt_string_rows = 65536;  ///< rows per call of `prompt_strings`
-  std::vector<std::int32_t> n_tokens;      ///< N token counts
-  std::vector<std::int32_t> positions;     ///< N x P resolved positions, row-major
-  std::size_t positions_per_row = 0;       ///< P
+  std::vector<std::int32_t> n_tokens;  ///< N token counts
+  /// N x P resolved positions, row-major; or empty with `positions_from_ranks`.
+  std::vector<std::int32_t> positions;
+  /// /prompts/positions is allocated but not written here: every rank writes the rows it measured
+  /// (write_positions) into the unpublished file before it is published.
+  bool positions_from_ranks = false;
+  std::size_t positions_per_row = 0;  ///< P
 
   std::vector<std::int32_t> batch_of_row;  ///< N: the batch that writes each row
   std::vector<std::int64_t> order;         ///< N: prompt rows in batch order
@@ -74,6 +81,21 @@ struct FileLayout {
 /// directory that is not writable) before anything is created; InternalError if `layout` is
 /// inconsistent; StorageError if HDF5 or the rename fails.
 void create_output_file(const std::filesystem::path& path, const FileLayout& layout);
+
+/// create_output_file in steps, for a file whose rows the ranks write in parallel: the file is made
+/// as `<path>.creating` (unpublished_path), everything of it but what `layout.positions_from_ranks`
+/// leaves to write_positions (parallel_output.hpp), closed and left there; publish() renames it.
+/// Not collective: rank 0 alone, serial driver. Removes the temporary and throws as
+/// create_output_file when anything fails. Returns the temporary's path.
+[[nodiscard]] std::filesystem::path create_unpublished(const std::filesystem::path& path,
+                                                       const FileLayout& layout);
+/// `<path>.creating`: where a file is made before it is published under `path`.
+[[nodiscard]] std::filesystem::path unpublished_path(const std::filesystem::path& path);
+/// Renames a file made by create_unpublished to `path`: from then on it is the job's output file,
+/// whole. Rank 0 alone. Throws StorageError if the rename fails (the temporary stays).
+void publish(const std::filesystem::path& temporary, const std::filesystem::path& path);
+/// Removes an unpublished file after a failure. Never throws.
+void discard_unpublished(const std::filesystem::path& temporary) noexcept;
 
 /// What check_existing found at the output path.
 enum class Existing { absent, same_job };

@@ -24,6 +24,16 @@ namespace ndif::store {
 /// of the file dtype, little-endian, as stored.
 [[nodiscard]] std::uint64_t batch_checksum(const std::vector<std::span<const std::byte>>& per_probe_data);
 
+/// Writes this rank's rows [first_row, first_row + positions.size() / P) of /prompts/positions
+/// (row-major, P of the file each) into `temporary`, a file made by create_unpublished with
+/// `positions_from_ranks`, through MPI-IO: every rank one independent write of its own contiguous
+/// rows, so that the N x P positions never meet on one rank. Collective over `comm` (the open and
+/// the close); a rank with no rows writes nothing. A rank whose rows do not fit the file, or whose
+/// write fails, still reaches the close, so no rank is left waiting in it; it throws afterwards
+/// (InternalError, StorageError), and the caller agrees on the outcome.
+void write_positions(const std::filesystem::path& temporary, MPI_Comm comm, std::size_t first_row,
+                     std::span<const std::int32_t> positions);
+
 /// The output file opened for writing by all ranks of a run (MPI-IO driver). Move-only.
 class ParallelOutput {
  public:

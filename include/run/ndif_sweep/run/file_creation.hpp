@@ -1,0 +1,38 @@
+#pragma once
+/// \file
+/// Creating the output file with every rank (docs/design.md, "One batch", step 2). The rank that
+/// measured a part of the prompts also reads that part's strings and writes its positions:
+///  1. rank 0 makes `<FILE>.creating` with the serial driver and writes the prompts' strings, which
+///     every rank reads and parses for its own part and sends as rank 0 comes to it (HDF5 writes
+///     variable-length strings through one process only: the reading and parsing is what divides);
+///  2. every rank writes its part's positions into it through MPI-IO (store::write_positions);
+///  3. rank 0 publishes it under FILE.
+/// So rank 0 never holds the N x P positions, nor parses every line a second time.
+
+#include <filesystem>
+
+#include "ndif_sweep/run/communicator.hpp"
+#include "ndif_sweep/run/job.hpp"
+#include "ndif_sweep/spec/prompt_strings.hpp"
+#include "ndif_sweep/store/output_file.hpp"
+
+namespace ndif::run {
+
+/// Collective, step 1: rank 0 creates `<output>.creating` from `layout` (store::create_unpublished),
+/// the strings of every row read from `prompts` by the rank whose part of planning
+/// (plan::scan_part_rows) holds it, on `threads` threads. Rank 0 writes a block of each rank's part
+/// in turn; each rank (rank 0 on a thread of its own) reads its next block while rank 0 writes the
+/// others', and sends it when rank 0 takes it, so that every rank reads at once and none holds more
+/// than two blocks (spec::StringBlockReader's bounds; `block_rows` rows at most). `layout` is rank
+/// 0's (null on the other ranks); its `prompt_strings` is set for the call.
+///
+/// Returns the unpublished file's path on rank 0, an empty path elsewhere. Throws on rank 0 when the
+/// file cannot be made, or with another rank's error when that rank could not read its part (a line
+/// changed since it was indexed: exit 2); the temporary is then gone. The other ranks return
+/// normally either way, and none is left in the exchange when rank 0 returns or throws.
+[[nodiscard]] std::filesystem::path create_with_every_rank(
+    const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
+    const std::filesystem::path& output, store::FileLayout* layout,
+    std::size_t block_rows = spec::StringBlockReader::kMaxRows);
+
+}  // namespace ndif::run

@@ -1,0 +1,218 @@
+#include "ndif_sweep/run/file_creation.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <functional>
+#include <future>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/plan/batch_plan.hpp"
+
+namespace ndif::run {
+namespace {
+
+// Rank 0's word to a rank before that rank sends anything: send your part now, or send nothing.
+constexpr std::string_view kSend = "send";
+constexpr std::string_view kStop = "stop";
+
+/// A block's bytes; a block that cannot be encoded becomes an error block, so that the receiver
+/// always learns where the stream ends.
+std::string encoded(const spec::StringBlock& block) {
+  try {
+    return spec::encode_string_block(block);
+  } catch (...) {
+    return spec::encode_string_block(
+        spec::StringBlock{block.first, {}, {}, {}, true, std::current_exception()});
+  }
+}
+
+/// The next block of `reader`, or an error block where it could not be read.
+spec::StringBlock next_block(spec::StringBlockReader& reader, std::size_t at) {
+  try {
+    return reader.next();
+  } catch (...) {
+    return spec::StringBlock{at, {}, {}, {}, true, std::current_exception()};
+  }
+}
+
+/// What every rank but 0 does in step 1: read its part, and send it when rank 0 says so.
+void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
+               std::size_t block_rows) {
+  const auto [first, end] =
+      plan::scan_part_rows(prompts.prompts_file->rows(), static_cast<std::size_t>(comm.rank()),
+                           static_cast<std::size_t>(comm.size()));
+  std::optional<spec::StringBlockReader> reader;
+  spec::StringBlock block;
+  try {
+    reader.emplace(prompts.prompts_file, prompts.default_positions, first, end, threads, block_rows);
+    // Read while rank 0 writes the other ranks' blocks.
+    block = reader->next();
+  } catch (...) {
+    block = spec::StringBlock{first, {}, {}, {}, true, std::current_exception()};
+  }
+  if (comm.receive(0, Tag::strings) != kSend) return;
+  // The next block is read on a thread while the main thread waits for rank 0 to take the one before
+  // (it takes one block of each rank in turn): the main thread's polls keep the send going.
+  FramedSend sending;
+  while (true) {
+    sending.payload = encoded(block);
+    comm.start_framed_send(0, Tag::strings, sending);
+    if (block.last) break;
+    auto ahead = std::async(std::launch::async, next_block, std::ref(*reader), block.first + block.rows());
+    comm.wait(sending);
+    block = ahead.get();
+  }
+  comm.wait(sending);
+}
+
+/// Rank 0's side of step 1: the source of every row's strings, a block of each rank's part in turn
+/// (so that every rank reads its next block while rank 0 writes the others'), and the end of the
+/// exchange with every other rank.
+class StringsOfEveryRank {
+ public:
+  StringsOfEveryRank(const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
+                     std::size_t block_rows)
+      : comm_(comm), parts_(static_cast<std::size_t>(comm.size())) {
+    const std::size_t rows = prompts.prompts_file->rows();
+    for (std::size_t rank = 0; rank < parts_.size(); ++rank) {
+      auto& part = parts_[rank];
+      std::tie(part.next, part.end) = plan::scan_part_rows(rows, rank, parts_.size());
+      part.stream = part.next == part.end && rank == 0 ? Stream::ended : Stream::waiting;
+    }
+    own_.emplace(prompts.prompts_file, prompts.default_positions, parts_[0].next, parts_[0].end, threads,
+                 block_rows);
+    if (parts_[0].stream != Stream::ended) read_ahead();
+  }
+
+  StringsOfEveryRank(const StringsOfEveryRank&) = delete;
+  StringsOfEveryRank& operator=(const StringsOfEveryRank&) = delete;
+  /// The thread reading ahead touches `own_`: it must end before the reader does.
+  ~StringsOfEveryRank() {
+    if (ahead_.valid()) ahead_.wait();
+  }
+
+  /// store::PromptStringSource: the next block of the next rank in turn whose part has rows left.
+  std::optional<std::size_t> next(store::PromptStrings& out) {
+    for (std::size_t tries = 0; tries < parts_.size(); ++tries) {
+      const std::size_t rank = turn_;
+      turn_ = (turn_ + 1) % parts_.size();
+      auto& part = parts_[rank];
+      if (part.stream == Stream::ended || part.next == part.end) continue;
+      auto block = take(rank);
+      if (block.error) std::rethrow_exception(block.error);
+      if (block.first != part.next || block.rows() == 0 || block.rows() > part.end - part.next ||
+          block.last != (block.first + block.rows() == part.end))
+        throw InternalError(fmt::format(
+            "creating the output file: rank {} sent {} rows from row {} where its rows {} to {} were due",
+            rank, block.rows(), block.first, part.next, part.end));
+      part.next += block.rows();
+      out.text = std::move(block.text);
+      out.id = std::move(block.id);
+      out.meta = std::move(block.meta);
+      return block.first;
+    }
+    return std::nullopt;
+  }
+
+  /// Ends the exchange, on success and failure alike: a rank not asked yet is told to send nothing,
+  /// and the blocks still coming from a rank that was asked are taken (and dropped), so that no rank
+  /// is left in a send. A rank whose bytes were not a block cannot be followed further: every rank
+  /// is ended (the error is printed first).
+  void finish() {
+    if (ahead_.valid()) ahead_.wait();
+    for (std::size_t rank = 1; rank < parts_.size(); ++rank) {
+      auto& stream = parts_[rank].stream;
+      if (stream == Stream::waiting) {
+        comm_.send(static_cast<int>(rank), Tag::strings, kStop);
+        stream = Stream::ended;
+      }
+      while (stream == Stream::open) {
+        stream = Stream::broken;
+        stream = spec::decode_string_block(comm_.receive(static_cast<int>(rank), Tag::strings)).last
+                     ? Stream::ended
+                     : Stream::open;
+      }
+      if (stream == Stream::broken) {
+        std::fputs(fmt::format("ndif-sweep: error: rank {} sent bytes that are not prompt strings while the "
+                               "output file was created; stopping every rank\n",
+                               rank)
+                       .c_str(),
+                   stderr);
+        comm_.abort(1);
+      }
+    }
+  }
+
+ private:
+  enum class Stream { waiting, open, ended, broken };
+  struct Part {
+    std::size_t next = 0, end = 0;  ///< the next row due from the rank, and the end of its part
+    Stream stream = Stream::waiting;
+  };
+
+  /// The next block of `rank`: rank 0's own read ahead, or the next one the rank sends (it is asked
+  /// to send its part the first time).
+  spec::StringBlock take(std::size_t rank) {
+    auto& stream = parts_[rank].stream;
+    spec::StringBlock block;
+    if (rank == 0) {
+      block = ahead_.get();
+      if (!block.last && !block.error) read_ahead();
+    } else {
+      if (stream == Stream::waiting) {
+        comm_.send(static_cast<int>(rank), Tag::strings, kSend);
+        stream = Stream::open;
+      }
+      stream = Stream::broken;  // until a block decodes
+      block = spec::decode_string_block(comm_.receive(static_cast<int>(rank), Tag::strings));
+    }
+    stream = block.last || block.error ? Stream::ended : Stream::open;
+    return block;
+  }
+  void read_ahead() {
+    ahead_ = std::async(std::launch::async, [this] { return own_->next(); });
+  }
+
+  const Communicator& comm_;
+  std::vector<Part> parts_;  ///< per rank
+  std::size_t turn_ = 0;     ///< the rank whose block is due next
+  std::optional<spec::StringBlockReader> own_;
+  std::future<spec::StringBlock> ahead_;
+};
+
+}  // namespace
+
+std::filesystem::path create_with_every_rank(const Communicator& comm, const BatchTokenizer& prompts,
+                                             unsigned threads, const std::filesystem::path& output,
+                                             store::FileLayout* layout, std::size_t block_rows) {
+  if (comm.rank() != 0) {
+    send_part(comm, prompts, threads, block_rows);
+    return {};
+  }
+  if (layout == nullptr) throw InternalError("create_with_every_rank: rank 0 needs the file's layout");
+  StringsOfEveryRank strings(comm, prompts, threads, block_rows);
+  layout->prompt_strings = [&strings](store::PromptStrings& out) { return strings.next(out); };
+  std::filesystem::path temporary;
+  try {
+    temporary = store::create_unpublished(output, *layout);
+  } catch (...) {
+    layout->prompt_strings = {};
+    strings.finish();
+    throw;
+  }
+  layout->prompt_strings = {};
+  try {
+    strings.finish();
+  } catch (...) {
+    store::discard_unpublished(temporary);
+    throw;
+  }
+  return temporary;
+}
+
+}  // namespace ndif::run

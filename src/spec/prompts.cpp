@@ -17,6 +17,16 @@ namespace {
 
 bool is_blank(std::string_view line) { return line.find_first_not_of(" \t\r") == std::string_view::npos; }
 
+/// The output file keeps text and id as HDF5 strings, which end at their first NUL: "a\u0000b" would
+/// be stored as "a", and two ids that differ after a NUL as one id. (meta is stored as JSON text,
+/// where a NUL stays escaped.)
+void refuse_nul(const std::string& value, const std::string& prefix, const char* what) {
+  if (value.find('\0') != std::string::npos)
+    fail(prefix, std::string(what) +
+                     " holds the character U+0000 (NUL), which the output file's strings cannot hold; "
+                     "remove it");
+}
+
 PromptRecord parse_line(std::string_view line, std::size_t line_number, const std::string& prefix,
                         const std::vector<PositionSpec>& default_positions) {
   if (const auto bad = first_invalid_utf8(line)) {
@@ -37,6 +47,7 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
   record.positions = default_positions;
   if (value.is_string()) {
     record.text = value.get<std::string>();
+    refuse_nul(record.text, prefix, "the prompt");
     return record;
   }
   if (!value.is_object()) {
@@ -48,6 +59,7 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
   if (prompt == nullptr) reader.missing("prompt", "the prompt text");
   if (!prompt->is_string()) reader.wrong("prompt", "a string");
   record.text = prompt->get<std::string>();
+  refuse_nul(record.text, prefix, "\"prompt\"");
   if (const json* positions = reader.find("positions")) {
     record.positions = detail::parse_positions(*positions, prefix, "positions");
   }
@@ -56,6 +68,7 @@ PromptRecord parse_line(std::string_view line, std::size_t line_number, const st
       record.id = id->dump();
     } else if (id->is_string() && !id->get_ref<const std::string&>().empty()) {
       record.id = id->get<std::string>();
+      refuse_nul(record.id, prefix, "\"id\"");
     } else {
       reader.wrong("id", "a non-empty string or an integer");
     }

@@ -51,6 +51,8 @@ CASES = {
                                     json.dumps({"prompt": "c d", "id": "same"}), l[3]], {},
                      ["prompts.jsonl:3", "same"], True),
     "invalid_utf8": ({}, replace_line(1, b'"caf\xe9 au lait"'), {}, ["prompts.jsonl:2", "UTF-8"], True),
+    "nul_in_prompt": ({}, replace_line(2, '{"prompt": "a\\u0000b", "id": "n"}'), {},
+                      ["prompts.jsonl:3", "U+0000"], True),
     "empty_prompts_file": ({}, lambda l: [], {}, ["prompts.jsonl", "empty"], True),
     "absent_span": ({}, replace_line(1, '{"prompt": "The cat sat", "positions": [{"span": "dog"}, -1]}'), {},
                     ["prompts.jsonl:2", "dog"], True),

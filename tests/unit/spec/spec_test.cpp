@@ -737,6 +737,12 @@ INSTANTIATE_TEST_SUITE_P(
                    "prompts.jsonl:1: \"id\" must be a non-empty string or an integer, got 1.5"},
         BadPrompts{"{\"prompt\": \"a\", \"id\": \"\"}\n",
                    "prompts.jsonl:1: \"id\" must be a non-empty string or an integer"},
+        BadPrompts{"\"a\"\n\"b\\u0000c\"\n",
+                   "prompts.jsonl:2: the prompt holds the character U+0000 (NUL), which the output file's "
+                   "strings cannot hold; remove it"},
+        BadPrompts{"{\"prompt\": \"\\u0000\"}\n", "prompts.jsonl:1: \"prompt\" holds the character U+0000"},
+        BadPrompts{"{\"prompt\": \"a\", \"id\": \"x\\u0000y\"}\n",
+                   "prompts.jsonl:1: \"id\" holds the character U+0000 (NUL)"},
         BadPrompts{"{\"prompt\": \"a\", \"meta\": [1]}\n",
                    "prompts.jsonl:1: \"meta\" must be a JSON object, got [1]"},
         BadPrompts{"{\"prompt\": \"a\", \"id\": \"p\"}\n\"b\"\n{\"prompt\": \"c\", \"id\": \"p\"}\n",

@@ -45,8 +45,8 @@ struct StringBlock {
 /// longer line is a block of its own), so that what a rank holds does not grow with the prompts.
 class StringBlockReader {
  public:
-  static constexpr std::size_t kMaxRows = 65536;
-  static constexpr std::size_t kMaxBytes = std::size_t{16} << 20;
+  static constexpr std::size_t kMaxRows = 16384;
+  static constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
 
   /// A reader of rows [first, end); InternalError when they are not rows of `file`.
   StringBlockReader(std::shared_ptr<const PromptsFile> file, std::vector<PositionSpec> default_positions,

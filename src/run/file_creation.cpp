@@ -40,6 +40,26 @@ spec::StringBlock next_block(spec::StringBlockReader& reader, std::size_t at) {
   }
 }
 
+/// The next block of `reader` (an error block when `reader` is empty), read on a thread of its own;
+/// where no thread can be started, read here and handed back ready.
+std::future<spec::StringBlock> read_on_thread(std::optional<spec::StringBlockReader>& reader,
+                                              std::size_t at) {
+  const auto read = [&reader, at] {
+    if (!reader)
+      return spec::StringBlock{
+          at, {},   {},
+          {}, true, std::make_exception_ptr(InternalError("the prompts file could not be opened"))};
+    return next_block(*reader, at);
+  };
+  try {
+    return std::async(std::launch::async, read);
+  } catch (...) {
+    std::promise<spec::StringBlock> now;
+    now.set_value(read());
+    return now.get_future();
+  }
+}
+
 /// What every rank but 0 does in step 1: read its part, and send it when rank 0 says so.
 void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
                std::size_t block_rows) {
@@ -63,7 +83,7 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
     sending.payload = encoded(block);
     comm.start_framed_send(0, Tag::strings, sending);
     if (block.last) break;
-    auto ahead = std::async(std::launch::async, next_block, std::ref(*reader), block.first + block.rows());
+    auto ahead = read_on_thread(reader, block.first + block.rows());
     comm.wait(sending);
     block = ahead.get();
   }
@@ -84,9 +104,17 @@ class StringsOfEveryRank {
       std::tie(part.next, part.end) = plan::scan_part_rows(rows, rank, parts_.size());
       part.stream = part.next == part.end && rank == 0 ? Stream::ended : Stream::waiting;
     }
-    own_.emplace(prompts.prompts_file, prompts.default_positions, parts_[0].next, parts_[0].end, threads,
-                 block_rows);
-    if (parts_[0].stream != Stream::ended) read_ahead();
+    // Nothing here may throw, as the ranks wait for a word from rank 0: a reader that cannot be made
+    // is an error block, met as rank 0's first block.
+    try {
+      own_.emplace(prompts.prompts_file, prompts.default_positions, parts_[0].next, parts_[0].end, threads,
+                   block_rows);
+      if (parts_[0].stream != Stream::ended) ahead_ = read_on_thread(own_, parts_[0].next);
+    } catch (...) {
+      std::promise<spec::StringBlock> failed;
+      failed.set_value(spec::StringBlock{parts_[0].next, {}, {}, {}, true, std::current_exception()});
+      ahead_ = failed.get_future();
+    }
   }
 
   StringsOfEveryRank(const StringsOfEveryRank&) = delete;
@@ -162,7 +190,7 @@ class StringsOfEveryRank {
     spec::StringBlock block;
     if (rank == 0) {
       block = ahead_.get();
-      if (!block.last && !block.error) read_ahead();
+      if (!block.last && !block.error) ahead_ = read_on_thread(own_, block.first + block.rows());
     } else {
       if (stream == Stream::waiting) {
         comm_.send(static_cast<int>(rank), Tag::strings, kSend);
@@ -174,10 +202,6 @@ class StringsOfEveryRank {
     stream = block.last || block.error ? Stream::ended : Stream::open;
     return block;
   }
-  void read_ahead() {
-    ahead_ = std::async(std::launch::async, [this] { return own_->next(); });
-  }
-
   const Communicator& comm_;
   std::vector<Part> parts_;  ///< per rank
   std::size_t turn_ = 0;     ///< the rank whose block is due next
@@ -194,18 +218,19 @@ std::filesystem::path create_with_every_rank(const Communicator& comm, const Bat
     send_part(comm, prompts, threads, block_rows);
     return {};
   }
-  if (layout == nullptr) throw InternalError("create_with_every_rank: rank 0 needs the file's layout");
+  // First, so that whatever fails below, finish() tells every rank to stop.
   StringsOfEveryRank strings(comm, prompts, threads, block_rows);
-  layout->prompt_strings = [&strings](store::PromptStrings& out) { return strings.next(out); };
   std::filesystem::path temporary;
   try {
+    if (layout == nullptr) throw InternalError("create_with_every_rank: rank 0 needs the file's layout");
+    layout->prompt_strings = [&strings](store::PromptStrings& out) { return strings.next(out); };
     temporary = store::create_unpublished(output, *layout);
-  } catch (...) {
     layout->prompt_strings = {};
+  } catch (...) {
+    if (layout != nullptr) layout->prompt_strings = {};
     strings.finish();
     throw;
   }
-  layout->prompt_strings = {};
   try {
     strings.finish();
   } catch (...) {

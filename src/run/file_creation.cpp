@@ -26,8 +26,7 @@ std::string encoded(const spec::StringBlock& block) {
   try {
     return spec::encode_string_block(block);
   } catch (...) {
-    return spec::encode_string_block(
-        spec::StringBlock{block.first, {}, {}, {}, true, std::current_exception()});
+    return spec::encode_string_block(spec::error_block(block.first, std::current_exception()));
   }
 }
 
@@ -36,7 +35,7 @@ spec::StringBlock next_block(spec::StringBlockReader& reader, std::size_t at) {
   try {
     return reader.next();
   } catch (...) {
-    return spec::StringBlock{at, {}, {}, {}, true, std::current_exception()};
+    return spec::error_block(at, std::current_exception());
   }
 }
 
@@ -46,9 +45,8 @@ std::future<spec::StringBlock> read_on_thread(std::optional<spec::StringBlockRea
                                               std::size_t at) {
   const auto read = [&reader, at] {
     if (!reader)
-      return spec::StringBlock{
-          at, {},   {},
-          {}, true, std::make_exception_ptr(InternalError("the prompts file could not be opened"))};
+      return spec::error_block(
+          at, std::make_exception_ptr(InternalError("the prompts file could not be opened")));
     return next_block(*reader, at);
   };
   try {
@@ -73,7 +71,7 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
     // Read while rank 0 writes the other ranks' blocks.
     block = reader->next();
   } catch (...) {
-    block = spec::StringBlock{first, {}, {}, {}, true, std::current_exception()};
+    block = spec::error_block(first, std::current_exception());
   }
   if (comm.receive(0, Tag::strings) != kSend) return;
   // The next block is read on a thread while the main thread waits for rank 0 to take the one before
@@ -112,7 +110,7 @@ class StringsOfEveryRank {
       if (parts_[0].stream != Stream::ended) ahead_ = read_on_thread(own_, parts_[0].next);
     } catch (...) {
       std::promise<spec::StringBlock> failed;
-      failed.set_value(spec::StringBlock{parts_[0].next, {}, {}, {}, true, std::current_exception()});
+      failed.set_value(spec::error_block(parts_[0].next, std::current_exception()));
       ahead_ = failed.get_future();
     }
   }
@@ -139,10 +137,15 @@ class StringsOfEveryRank {
             "creating the output file: rank {} sent {} rows from row {} where its rows {} to {} were due",
             rank, block.rows(), block.first, part.next, part.end));
       part.next += block.rows();
-      out.text = std::move(block.text);
-      out.id = std::move(block.id);
-      out.meta = std::move(block.meta);
-      return block.first;
+      // The strings stay in this block until the next call.
+      current_ = std::move(block);
+      for (auto* column : {&out.text, &out.id, &out.meta}) column->reserve(current_.rows());
+      for (std::size_t k = 0; k < current_.rows(); ++k) {
+        out.text.push_back(current_.c_str(k, spec::StringBlock::Column::text));
+        out.id.push_back(current_.c_str(k, spec::StringBlock::Column::id));
+        out.meta.push_back(current_.c_str(k, spec::StringBlock::Column::meta));
+      }
+      return current_.first;
     }
     return std::nullopt;
   }
@@ -207,6 +210,7 @@ class StringsOfEveryRank {
   std::size_t turn_ = 0;     ///< the rank whose block is due next
   std::optional<spec::StringBlockReader> own_;
   std::future<spec::StringBlock> ahead_;
+  spec::StringBlock current_;  ///< the block whose strings the last call handed out
 };
 
 }  // namespace

@@ -110,17 +110,14 @@ void create_numbers(hid_t loc, const std::string& name, hid_t file_type, const s
 }
 
 void write_string_rows(hid_t dataset, hid_t type, const std::string& name, hsize_t first,
-                       const std::vector<std::string>& values) {
-  std::vector<const char*> pointers;
-  pointers.reserve(values.size());
-  for (const std::string& value : values) pointers.push_back(value.c_str());
+                       const std::vector<const char*>& values) {
   const hsize_t start[1] = {first}, count[1] = {values.size()};
   Handle file_space(check_id(H5Dget_space(dataset), "get the dataspace of " + name));
   check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
         "select rows of " + name);
   Handle memory_space(
       check_id(H5Screate_simple(1, count, nullptr), "create a dataspace for rows of " + name));
-  check(H5Dwrite(dataset, type, memory_space.get(), file_space.get(), H5P_DEFAULT, pointers.data()),
+  check(H5Dwrite(dataset, type, memory_space.get(), file_space.get(), H5P_DEFAULT, values.data()),
         "write rows of " + name);
 }
 
@@ -146,13 +143,19 @@ void create_prompt_strings(hid_t prompts, const FileLayout& layout) {
     std::fill(written.begin() + static_cast<std::ptrdiff_t>(first),
               written.begin() + static_cast<std::ptrdiff_t>(first + rows), true);
     rows_written += rows;
-    const std::vector<std::string>* columns[3] = {&block.text, &block.id, &block.meta};
+    const std::vector<const char*>* columns[3] = {&block.text, &block.id, &block.meta};
     for (int k = 0; k < 3; ++k)
       write_string_rows(datasets[k].get(), type.get(), std::string("/prompts/") + names[k], first,
                         *columns[k]);
   };
   if (!layout.prompt_strings) {
-    write_block(0, PromptStrings{layout.text, layout.id, layout.meta});
+    PromptStrings all;
+    for (std::size_t r = 0; r < layout.text.size(); ++r) {
+      all.text.push_back(layout.text[r].c_str());
+      all.id.push_back(layout.id[r].c_str());
+      all.meta.push_back(layout.meta[r].c_str());
+    }
+    write_block(0, all);
   } else {
     PromptStrings block;
     while (const auto first = layout.prompt_strings(block)) {

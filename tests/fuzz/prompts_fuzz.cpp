@@ -1,17 +1,22 @@
 // libFuzzer target: a prompts file (JSON Lines) from untrusted bytes. Only InputError may escape.
-// The whole-text parse and the indexed file read line by line (what a job does) must agree.
+// The whole-text parse, the indexed file read line by line (what a job does) and the strings the
+// output file gets (spec::StringBlockReader, append_strings) must agree.
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/spec/prompt_strings.hpp"
 #include "ndif_sweep/spec/prompts.hpp"
 #include "ndif_sweep/spec/prompts_file.hpp"
 
 namespace {
+
+using Column = ndif::spec::StringBlock::Column;
 
 /// The bytes as a file, without touching the disk: a memfd, opened again through /proc.
 struct MemoryFile {
@@ -47,6 +52,38 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (parsed && (one.text != prompts[row].text || one.id != prompts[row].id ||
                      one.meta_json != prompts[row].meta_json || one.line != prompts[row].line))
         __builtin_trap();
+    }
+    // The strings the output file gets, read as ranks read them (SAX path, blocks of 3 rows), are
+    // the parse's; and a line the parse refuses is refused by them too.
+    if (parsed) {
+      ndif::spec::StringBlockReader reader(std::make_shared<const ndif::spec::PromptsFile>(file), defaults, 0,
+                                           file.rows(), 1, 3);
+      std::size_t row = 0;
+      while (!reader.done()) {
+        const auto strings = reader.next();
+        if (strings.error) __builtin_trap();
+        for (std::size_t k = 0; k < strings.rows(); ++k, ++row)
+          if (strings.view(k, Column::text) != prompts[row].text ||
+              strings.view(k, Column::id) != prompts[row].id ||
+              strings.view(k, Column::meta) != prompts[row].meta_json)
+            __builtin_trap();
+      }
+      if (row != prompts.size()) __builtin_trap();
+    }
+    for (std::size_t row = 0; row < file.rows(); ++row) {
+      bool one = true, both = true;
+      try {
+        (void)ndif::spec::parse_prompt(file.line(row), row, "prompts.jsonl", defaults);
+      } catch (const ndif::InputError&) {
+        one = false;
+      }
+      ndif::spec::StringBlock strings;
+      try {
+        ndif::spec::append_strings(file.line(row), row, "prompts.jsonl", defaults, strings);
+      } catch (const ndif::InputError&) {
+        both = false;
+      }
+      if (one != both) __builtin_trap();
     }
   } catch (const ndif::InputError&) {
     if (parsed) __builtin_trap();  // every line of a good file parses alone

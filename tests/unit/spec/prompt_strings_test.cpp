@@ -1,5 +1,6 @@
-// The prompts' strings on their way into the output file: a block's bytes between ranks, checked as
-// bytes from another process, and the reader that cuts a rank's rows into bounded blocks.
+// The prompts' strings on their way into the output file: a line's strings read through SAX events
+// are parse_prompt's (and so are its errors), a block's bytes between ranks are checked as bytes
+// from another process, and the reader cuts a rank's rows into bounded blocks.
 #include "ndif_sweep/spec/prompt_strings.hpp"
 
 #include <gmock/gmock.h>
@@ -21,30 +22,45 @@ namespace {
 
 using nlohmann::json;
 using ::testing::HasSubstr;
+using Column = StringBlock::Column;
 
 StringBlock example_block() {
   StringBlock block;
   block.first = 41;
-  block.text = {"The cat", "", std::string("\xE6\x9D\xB1\xE4\xBA\xAC \xF0\x9F\x99\x82", 11)};
-  block.id = {"p41", "7", "x"};
-  block.meta = {"{}", R"({"k":[1,2]})", "{}"};
+  block.add("The cat", "p41", "{}");
+  block.add("", "7", R"({"k":[1,2]})");
+  block.add(std::string("\xE6\x9D\xB1\xE4\xBA\xAC \xF0\x9F\x99\x82", 11), "x", "{}");
   block.last = true;
   return block;
+}
+
+TEST(StringBlock, ItsStringsLieBackToBackAsCStrings) {
+  const auto block = example_block();
+  ASSERT_EQ(block.rows(), 3u);
+  EXPECT_EQ(block.view(0, Column::text), "The cat");
+  EXPECT_EQ(block.view(1, Column::text), "");
+  EXPECT_EQ(block.view(1, Column::meta), R"({"k":[1,2]})");
+  EXPECT_EQ(block.view(2, Column::id), "x");
+  EXPECT_STREQ(block.c_str(0, Column::id), "p41");
+  EXPECT_STREQ(block.c_str(2, Column::meta), "{}");
+  EXPECT_EQ(block.bytes.size(), 8 + 4 + 3 + 1 + 2 + 12 + 12 + 2 + 3);
+  // Appending another block's rows keeps every string where it belongs.
+  StringBlock both = example_block();
+  both.append(example_block());
+  ASSERT_EQ(both.rows(), 6u);
+  for (std::size_t k = 0; k < 3; ++k)
+    for (auto column : {Column::text, Column::id, Column::meta})
+      EXPECT_EQ(both.view(3 + k, column), block.view(k, column));
 }
 
 TEST(StringBlock, ItsBytesGiveTheSameBlockBack) {
   const auto block = example_block();
   const auto bytes = encode_string_block(block);
-  // Header 32 bytes, then a 4-byte length and the bytes of each of 9 strings.
-  std::size_t strings = 0;
-  for (const auto* column : {&block.text, &block.id, &block.meta})
-    for (const auto& s : *column) strings += 4 + s.size();
-  EXPECT_EQ(bytes.size(), 32 + strings);
+  EXPECT_EQ(bytes.size(), 40 + block.bytes.size());  // the header, then the strings as they lie
   const auto again = decode_string_block(bytes);
   EXPECT_EQ(again.first, 41u);
-  EXPECT_EQ(again.text, block.text);
-  EXPECT_EQ(again.id, block.id);
-  EXPECT_EQ(again.meta, block.meta);
+  EXPECT_EQ(again.bytes, block.bytes);
+  EXPECT_EQ(again.starts, block.starts);
   EXPECT_TRUE(again.last);
   EXPECT_FALSE(again.error);
   // The fuzz target's seed is this very block.
@@ -62,10 +78,8 @@ TEST(StringBlock, ItsBytesGiveTheSameBlockBack) {
 }
 
 TEST(StringBlock, AnErrorTravelsWithItsExitCodeAndMessage) {
-  StringBlock failed;
-  failed.first = 990;
-  failed.last = true;
-  failed.error = std::make_exception_ptr(InputError("prompts.jsonl:991: the line changed"));
+  const auto failed =
+      error_block(990, std::make_exception_ptr(InputError("prompts.jsonl:991: the line changed")));
   const auto again = decode_string_block(encode_string_block(failed));
   EXPECT_EQ(again.first, 990u);
   EXPECT_TRUE(again.last);
@@ -83,22 +97,91 @@ TEST(StringBlock, BytesThatAreNotABlockAreRefused) {
   for (std::size_t size = 0; size < bytes.size(); size += 3)
     EXPECT_THROW((void)decode_string_block(std::string_view(bytes).substr(0, size)), InternalError) << size;
   EXPECT_THROW((void)decode_string_block(bytes + "x"), InternalError);
-  // A row count that the bytes cannot hold is refused before anything is allocated for it.
-  auto huge = bytes;
-  const std::uint64_t rows = std::uint64_t{1} << 60;
-  std::memcpy(huge.data() + 8, &rows, sizeof rows);
-  EXPECT_THROW((void)decode_string_block(huge), InternalError);
+  // Rows that do not match the strings: more (a huge count is refused before anything is made for
+  // it) or fewer; a last string without its NUL.
+  for (const std::uint64_t rows : {std::uint64_t{1} << 60, std::uint64_t{4}, std::uint64_t{2}}) {
+    auto wrong = bytes;
+    std::memcpy(wrong.data() + 8, &rows, sizeof rows);
+    EXPECT_THROW((void)decode_string_block(wrong), InternalError) << rows;
+  }
+  auto unended = bytes;
+  unended.back() = 'x';
+  EXPECT_THROW((void)decode_string_block(unended), InternalError);
   // A `last` other than 0 or 1.
   auto bad_last = bytes;
   bad_last[16] = 2;
   EXPECT_THROW((void)decode_string_block(bad_last), InternalError);
   // An error block that goes on, or holds strings.
-  StringBlock failed;
-  failed.error = std::make_exception_ptr(InputError("x"));
+  auto failed = error_block(0, std::make_exception_ptr(InputError("x")));
   failed.last = false;
   EXPECT_THROW((void)decode_string_block(encode_string_block(failed)), InternalError);
   failed.last = true;
-  EXPECT_THROW((void)decode_string_block(encode_string_block(failed) + "more"), InternalError);
+  failed.add("a", "b", "{}");
+  EXPECT_THROW((void)decode_string_block(encode_string_block(failed)), InternalError);
+}
+
+/// What append_strings gives for a line, or its error.
+std::string strings_of(std::string_view line, std::size_t row = 6) {
+  StringBlock block;
+  try {
+    append_strings(line, row, "p.jsonl", {}, block);
+  } catch (const InputError& e) {
+    return std::string("error: ") + e.what();
+  }
+  EXPECT_EQ(block.rows(), 1u);
+  return json{block.view(0, Column::text), block.view(0, Column::id), block.view(0, Column::meta)}.dump();
+}
+
+/// What parse_prompt gives for the same line, in the same form.
+std::string record_of(std::string_view line, std::size_t row = 6) {
+  try {
+    const auto record = parse_prompt(line, row, "p.jsonl", {});
+    return json{record.text, record.id, record.meta_json}.dump();
+  } catch (const InputError& e) {
+    return std::string("error: ") + e.what();
+  }
+}
+
+TEST(AppendStrings, EveryLineGivesWhatParsePromptGivesErrorsIncluded) {
+  const std::vector<std::string> lines{
+      // Read through the SAX path.
+      R"("plain prompt")",
+      R"("caf\u00e9 \ud83d\ude42 \"quoted\" \\ tab\t")",
+      R"({"prompt": "The cat"})",
+      R"({"id": "z", "prompt": "key order", "meta": {"b": 1, "a": [1, 2.5, null, true, {"y": "x"}]}})",
+      R"({"prompt": "int id", "id": 17})",
+      R"({"prompt": "big id", "id": 18446744073709551615})",
+      R"({"prompt": "negative id", "id": -3})",
+      R"({"prompt": "floats", "meta": {"x": 1e300, "y": -0.0, "z": 0.1, "w": 12345678901234567890}})",
+      R"({"prompt": "spans", "positions": [0, -1, {"span": "cat", "occurrence": -1, "token": "last"}]})",
+      R"({"prompt": "nested", "meta": {"deep": {"deeper": [[], {}, [{"k": "v"}]]}}})",
+      "{\"prompt\": \"raw \xE6\x9D\xB1\", \"meta\": {}}",
+      R"(  {"prompt" : "spaces" , "id" : "s"}  )",
+      // Refused, with parse_prompt's own message.
+      R"({"prompt": "a", "id": 1.5})",
+      R"({"prompt": "a", "id": ""})",
+      R"({"prompt": "a", "meta": [1]})",
+      R"({"prompt": 5})",
+      R"({"id": "a"})",
+      R"({"prompt": "a", "colour": 1})",
+      R"({"prompt": "a", "prompt": "b"})",
+      R"({"prompt": "a", "meta": {"k": 1, "k": 2}})",
+      R"({"prompt": "a", "positions": [{"span": "a", "span": "b"}]})",
+      R"({"prompt": "a", "positions": "last"})",
+      R"({"prompt": "a", "positions": [1.5]})",
+      R"({"prompt": "a", "meta": {"n": 1e999}})",
+      R"({"prompt": "a\u0000b"})",
+      R"({"prompt": "a", "id": "x\u0000"})",
+      R"("a" "b")",
+      R"([1, 2])",
+      "42",
+      "",
+      "   ",
+      "{\"prompt\": \"\xFF\"}",
+      R"({"prompt": "cut)",
+  };
+  for (const auto& line : lines) EXPECT_EQ(strings_of(line), record_of(line)) << line;
+  EXPECT_EQ(strings_of(R"("x")", 41), R"(["x","41","{}"])");
 }
 
 class StringReader : public ::testing::Test {
@@ -121,7 +204,7 @@ class StringReader : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove(path_); }
 
-  /// Every block of rows [first, end) with these bounds; each block's strings are parse_prompt's.
+  /// Every block of rows [first, end) with these bounds.
   std::vector<StringBlock> blocks(std::size_t first, std::size_t end, std::size_t max_rows,
                                   std::size_t max_bytes, unsigned threads = 2) {
     StringBlockReader reader(file_, {}, first, end, threads, max_rows, max_bytes);
@@ -130,6 +213,7 @@ class StringReader : public ::testing::Test {
     return out;
   }
 
+  /// Each block's strings are parse_prompt's, every row once, in order.
   void expect_rows(const std::vector<StringBlock>& got, std::size_t first, std::size_t end) {
     std::size_t row = first;
     for (const auto& block : got) {
@@ -137,9 +221,9 @@ class StringReader : public ::testing::Test {
       EXPECT_EQ(block.first, row);
       for (std::size_t k = 0; k < block.rows(); ++k, ++row) {
         const auto record = parse_prompt(lines_[row], row, path_, {});
-        EXPECT_EQ(block.text[k], record.text) << row;
-        EXPECT_EQ(block.id[k], record.id) << row;
-        EXPECT_EQ(block.meta[k], record.meta_json) << row;
+        EXPECT_EQ(block.view(k, Column::text), record.text) << row;
+        EXPECT_EQ(block.view(k, Column::id), record.id) << row;
+        EXPECT_EQ(block.view(k, Column::meta), record.meta_json) << row;
       }
       EXPECT_EQ(block.last, row == end);
     }
@@ -163,8 +247,29 @@ TEST_F(StringReader, BlocksHoldEveryRowOnceWithinTheirBounds) {
   for (const auto& block : got)
     EXPECT_TRUE(file_->line_bytes(block.first, block.rows()) <= 300 || block.rows() == 1) << block.first;
   EXPECT_GT(got.size(), 20u);
-  // One thread reads what two read.
+  // One thread reads what two and five read (slices of at least 256 rows: one here, so use more).
   expect_rows(blocks(0, 100, 16, StringBlockReader::kMaxBytes, 1), 0, 100);
+  expect_rows(blocks(0, 100, 100, StringBlockReader::kMaxBytes, 5), 0, 100);
+}
+
+TEST_F(StringReader, SlicesOnSeveralThreadsArePutTogetherInRowOrder) {
+  // 1,000 rows in one block on 1 to 4 threads (slices of at least 256 rows).
+  std::ofstream out(path_, std::ios::binary);
+  lines_.clear();
+  for (int k = 0; k < 1000; ++k) {
+    lines_.push_back(json{
+        {"prompt", std::string(static_cast<std::size_t>(1 + k % 50), 'a' + k % 26)},
+        {"meta",
+         {{"row", k}}}}.dump());
+    out << lines_.back() << '\n';
+  }
+  out.close();
+  file_ = std::make_shared<const PromptsFile>(PromptsFile::index(path_));
+  for (unsigned threads : {1U, 2U, 3U, 4U}) {
+    const auto got = blocks(0, 1000, 65536, StringBlockReader::kMaxBytes, threads);
+    ASSERT_EQ(got.size(), 1u);
+    expect_rows(got, 0, 1000);
+  }
 }
 
 TEST_F(StringReader, AnEmptyRangeIsOneEmptyLastBlock) {

@@ -164,9 +164,9 @@ TEST_F(StoreTest, CreatedInStepsTheFileHoldsEveryRanksRowsOnlyOncePublished) {
     if (given == blocks.size()) return std::nullopt;
     const auto [first, count] = blocks[given++];
     for (std::size_t r = first; r < first + count; ++r) {
-      out.text.push_back(whole.text[r]);
-      out.id.push_back(whole.id[r]);
-      out.meta.push_back(whole.meta[r]);
+      out.text.push_back(whole.text[r].c_str());
+      out.id.push_back(whole.id[r].c_str());
+      out.meta.push_back(whole.meta[r].c_str());
     }
     return first;
   };

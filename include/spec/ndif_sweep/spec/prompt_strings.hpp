@@ -19,30 +19,59 @@
 namespace ndif::spec {
 
 /// The strings of consecutive prompts from row `first` on, in row order, or why they could not be
-/// read.
+/// read. They lie back to back in one buffer, each followed by a NUL, so that a block of thousands
+/// of rows is two allocations and its strings can be handed to HDF5 as C strings where they lie
+/// (none holds a NUL: parse_prompt refuses one in a prompt or an id, and meta is JSON text, where a
+/// NUL is escaped).
 struct StringBlock {
-  std::size_t first = 0;
-  std::vector<std::string> text, id, meta;  ///< one entry a row each; meta is a JSON object's text
-  bool last = false;                        ///< nothing follows it from the same reader
-  std::exception_ptr error;                 ///< rows from `first` on could not be read: no strings, last
+  /// Which of a row's strings.
+  enum class Column : std::size_t { text = 0, id = 1, meta = 2 };
 
-  [[nodiscard]] std::size_t rows() const noexcept { return text.size(); }
+  std::size_t first = 0;
+  std::string bytes;                ///< text, id and meta of each row, row after row, each NUL-ended
+  std::vector<std::size_t> starts;  ///< where each string begins in `bytes`: three a row
+  bool last = false;                ///< nothing follows it from the same reader
+  std::exception_ptr error;         ///< rows from `first` on could not be read: no strings, last
+
+  [[nodiscard]] std::size_t rows() const noexcept { return starts.size() / 3; }
+  /// Row k's string in `column`, as a NUL-ended C string, valid while the block is unchanged.
+  [[nodiscard]] const char* c_str(std::size_t k, Column column) const noexcept {
+    return bytes.data() + starts[3 * k + static_cast<std::size_t>(column)];
+  }
+  /// The same without its NUL.
+  [[nodiscard]] std::string_view view(std::size_t k, Column column) const noexcept;
+  /// Appends a row (none of the three may hold a NUL).
+  void add(std::string_view row_text, std::string_view row_id, std::string_view row_meta);
+  /// Appends every row of `other` (which must not hold an error).
+  void append(const StringBlock& other);
 };
 
-/// The bytes of a block: a header of u64 first, u64 rows, u32 last (0 or 1), i32 exit code of the error, u64
-/// length of its message; the message; then for each column (text, id, meta) `rows` u32 lengths
-/// followed by the strings back to back. Little-endian as this machine's memory (ranks of one run
-/// run the same binary). Throws InternalError for a string of 4 GiB or more.
+/// A block with `error` as its only content: rows from `first` on could not be read.
+[[nodiscard]] StringBlock error_block(std::size_t first, std::exception_ptr error);
+
+/// The bytes of a block: a header of u64 first, u64 rows, u32 last (0 or 1), i32 exit code of the
+/// error, u64 length of its message, u64 length of the strings; the message; the strings as they lie
+/// in `bytes`. Little-endian as this machine's memory (the ranks of one run run the same binary).
 [[nodiscard]] std::string encode_string_block(const StringBlock& block);
 
 /// The block `bytes` hold. The bytes came from another process, so everything is checked: sizes
-/// that do not add up to the bytes, an error block that holds strings or is not the last, a row
-/// count that would not fit them. Throws InternalError for bytes that are not a block.
+/// that do not add up, strings that are not three a row or not NUL-ended, an error block that holds
+/// strings or is not the last. Throws InternalError for bytes that are not a block.
 [[nodiscard]] StringBlock decode_string_block(std::string_view bytes);
 
-/// Reads the strings of rows [first, end) of a prompts file, each line parsed as parse_prompt parses
-/// it (on `threads` threads), in blocks of at most `max_rows` rows and `max_bytes` bytes of lines (a
-/// longer line is a block of its own), so that what a rank holds does not grow with the prompts.
+/// Row `row`'s text, id and meta from its line, exactly as parse_prompt gives them (and its
+/// errors), appended to `into`. A line that parse_prompt accepts is read with nlohmann's SAX
+/// interface, keeping only these strings (no document, no positions; a meta object is the one value
+/// made as a document, for its canonical text); anything else goes to parse_prompt itself, so that a
+/// line it refuses is refused with its message. The fast path skips the checks that only positions
+/// need: a reader of lines planning accepted (their hashes are checked as they are read) gets what
+/// parse_prompt gives.
+void append_strings(std::string_view line, std::size_t row, const std::filesystem::path& path,
+                    const std::vector<PositionSpec>& default_positions, StringBlock& into);
+
+/// Reads the strings of rows [first, end) of a prompts file (append_strings, on `threads` threads),
+/// in blocks of at most `max_rows` rows and `max_bytes` bytes of lines (a longer line is a block of
+/// its own), so that what a rank holds does not grow with the prompts.
 class StringBlockReader {
  public:
   static constexpr std::size_t kMaxRows = 16384;

@@ -27,14 +27,15 @@ struct ProbeLayout {
   std::string layers_text;          ///< the layers as the job spec wrote them, e.g. "0:32"
 };
 
-/// The strings of consecutive prompts: text, id and meta of each, in row order.
+/// The strings of consecutive prompts, text, id and meta of each in row order, as NUL-ended C strings
+/// where their owner keeps them (HDF5 takes a variable-length string as a pointer to one).
 struct PromptStrings {
-  std::vector<std::string> text, id, meta;
+  std::vector<const char*> text, id, meta;
 };
 /// The next block of prompts' strings: fills `out` (empty on call) with the strings of rows
 /// [first, first + k), k >= 1, and returns `first`; or returns nothing once every row was given.
-/// Blocks come in any order a source likes (by bytes, in turn from the parts of several ranks), each
-/// row in exactly one block.
+/// The strings stay where they are until the next call. Blocks come in any order a source likes (by
+/// bytes, in turn from the parts of several ranks), each row in exactly one block.
 using PromptStringSource = std::function<std::optional<std::size_t>(PromptStrings& out)>;
 
 /// Everything the file is created from: identity, prompts, batch plan, probes.

@@ -22,6 +22,8 @@ namespace {
 constexpr std::size_t kTargetChunkBytes = std::size_t{2} << 20;
 /// HDF5 refuses chunks of 4 GiB or more.
 constexpr std::size_t kMaxChunkBytes = (std::size_t{4} << 30) - 1;
+/// Half the entries of a node of the chunk index (H5Pset_istore_k; HDF5's default is 32).
+constexpr unsigned kChunkIndexHalfNode = 256;
 
 void check_output_path(const std::filesystem::path& path) {
   namespace fs = std::filesystem;
@@ -282,7 +284,15 @@ std::filesystem::path create_unpublished(const std::filesystem::path& path, cons
   const std::filesystem::path temporary = unpublished_path(path);
   try {
     Handle fapl = h5::serial_access(false);
-    Handle file(check_id(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+    // The chunk index of /acts has a chunk a row for a model's rows (80 x 8192 x 2 bytes), so N
+    // entries, all made here (early allocation). B-tree nodes of 512 entries instead of HDF5's 64
+    // make that twice as fast (bench/create_bench, 10^7 rows: 6.5 s against 13 s) and the tree
+    // shallower; a node is then about 30 KB, which a batch's chunk lookups read. (The
+    // version-2 formats' fixed-array index would be faster still, but their superblock records an
+    // open writer: readers could not open a live file, nor anyone a file whose run crashed.)
+    Handle fcpl(check_id(H5Pcreate(H5P_FILE_CREATE), "create a file creation property list"));
+    check(H5Pset_istore_k(fcpl.get(), kChunkIndexHalfNode), "set the chunk index's node size");
+    Handle file(check_id(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()),
                          "create " + temporary.string()));
     write_contents(file.get(), layout);
     file.close("close " + temporary.string());

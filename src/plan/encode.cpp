@@ -444,13 +444,9 @@ PromptShapes scan_prompts(const spec::PromptsFile& file,
   // Row 0 fixes P; when it is bad, it is the first bad row.
   const std::size_t p = positions_per_row(file, default_positions);
   ScanMerge merge(file.rows(), p);
-  auto part = scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
-                        block_rows);
-  auto positions = std::move(part.positions);
-  merge.add(std::move(part));
-  auto shapes = std::move(merge).finish(file, default_positions);
-  shapes.positions = std::move(positions);
-  return shapes;
+  merge.add(scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
+                      block_rows));
+  return std::move(merge).finish(file, default_positions);
 }
 
 }  // namespace ndif::plan

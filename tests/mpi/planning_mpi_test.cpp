@@ -95,6 +95,13 @@ std::string merged_error(const Communicator& comm, const BatchTokenizer& prompts
   return "";
 }
 
+/// The positions of every row, as one process measures them.
+std::vector<std::int32_t> all_positions(const BatchTokenizer& prompts) {
+  return plan::scan_part(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 2, 0,
+                         prompts.prompts_file->rows(), 1)
+      .positions;
+}
+
 /// Rank 0's layout of an output file for `prompts`, measured by every rank; P = 2 positions left to
 /// the ranks.
 store::FileLayout layout_of(const plan::PromptShapes& shapes) {
@@ -164,11 +171,11 @@ void create_with_every_rank_checks(const Communicator& comm, const fs::path& dir
     expect(read_strings_raw(output.string(), "/prompts/text") == texts, "every text is the prompt's");
     expect(read_strings_raw(output.string(), "/prompts/id") == ids, "every id is the prompt's");
     expect(read_strings_raw(output.string(), "/prompts/meta") == metas, "every meta is the prompt's");
-    const auto one = plan::scan_prompts(*prompts.prompts_file, positions(), bytes_tokenizer(), true, 1);
     const auto raw = read_raw(output.string(), "/prompts/positions");
     std::vector<std::int32_t> stored(raw.size() / 4);
     std::memcpy(stored.data(), raw.data(), raw.size());
-    expect(stored == one.positions, "every row's positions are one process's");
+    expect(stored.size() == 2 * 997 && stored == all_positions(prompts),
+           "every row's positions are one process's");
   }
   // The last rank's node sees a changed line: rank 0 reports it, no file is left, no rank hangs.
   {
@@ -225,8 +232,11 @@ void run_all(const Communicator& comm, const fs::path& dir) {
     const auto [first, end] = plan::scan_part_rows(997, static_cast<std::size_t>(comm.rank()),
                                                    static_cast<std::size_t>(comm.size()));
     expect(measured.mine.first == first, "a rank's part starts at its first row");
-    expect(measured.mine.positions ==
-               std::vector<std::int32_t>(one.positions.begin() + 2 * first, one.positions.begin() + 2 * end),
+    const auto all = all_positions(prompts);
+    expect(all.size() == 2 * 997 &&
+               measured.mine.positions ==
+                   std::vector<std::int32_t>(all.begin() + static_cast<std::ptrdiff_t>(2 * first),
+                                             all.begin() + static_cast<std::ptrdiff_t>(2 * end)),
            "a rank's positions are one process's for its rows");
     if (comm.rank() == 0) {
       const auto shapes = std::move(*measured.merged).shapes(prompts);

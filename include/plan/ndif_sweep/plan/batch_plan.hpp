@@ -46,8 +46,9 @@ struct EncodedPrompt {
 /// What planning keeps of every prompt: small integers, never its token ids.
 struct PromptShapes {
   std::vector<std::int32_t> n_tokens;  ///< N: tokens of each prompt, special tokens included
-  /// N x P resolved positions, row-major; empty from ScanMerge, whose parts keep their own
-  /// positions (each rank writes its part's into the output file).
+  /// N x P resolved positions, row-major, from measure_prompts; empty from scan_prompts and
+  /// ScanMerge, whose parts keep their own (each rank writes its part's into the output file), so
+  /// that no process holds N x P integers.
   std::vector<std::int32_t> positions;
   std::int64_t positions_per_row = 0;  ///< P
   std::int32_t max_token_id = -1;      ///< the largest token id of any prompt (vocabulary check)
@@ -134,7 +135,7 @@ class ScanMerge {
 };
 
 /// Parses, checks and tokenizes every prompt of `file`, a block of `block_rows` lines at a time on
-/// `threads` threads, and keeps what measure_prompts keeps (one process's part, positions included): no
+/// `threads` threads, and keeps what ScanMerge keeps (lengths; positions stay in the part): no
 /// record, text or id outlives its block (repeated ids are found from 64-bit hashes, and only colliding rows
 /// are read again). Checks as parse_prompts and encode_prompts, and throws the error of the first bad line in
 /// file order (for a repeated id, the line that repeats it), whatever the thread count and block size.

@@ -37,8 +37,8 @@ struct PreparedJob {
   std::shared_ptr<const spec::PromptsFile> prompts_file;
   /// The plan came from an output file of this job: nothing was tokenized, `shapes` holds P only.
   bool plan_from_file = false;
-  /// Lengths and positions of every prompt (its token ids are not kept: encode_batch makes a
-  /// batch's again when it is handed out).
+  /// Lengths of every prompt, and P (its token ids and positions are not kept: encode_batch makes a
+  /// batch's again when it is handed out, and the ranks write the positions into the file).
   plan::PromptShapes shapes;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
   spec::ModelConfig model_config;

@@ -175,8 +175,9 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
         if (into.id_hashes != nullptr) into.id_hashes[at] = id_hash(record.id);
         auto prompt = encode_one(record, p, 1, tokenizer, add_special_tokens, name);
         into.n_tokens[at] = static_cast<std::int32_t>(prompt.ids.size());
-        std::copy(prompt.positions.begin(), prompt.positions.end(),
-                  into.positions.begin() + static_cast<std::ptrdiff_t>(at * p));
+        if (!into.positions.empty())
+          std::copy(prompt.positions.begin(), prompt.positions.end(),
+                    into.positions.begin() + static_cast<std::ptrdiff_t>(at * p));
         for (const auto id : prompt.ids) {
           if (id > slice.max_id) {
             slice.max_id = id;
@@ -275,7 +276,8 @@ std::pair<std::size_t, std::size_t> scan_part_rows(std::size_t rows, std::size_t
 
 ScanPart scan_part(const spec::PromptsFile& file, const std::vector<spec::PositionSpec>& default_positions,
                    const tokenizer::Tokenizer& tokenizer, bool add_special_tokens, std::size_t p,
-                   std::size_t first, std::size_t end, unsigned threads, std::size_t block_rows) {
+                   std::size_t first, std::size_t end, unsigned threads, std::size_t block_rows,
+                   bool keep_positions) {
   ScanPart part;
   part.first = first;
   part.end = end;
@@ -290,7 +292,7 @@ ScanPart scan_part(const spec::PromptsFile& file, const std::vector<spec::Positi
   std::size_t at = first;
   try {
     part.n_tokens.assign(n, 0);
-    part.positions.assign(n * p, 0);
+    if (keep_positions) part.positions.assign(n * p, 0);
     part.id_hashes.assign(n, 0);
     into = MeasureInto{first, part.n_tokens, part.positions, part.id_hashes.data()};
     for (; at < end && !bad.error; at += block_rows) {
@@ -312,7 +314,7 @@ ScanPart scan_part(const spec::PromptsFile& file, const std::vector<spec::Positi
     // Only the rows before the bad one count: what follows it is never planned.
     part.end = bad.row;
     part.n_tokens.resize(bad.row - first);
-    part.positions.resize((bad.row - first) * p);
+    if (keep_positions) part.positions.resize((bad.row - first) * p);
     part.id_hashes.resize(bad.row - first);
     part.bad_row = bad.row;
     part.error = bad.error;
@@ -445,7 +447,7 @@ PromptShapes scan_prompts(const spec::PromptsFile& file,
   const std::size_t p = positions_per_row(file, default_positions);
   ScanMerge merge(file.rows(), p);
   merge.add(scan_part(file, default_positions, tokenizer, add_special_tokens, p, 0, file.rows(), threads,
-                      block_rows));
+                      block_rows, false));
   return std::move(merge).finish(file, default_positions);
 }
 

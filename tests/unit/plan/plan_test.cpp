@@ -307,6 +307,11 @@ TEST(ScanPrompts, APartsBytesAreCheckedAgainstTheJob) {
   EXPECT_EQ(again.n_tokens, part.n_tokens);
   EXPECT_EQ(part.positions.size(), 100u);
   EXPECT_TRUE(again.positions.empty());  // the positions stay with the rank that measured them
+  // Measured without keeping them (`plan`): the same lengths and hashes, no positions.
+  const auto lengths_only = scan_part(file, kScanPositions, tokenizer, true, 2, 10, 60, 1, 65536, false);
+  EXPECT_TRUE(lengths_only.positions.empty());
+  EXPECT_EQ(lengths_only.n_tokens, part.n_tokens);
+  EXPECT_EQ(lengths_only.id_hashes, part.id_hashes);
   EXPECT_EQ(bytes.size(), sizeof(std::uint64_t) * 6 + 8 + 50 * 12);
   EXPECT_EQ(again.id_hashes, part.id_hashes);
   EXPECT_EQ(again.max_token_id, part.max_token_id);

@@ -89,12 +89,14 @@ struct ScanPart {
 
 /// Measures rows [first, end) of `file`, a block of `block_rows` lines at a time on `threads`
 /// threads, every prompt with P = `positions_per_row`. Never throws for a bad line: the part keeps
-/// the first and why.
+/// the first and why. Without `keep_positions` the positions are checked but not kept (`plan`
+/// needs only the lengths).
 [[nodiscard]] ScanPart scan_part(const spec::PromptsFile& file,
                                  const std::vector<spec::PositionSpec>& default_positions,
                                  const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                                  std::size_t positions_per_row, std::size_t first, std::size_t end,
-                                 unsigned threads, std::size_t block_rows = 65536);
+                                 unsigned threads, std::size_t block_rows = 65536,
+                                 bool keep_positions = true);
 
 /// The bytes a rank sends rank 0 for its part (12 bytes a row: length and id hash; the positions
 /// stay with the rank, which writes them into the output file itself), the error's exit code and

@@ -98,11 +98,13 @@ void measure(const run::Communicator& comm, const Options& o) {
                              "total s", "rank 0 MB");
   for (int pass = 0; pass < o.repeat; ++pass) {
     std::filesystem::remove(output);
+    // Made before the clock starts, as a run has its plan before the step.
     std::optional<store::FileLayout> layout;
     if (root) layout = layout_of(file->rows(), o);
     comm.barrier();
     const auto t0 = Clock::now();
-    auto temporary = run::create_with_every_rank(comm, prompts, threads, output, layout ? &*layout : nullptr);
+    auto temporary =
+        run::create_with_every_rank(comm, prompts, threads, output, [&] { return std::move(*layout); });
     const double strings = seconds_since(t0);
     temporary = comm.broadcast(temporary.string());
     const auto t1 = Clock::now();

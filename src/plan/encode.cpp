@@ -7,10 +7,10 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/core/parallel.hpp"
 #include "ndif_sweep/plan/batch_plan.hpp"
 
 namespace ndif::plan {
@@ -190,10 +190,7 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
       }
     }
   };
-  std::vector<std::thread> pool;
-  for (std::size_t part = 1; part < parts; ++part) pool.emplace_back(work, part);
-  work(0);
-  for (auto& t : pool) t.join();
+  run_parts(parts, work);
   for (const Slice& slice : slices) {
     if (slice.bad.error) return slice.bad;  // slices are in row order
     if (slice.max_id > into.max_token_id) {

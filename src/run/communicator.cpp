@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -92,10 +93,16 @@ void Communicator::start_framed_send(int dest, Tag tag, FramedSend& out) const {
   check(
       MPI_Isend(&out.length, 1, MPI_UNSIGNED_LONG_LONG, dest, static_cast<int>(tag), comm_, &out.requests[0]),
       "MPI_Isend (length)");
-  for (unsigned long long off = 0, k = 1; off < out.length; off += kChunkBytes, ++k)
-    check(MPI_Isend(out.payload.data() + off, static_cast<int>(std::min(kChunkBytes, out.length - off)),
-                    MPI_CHAR, dest, static_cast<int>(tag), comm_, &out.requests[k]),
-          "MPI_Isend (payload)");
+  try {
+    for (unsigned long long off = 0, k = 1; off < out.length; off += kChunkBytes, ++k)
+      check(MPI_Isend(out.payload.data() + off, static_cast<int>(std::min(kChunkBytes, out.length - off)),
+                      MPI_CHAR, dest, static_cast<int>(tag), comm_, &out.requests[k]),
+            "MPI_Isend (payload)");
+  } catch (const std::exception& e) {
+    // Half a message is on its way and MPI still reads `out`: nothing can take it back.
+    std::fputs(fmt::format("ndif-sweep: error: {}; stopping every rank\n", e.what()).c_str(), stderr);
+    abort(1);
+  }
 }
 
 bool Communicator::done(FramedSend& out) const {
@@ -116,12 +123,23 @@ void Communicator::send(int dest, Tag tag, std::string_view bytes) const {
   wait(out);
 }
 
+namespace {
+
+bool message_waits(MPI_Comm comm, int source, Tag tag) {
+  int flag = 0;
+  check(MPI_Iprobe(source, static_cast<int>(tag), comm, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
+  return flag != 0;
+}
+
+}  // namespace
+
+std::optional<std::string> Communicator::poll(int source, Tag tag) const {
+  if (!message_waits(comm_, source, tag)) return std::nullopt;
+  return receive(source, tag);
+}
+
 std::string Communicator::receive(int source, Tag tag) const {
-  wait_until([&] {
-    int flag = 0;
-    check(MPI_Iprobe(source, static_cast<int>(tag), comm_, &flag, MPI_STATUS_IGNORE), "MPI_Iprobe");
-    return flag != 0;
-  });
+  wait_until([&] { return message_waits(comm_, source, tag); });
   unsigned long long len = 0;
   check(MPI_Recv(&len, 1, MPI_UNSIGNED_LONG_LONG, source, static_cast<int>(tag), comm_, MPI_STATUS_IGNORE),
         "MPI_Recv (length)");

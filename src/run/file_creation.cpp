@@ -16,9 +16,23 @@
 namespace ndif::run {
 namespace {
 
-// Rank 0's word to a rank before that rank sends anything: send your part now, or send nothing.
+// Rank 0's words to each other rank. The first, before the rank sends anything: send your part now,
+// or send nothing. To a rank told to send, a second once rank 0 needs no more of it: stop sending
+// (a rank still sending ends its part with an empty last block), and go.
 constexpr std::string_view kSend = "send";
 constexpr std::string_view kStop = "stop";
+constexpr std::string_view kEnd = "end";
+
+/// Ends every rank after a failure that leaves the exchange broken (a send MPI still holds, a word
+/// not taken): no rank can be left waiting for what will not come.
+[[noreturn]] void end_every_rank(const Communicator& comm, const char* what) {
+  std::fputs(fmt::format("ndif-sweep: error on rank {} while the output file was created: {}; stopping "
+                         "every rank\n",
+                         comm.rank(), what)
+                 .c_str(),
+             stderr);
+  comm.abort(1);
+}
 
 /// A block's bytes; a block that cannot be encoded becomes an error block, so that the receiver
 /// always learns where the stream ends.
@@ -73,19 +87,36 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
   } catch (...) {
     block = spec::error_block(first, std::current_exception());
   }
-  if (comm.receive(0, Tag::strings) != kSend) return;
-  // The next block is read on a thread while the main thread waits for rank 0 to take the one before
-  // (it takes one block of each rank in turn): the main thread's polls keep the send going.
-  FramedSend sending;
-  while (true) {
-    sending.payload = encoded(block);
-    comm.start_framed_send(0, Tag::strings, sending);
-    if (block.last) break;
-    auto ahead = read_on_thread(reader, block.first + block.rows());
+  // From here on this rank ends with a last block sent and rank 0's words taken, whatever fails.
+  try {
+    if (comm.receive(0, Tag::strings) != kSend) return;
+    // The next block is read on a thread while the main thread waits for rank 0 to take the one
+    // before (it takes one block of each rank in turn); the main thread's polls keep the send going.
+    FramedSend sending;
+    bool ended = false;  // rank 0's second word came
+    while (true) {
+      const bool last = block.last;
+      const std::size_t next = block.first + block.rows();
+      sending.payload = encoded(block);
+      block = {};
+      comm.start_framed_send(0, Tag::strings, sending);
+      if (last) break;
+      auto ahead = read_on_thread(reader, next);
+      comm.wait(sending);
+      block = ahead.get();
+      if (comm.poll(0, Tag::strings)) {
+        // Rank 0 failed and needs no more: the part ends here.
+        ended = true;
+        block = spec::StringBlock{};
+        block.first = next;
+        block.last = true;
+      }
+    }
     comm.wait(sending);
-    block = ahead.get();
+    if (!ended) (void)comm.receive(0, Tag::strings);
+  } catch (const std::exception& e) {
+    end_every_rank(comm, e.what());
   }
-  comm.wait(sending);
 }
 
 /// Rank 0's side of step 1: the source of every row's strings, a block of each rank's part in turn
@@ -151,31 +182,29 @@ class StringsOfEveryRank {
   }
 
   /// Ends the exchange, on success and failure alike: a rank not asked yet is told to send nothing,
-  /// and the blocks still coming from a rank that was asked are taken (and dropped), so that no rank
-  /// is left in a send. A rank whose bytes were not a block cannot be followed further: every rank
-  /// is ended (the error is printed first).
-  void finish() {
-    if (ahead_.valid()) ahead_.wait();
-    for (std::size_t rank = 1; rank < parts_.size(); ++rank) {
-      auto& stream = parts_[rank].stream;
-      if (stream == Stream::waiting) {
-        comm_.send(static_cast<int>(rank), Tag::strings, kStop);
+  /// a rank that was asked is told it is done, and the blocks still coming from a rank that was
+  /// asked are taken (and dropped), so that no rank is left in a send or a wait. Never throws: a
+  /// failure here (bytes that are not a block, MPI) ends every rank.
+  void finish() noexcept {
+    try {
+      if (ahead_.valid()) ahead_.wait();
+      for (std::size_t rank = 1; rank < parts_.size(); ++rank) {
+        auto& stream = parts_[rank].stream;
+        const int to = static_cast<int>(rank);
+        if (stream == Stream::waiting) {
+          comm_.send(to, Tag::strings, kStop);
+        } else if (stream == Stream::broken) {
+          throw InternalError(fmt::format("rank {} sent bytes that are not prompt strings", rank));
+        } else {
+          comm_.send(to, Tag::strings, kEnd);
+          while (stream == Stream::open)
+            stream = spec::decode_string_block(comm_.receive(to, Tag::strings)).last ? Stream::ended
+                                                                                     : Stream::open;
+        }
         stream = Stream::ended;
       }
-      while (stream == Stream::open) {
-        stream = Stream::broken;
-        stream = spec::decode_string_block(comm_.receive(static_cast<int>(rank), Tag::strings)).last
-                     ? Stream::ended
-                     : Stream::open;
-      }
-      if (stream == Stream::broken) {
-        std::fputs(fmt::format("ndif-sweep: error: rank {} sent bytes that are not prompt strings while the "
-                               "output file was created; stopping every rank\n",
-                               rank)
-                       .c_str(),
-                   stderr);
-        comm_.abort(1);
-      }
+    } catch (const std::exception& e) {
+      end_every_rank(comm_, e.what());
     }
   }
 
@@ -217,30 +246,26 @@ class StringsOfEveryRank {
 
 std::filesystem::path create_with_every_rank(const Communicator& comm, const BatchTokenizer& prompts,
                                              unsigned threads, const std::filesystem::path& output,
-                                             store::FileLayout* layout, std::size_t block_rows) {
+                                             const std::function<store::FileLayout()>& layout_of,
+                                             std::size_t block_rows) {
   if (comm.rank() != 0) {
     send_part(comm, prompts, threads, block_rows);
     return {};
   }
-  // First, so that whatever fails below, finish() tells every rank to stop.
+  // First, so that whatever fails below (the layout too: it copies N-sized arrays), finish() tells
+  // every rank to stop.
   StringsOfEveryRank strings(comm, prompts, threads, block_rows);
   std::filesystem::path temporary;
   try {
-    if (layout == nullptr) throw InternalError("create_with_every_rank: rank 0 needs the file's layout");
-    layout->prompt_strings = [&strings](store::PromptStrings& out) { return strings.next(out); };
-    temporary = store::create_unpublished(output, *layout);
-    layout->prompt_strings = {};
+    if (!layout_of) throw InternalError("create_with_every_rank: rank 0 needs the file's layout");
+    auto layout = layout_of();
+    layout.prompt_strings = [&strings](store::PromptStrings& out) { return strings.next(out); };
+    temporary = store::create_unpublished(output, layout);
   } catch (...) {
-    if (layout != nullptr) layout->prompt_strings = {};
     strings.finish();
     throw;
   }
-  try {
-    strings.finish();
-  } catch (...) {
-    store::discard_unpublished(temporary);
-    throw;
-  }
+  strings.finish();
   return temporary;
 }
 

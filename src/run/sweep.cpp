@@ -439,9 +439,8 @@ int create_output_with_every_rank(const Communicator& comm, RootSetup* setup, co
   const bool root = comm.rank() == 0;
   std::filesystem::path temporary;
   if (int code = all_ranks_step(comm, [&] {
-        std::optional<store::FileLayout> layout;
-        if (root) layout = file_layout(setup->job, setup->ctx.model_key);
-        temporary = create_with_every_rank(comm, prompts, cores, output, layout ? &*layout : nullptr);
+        temporary = create_with_every_rank(comm, prompts, cores, output,
+                                           [&] { return file_layout(setup->job, setup->ctx.model_key); });
       }))
     return code;
   temporary = comm.broadcast(temporary.string());

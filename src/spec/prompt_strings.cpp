@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "json_checks.hpp"
 #include "ndif_sweep/core/error.hpp"
+#include "ndif_sweep/core/parallel.hpp"
 #include "ndif_sweep/core/utf8.hpp"
 
 namespace ndif::spec {
@@ -323,10 +323,7 @@ StringBlock StringBlockReader::next() {
         errors[part] = std::current_exception();
       }
     };
-    std::vector<std::thread> pool;
-    for (std::size_t part = 1; part < parts; ++part) pool.emplace_back(work, part);
-    work(0);
-    for (auto& t : pool) t.join();
+    run_parts(parts, work);
     for (const auto& error : errors)
       if (error) std::rethrow_exception(error);
     block = std::move(slices[0]);

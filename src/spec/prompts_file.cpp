@@ -8,10 +8,10 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
-#include <thread>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/core/parallel.hpp"
 
 namespace ndif::spec {
 
@@ -225,10 +225,7 @@ std::vector<PromptRecord> parse_lines(const LineBlock& block, const std::filesys
       errors[part] = std::current_exception();
     }
   };
-  std::vector<std::thread> pool;
-  for (std::size_t part = 1; part < parts; ++part) pool.emplace_back(work, part);
-  work(0);
-  for (auto& t : pool) t.join();
+  run_parts(parts, work);
   for (const auto& error : errors)  // parts are in row order
     if (error) std::rethrow_exception(error);
   return records;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -128,16 +129,17 @@ store::FileLayout layout_of(const plan::PromptShapes& shapes) {
 
 /// Steps 1 to 3 of file_creation.hpp as run_sweep takes them; "" when the file was published, else
 /// the error rank 0 met (every rank returns).
-std::string create_file(const Communicator& comm, const BatchTokenizer& prompts, const fs::path& output,
-                        std::size_t block_rows) {
+std::string create_file(
+    const Communicator& comm, const BatchTokenizer& prompts, const fs::path& output, std::size_t block_rows,
+    const std::function<store::FileLayout(const plan::PromptShapes&)>& make_layout = layout_of) {
   auto measured = measure_prompts_in_parts(comm, prompts, core_share(comm));
-  std::optional<store::FileLayout> layout;
-  if (comm.rank() == 0) layout = layout_of(std::move(*measured.merged).shapes(prompts));
+  std::optional<plan::PromptShapes> shapes;
+  if (comm.rank() == 0) shapes = std::move(*measured.merged).shapes(prompts);
   std::string error;
   fs::path temporary;
   try {
-    temporary = create_with_every_rank(comm, prompts, core_share(comm), output, layout ? &*layout : nullptr,
-                                       block_rows);
+    temporary = create_with_every_rank(
+        comm, prompts, core_share(comm), output, [&] { return make_layout(*shapes); }, block_rows);
   } catch (const Error& e) {
     error = e.what();
   }
@@ -178,7 +180,7 @@ void create_with_every_rank_checks(const Communicator& comm, const fs::path& dir
            "every row's positions are one process's");
   }
   // The last rank's node sees a changed line: rank 0 reports it, no file is left, no rank hangs.
-  {
+  if (comm.size() > 1) {
     auto changed = lines();
     changed[990].replace(changed[990].find("\"p990\""), 6, "\"q990\"");
     const auto last = comm.size() - 1;
@@ -200,7 +202,8 @@ void create_with_every_rank_checks(const Communicator& comm, const fs::path& dir
     const auto output = dir / "changed.h5";
     std::string error;
     try {
-      (void)create_with_every_rank(comm, prompts, 1, output, layout ? &*layout : nullptr, 64);
+      (void)create_with_every_rank(
+          comm, prompts, 1, output, [&] { return std::move(*layout); }, 64);
     } catch (const InputError& e) {
       error = e.what();
     }
@@ -218,6 +221,49 @@ void create_with_every_rank_checks(const Communicator& comm, const fs::path& dir
     const auto error = create_file(comm, prompts, dir / "missing" / "out.h5", 16);
     if (comm.rank() == 0)
       expect(error.find("does not exist") != std::string::npos, "rank 0's own error: " + error);
+    // Nor when making its layout throws (it copies N-sized arrays: memory can run out there).
+    const auto no_layout = create_file(
+        comm, prompts, dir / "no_layout.h5", 16,
+        [](const plan::PromptShapes&) -> store::FileLayout { throw InternalError("no layout here"); });
+    if (comm.rank() == 0) expect(no_layout.find("no layout here") != std::string::npos, "the layout's error");
+  }
+  // Rank 0 fails midway, after it asked ranks to send (a layout of 400 rows: the first block of a
+  // part past row 400 is refused): a rank still sending is told to stop, and no file is left.
+  {
+    const auto prompts = open_everywhere(comm, dir / "create3.jsonl", text);
+    const auto output = dir / "midway.h5";
+    const auto error = create_file(comm, prompts, output, 16, [](const plan::PromptShapes& all) {
+      auto fewer = all;
+      fewer.n_tokens.resize(400);
+      return layout_of(fewer);
+    });
+    if (comm.rank() == 0) {
+      expect(comm.size() == 1 || error.find("not a block of rows still to write") != std::string::npos,
+             "rank 0's error midway: " + error);
+      expect(!fs::exists(output) && !fs::exists(store::unpublished_path(output)), "no file is left");
+    }
+  }
+  // More ranks than prompts: rank 0's part, and others, are empty.
+  {
+    const std::vector<std::string> three{R"("one")", R"({"prompt": "two", "id": "b", "meta": {"k": 2}})",
+                                         R"({"prompt": "three three"})"};
+    const auto prompts = open_everywhere(comm, dir / "three.jsonl", three);
+    const auto output = dir / "three.h5";
+    expect(create_file(comm, prompts, output, 16).empty(), "three prompts on any number of ranks");
+    if (comm.rank() == 0) {
+      expect(read_strings_raw(output.string(), "/prompts/text") ==
+                 std::vector<std::string>{"one", "two", "three three"},
+             "three texts");
+      expect(read_strings_raw(output.string(), "/prompts/id") == std::vector<std::string>{"0", "b", "2"},
+             "three ids");
+      expect(read_strings_raw(output.string(), "/prompts/meta") ==
+                 std::vector<std::string>{"{}", R"({"k":2})", "{}"},
+             "three metas");
+      const auto raw = read_raw(output.string(), "/prompts/positions");
+      std::vector<std::int32_t> stored(raw.size() / 4);
+      std::memcpy(stored.data(), raw.data(), raw.size());
+      expect(stored == all_positions(prompts), "three rows of positions");
+    }
   }
 }
 

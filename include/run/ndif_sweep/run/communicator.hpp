@@ -96,6 +96,8 @@ class Communicator {
   /// spin a core: on a node with more threads than cores (a rank reading ahead on a thread of its
   /// own, ranks sharing cores) a spinning wait takes the core from the work it waits for.
   [[nodiscard]] std::string receive(int source, Tag tag) const;
+  /// The next framed message of `tag` from `source` if one has come, without waiting.
+  [[nodiscard]] std::optional<std::string> poll(int source, Tag tag) const;
   /// Collective: the `value` of every rank of this communicator that runs on this rank's node
   /// (shares its memory), in rank order; this rank's is at index `*mine`. Every rank's value must
   /// have the same size (InternalError otherwise).

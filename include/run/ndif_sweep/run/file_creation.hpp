@@ -10,6 +10,7 @@
 /// So rank 0 never holds the N x P positions, nor parses every line a second time.
 
 #include <filesystem>
+#include <functional>
 
 #include "ndif_sweep/run/communicator.hpp"
 #include "ndif_sweep/run/job.hpp"
@@ -18,21 +19,24 @@
 
 namespace ndif::run {
 
-/// Collective, step 1: rank 0 creates `<output>.creating` from `layout` (store::create_unpublished),
-/// the strings of every row read from `prompts` by the rank whose part of planning
-/// (plan::scan_part_rows) holds it, on `threads` threads. Rank 0 writes a block of each rank's part
-/// in turn; each rank (rank 0 on a thread of its own) reads its next block while rank 0 writes the
-/// others', and sends it when rank 0 takes it, so that every rank reads at once and none holds more
-/// than two blocks (spec::StringBlockReader's bounds; `block_rows` rows at most). `layout` is rank
-/// 0's (null on the other ranks); its `prompt_strings` is set for the call.
+/// Collective, step 1: rank 0 creates `<output>.creating` from the layout `layout_of` makes
+/// (store::create_unpublished), the strings of every row read from `prompts` by the rank whose part
+/// of planning (plan::scan_part_rows) holds it, on `threads` threads. Rank 0 writes a block of each
+/// rank's part in turn; each rank (rank 0 on a thread of its own) reads its next block while rank 0
+/// writes the others', and sends it without blocking when it has read the one after, so that every
+/// rank reads at once and holds a few blocks at most (one on its way, one read, one being read:
+/// spec::StringBlockReader's bounds, `block_rows` rows). `layout_of` is called on rank 0 only, once
+/// every other rank can be told to stop if it throws.
 ///
 /// Returns the unpublished file's path on rank 0, an empty path elsewhere. Throws on rank 0 when the
 /// file cannot be made, or with another rank's error when that rank could not read its part (a line
-/// changed since it was indexed: exit 2); the temporary is then gone. The other ranks return
-/// normally either way, and none is left in the exchange when rank 0 returns or throws.
+/// changed since it was indexed: exit 2); the temporary is then gone, and a rank still reading its
+/// part is told to stop. The other ranks return normally either way, and none is left in the
+/// exchange when rank 0 returns or throws. A failure that would leave the exchange broken (bytes
+/// that are not a block, an MPI error with a send under way) ends every rank (MPI_Abort).
 [[nodiscard]] std::filesystem::path create_with_every_rank(
     const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
-    const std::filesystem::path& output, store::FileLayout* layout,
+    const std::filesystem::path& output, const std::function<store::FileLayout()>& layout_of,
     std::size_t block_rows = spec::StringBlockReader::kMaxRows);
 
 }  // namespace ndif::run

@@ -14,12 +14,12 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -128,33 +128,19 @@ int main(int argc, char** argv) {
   keep_large_buffers();  // as ndif-sweep does
   run::MpiSession session(&argc, &argv);
   Options o;
+  CLI::App app{"create_bench: the output file's creation step alone"};
+  app.add_option("prompts", o.prompts, "prompts file (JSON Lines)")->required()->check(CLI::ExistingFile);
+  app.add_option("--layers", o.layers, "layers of the one probe")->check(CLI::PositiveNumber);
+  app.add_option("--hidden", o.hidden, "hidden size")->check(CLI::PositiveNumber);
+  app.add_option("--positions", o.positions, "positions a prompt")->check(CLI::PositiveNumber);
+  app.add_option("--dir", o.dir, "where the file is made")->check(CLI::ExistingDirectory);
+  app.add_option("--repeat", o.repeat, "passes")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string flag = argv[i];
-      if (flag.rfind("--", 0) != 0) {
-        o.prompts = flag;
-        continue;
-      }
-      if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
-      const std::string value = argv[++i];
-      if (flag == "--layers")
-        o.layers = std::stoll(value);
-      else if (flag == "--hidden")
-        o.hidden = std::stoll(value);
-      else if (flag == "--positions")
-        o.positions = std::stoll(value);
-      else if (flag == "--dir")
-        o.dir = value;
-      else if (flag == "--repeat")
-        o.repeat = std::stoi(value);
-      else
-        throw std::invalid_argument("unknown flag " + flag);
-    }
-    if (o.prompts.empty()) throw std::invalid_argument("give a prompts file");
     measure(run::Communicator(), o);
   } catch (const std::exception& e) {
     std::cerr << "create_bench: " << e.what() << '\n';
-    return 2;
+    return 1;
   }
   return 0;
 }

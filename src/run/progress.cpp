@@ -212,18 +212,21 @@ void ProgressReporter::finish(Clock::time_point now, const std::string& outcome)
     out_ << j.dump() << '\n' << std::flush;
     return;
   }
-  if (mode_ == ProgressMode::bar && bar_drawn_) out_ << "\r\x1b[K";
-  out_ << line(now) << "  -> " << outcome << '\n' << std::flush;
+  // One write: under mpirun, stderr and stdout reach the terminal through separate pipes, and the
+  // "output:" line that follows on stdout landed between the pieces of a summary written in several.
+  const std::string erase = mode_ == ProgressMode::bar && bar_drawn_ ? "\r\x1b[K" : "";
+  out_ << (erase + line(now) + "  -> " + outcome + '\n') << std::flush;
 }
 
 void ProgressReporter::log(const std::string& text) {
   if (text.empty()) return;
+  std::string erase;
   if (mode_ == ProgressMode::bar && bar_drawn_) {
-    out_ << "\r\x1b[K";
+    erase = "\r\x1b[K";
     bar_drawn_ = false;
     last_print_ = start_ - interval_;  // redraw at the next tick
   }
-  out_ << text << std::flush;
+  out_ << (erase + text) << std::flush;  // one write, as in finish()
 }
 
 }  // namespace ndif::run

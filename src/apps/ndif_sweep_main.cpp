@@ -16,9 +16,13 @@
 
 namespace {
 
-int report(const ndif::Error& e, bool print) {
-  if (print) std::cerr << "ndif-sweep: error: " << e.what() << '\n';
-  return static_cast<int>(e.exit_code());
+/// Prints the error being handled (when `print`) and returns its exit code. Every error, an
+/// ndif::Error or any other exception, reads "ndif-sweep: error: ..." the same way whether one rank
+/// or several ran: with several, a rank's error reaches rank 0 as a report and is printed there.
+int report_current(bool print) {
+  const ndif::ErrorReport r = ndif::report_of(std::current_exception());
+  if (print) std::cerr << "ndif-sweep: error: " << r.message << '\n';
+  return static_cast<int>(r.code);
 }
 
 }  // namespace
@@ -113,11 +117,11 @@ int main(int argc, char** argv) {
       if (max_inflight_option->count() > 0) run_opts.overrides.max_inflight = max_inflight;
       run_opts.progress = ndif::run::parse_progress_mode(progress);
       rc = ndif::run::run_sweep(run_opts);
-    } catch (const ndif::Error& e) {
-      rc = report(e, is_root);
-    } catch (const std::exception& e) {
-      std::cerr << "ndif-sweep: internal error: " << e.what() << '\n';
-      rc = 1;
+    } catch (const ndif::Error&) {
+      // Errors of the sweep are every rank's, or reported by the rank that had them (sweep.cpp).
+      rc = report_current(is_root);
+    } catch (...) {
+      rc = report_current(true);  // an unexpected fault of this rank alone: say it wherever it is
     }
     curl_global_cleanup();
     return rc;
@@ -128,11 +132,8 @@ int main(int argc, char** argv) {
     int rc = 0;
     try {
       rc = ndif::run::check_command(check_job, check_probe, check_json, std::cout);
-    } catch (const ndif::Error& e) {
-      rc = report(e, true);
-    } catch (const std::exception& e) {
-      std::cerr << "ndif-sweep: internal error: " << e.what() << '\n';
-      rc = 1;
+    } catch (...) {
+      rc = report_current(true);
     }
     curl_global_cleanup();
     return rc;
@@ -154,11 +155,8 @@ int main(int argc, char** argv) {
       std::ios::sync_with_stdio(false);
       return ndif::tokenizer::run_tokenize_command(tok_file, tok_special, tok_offsets, std::cin, std::cout);
     }
-  } catch (const ndif::Error& e) {
-    return report(e, true);
-  } catch (const std::exception& e) {
-    std::cerr << "ndif-sweep: internal error: " << e.what() << '\n';
-    return 1;
+  } catch (...) {
+    return report_current(true);
   }
   return 0;
 }

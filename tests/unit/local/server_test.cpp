@@ -214,7 +214,14 @@ TEST_F(Server, G4JobIsStoredAfterA404AndCompletesWithAnExpiringUrlToAResultKeyed
   expect_sweep_tensor(std::get<torchsave::Tensor>(top.items[0].second.v),
                       SyntheticModel(options_with().model));
 
-  const auto stats = json::parse(client_->Get("/stats")->body);
+  // The server counts a download when its response has been handed to the socket whole, which can
+  // be just after this client has read the last byte: wait for the count, within a bound.
+  json stats;
+  for (int attempt = 0; attempt < 5000; ++attempt) {
+    stats = json::parse(client_->Get("/stats")->body);
+    if (stats["downloaded"] != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_EQ(stats["submitted"], 1);
   EXPECT_EQ(stats["completed"], 1);
   EXPECT_EQ(stats["downloaded"], 1);

@@ -14,6 +14,14 @@ ErrorReport report_of(const std::exception_ptr& error) {
   }
 }
 
+std::string reply_excerpt(std::string_view body) {
+  constexpr std::size_t kMax = 120;
+  std::string out;
+  for (char c : body.substr(0, kMax)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+  if (body.size() > kMax) out += "...";
+  return out;
+}
+
 std::exception_ptr error_from(const ErrorReport& report) {
   if (report.code == ExitCode::invalid_input) return std::make_exception_ptr(InputError(report.message));
   return std::make_exception_ptr(Error(report.code, report.message));

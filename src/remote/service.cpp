@@ -12,14 +12,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string excerpt(std::string_view body) {
-  constexpr std::size_t kMax = 120;
-  std::string out;
-  for (char c : body.substr(0, kMax)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  if (body.size() > kMax) out += "...";
-  return out;
-}
-
 std::string string_or_empty(const json& object, const char* key) {
   const auto it = object.find(key);
   return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -53,8 +45,8 @@ std::optional<spec::ModelConfig> model_shape(const json& config) {
 ServerEnv parse_env(std::string_view body) {
   const auto root = json::parse(body, nullptr, false);
   if (!root.is_object() || !root.contains("python_version") || !root["python_version"].is_string()) {
-    throw DecodeError(
-        fmt::format("GET /env: expected {{\"python_version\", \"packages\"}}, got \"{}\"", excerpt(body)));
+    throw DecodeError(fmt::format("GET /env: expected {{\"python_version\", \"packages\"}}, got \"{}\"",
+                                  reply_excerpt(body)));
   }
   ServerEnv env;
   env.python_version = root["python_version"].get<std::string>();
@@ -74,7 +66,7 @@ std::vector<Deployment> parse_deployments(std::string_view body) {
   const auto root = json::parse(body, nullptr, false);
   if (!root.is_object() || !root.contains("deployments") || !root["deployments"].is_object()) {
     throw DecodeError(
-        fmt::format("GET /status: the reply has no \"deployments\" object (\"{}\")", excerpt(body)));
+        fmt::format("GET /status: the reply has no \"deployments\" object (\"{}\")", reply_excerpt(body)));
   }
   std::vector<Deployment> out;
   for (const auto& [name, entry] : root["deployments"].items()) {

@@ -9,17 +9,9 @@
 namespace ndif::remote {
 namespace {
 
-// Enough of a bad reply to recognise it in a message, never a whole page of HTML.
-std::string excerpt(std::string_view body) {
-  constexpr std::size_t kMax = 120;
-  std::string out;
-  for (char c : body.substr(0, kMax)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  if (body.size() > kMax) out += "...";
-  return out;
-}
-
 [[noreturn]] void malformed(std::string_view body, const std::string& problem) {
-  throw DecodeError(fmt::format("job status reply is malformed: {} (reply: \"{}\")", problem, excerpt(body)));
+  throw DecodeError(
+      fmt::format("job status reply is malformed: {} (reply: \"{}\")", problem, reply_excerpt(body)));
 }
 
 constexpr std::pair<JobState, const char*> kStates[] = {

@@ -87,17 +87,24 @@ std::string ProgressReporter::format_duration(double seconds) {
   return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
 }
 
+ProgressReporter::Timing ProgressReporter::timing(Clock::time_point now) const {
+  Timing t;
+  t.elapsed_s = std::chrono::duration<double>(now - start_).count();
+  // The rate of this run alone: batches a resumed run found done took none of its time.
+  const auto new_batches = done_batches_ - start_batches_;
+  t.eta_s = new_batches > 0 ? t.elapsed_s / static_cast<double>(new_batches) *
+                                  static_cast<double>(total_batches_ - done_batches_)
+                            : NAN;
+  t.percent = total_batches_ > 0
+                  ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_)
+                  : 100.0;
+  return t;
+}
+
 std::string ProgressReporter::line(Clock::time_point now) const {
-  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const auto [elapsed, eta, pct] = timing(now);
   const double mb = static_cast<double>(bytes_) / 1e6;
   const double rate = elapsed > 0 ? mb / elapsed : 0;
-  const auto new_batches = done_batches_ - start_batches_;
-  const double eta = new_batches > 0 ? elapsed / static_cast<double>(new_batches) *
-                                           static_cast<double>(total_batches_ - done_batches_)
-                                     : NAN;
-  const double pct = total_batches_ > 0
-                         ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_)
-                         : 100.0;
   std::string failed = failed_batches_ ? fmt::format("  failed {}", failed_batches_) : "";
   std::string flight;
   for (const auto& [state, n] : in_flight_)
@@ -109,14 +116,7 @@ std::string ProgressReporter::line(Clock::time_point now) const {
 }
 
 std::string ProgressReporter::bar_line(Clock::time_point now, int columns) const {
-  const double elapsed = std::chrono::duration<double>(now - start_).count();
-  const auto new_batches = done_batches_ - start_batches_;
-  const double eta = new_batches > 0 ? elapsed / static_cast<double>(new_batches) *
-                                           static_cast<double>(total_batches_ - done_batches_)
-                                     : NAN;
-  const double pct = total_batches_ > 0
-                         ? 100.0 * static_cast<double>(done_batches_) / static_cast<double>(total_batches_)
-                         : 100.0;
+  const auto [elapsed, eta, pct] = timing(now);
   std::string flight;
   for (const auto& [state, n] : in_flight_)
     if (n > 0) flight += fmt::format("{}{} {}", flight.empty() ? "" : " ", state, n);

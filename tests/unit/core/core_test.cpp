@@ -12,6 +12,17 @@
 namespace ndif {
 namespace {
 
+TEST(ReplyExcerpt, KeepsTheFirst120BytesAndShowsControlBytesAsQuestionMarks) {
+  EXPECT_EQ(reply_excerpt(""), "");
+  EXPECT_EQ(reply_excerpt(std::string("a\nb\x7f\x00"
+                                      "c\xc3\xa9",
+                                      8)),
+            "a?b??c\xc3\xa9");
+  const std::string page(121, 'x');
+  EXPECT_EQ(reply_excerpt(page), std::string(120, 'x') + "...");
+  EXPECT_EQ(reply_excerpt(page.substr(0, 120)), std::string(120, 'x'));
+}
+
 TEST(ErrorReport, AnErrorTravelsAsItsCodeAndMessageAndIsThrownAgainAsTheSameKind) {
   const auto input = report_of(std::make_exception_ptr(InputError("p.jsonl:3: not valid JSON")));
   EXPECT_EQ(input.code, ExitCode::invalid_input);

@@ -6,6 +6,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace ndif {
 
@@ -83,6 +84,10 @@ struct ErrorReport {
 /// The report of `error`: an ndif::Error's own code and message; any other exception exit 1 with
 /// "internal error: " before its text.
 [[nodiscard]] ErrorReport report_of(const std::exception_ptr& error);
+
+/// Enough of an untrusted reply to recognise it in an error message: its first 120 bytes, each
+/// control byte as '?', and "..." when there was more. Never a whole page of HTML in a log.
+[[nodiscard]] std::string reply_excerpt(std::string_view body);
 
 /// An error that `report_of` gives `report` again (an InputError for exit 2), to throw elsewhere.
 [[nodiscard]] std::exception_ptr error_from(const ErrorReport& report);

@@ -70,6 +70,12 @@ class ProgressReporter {
   [[nodiscard]] static std::string format_duration(double seconds);
 
  private:
+  struct Timing {
+    double elapsed_s = 0;
+    double eta_s = 0;  ///< NAN until this run has finished a batch
+    double percent = 0;
+  };
+  [[nodiscard]] Timing timing(Clock::time_point now) const;
   [[nodiscard]] std::string line(Clock::time_point now) const;
   [[nodiscard]] std::string json(Clock::time_point now, const std::string& event) const;
 

@@ -4,8 +4,11 @@
 // store::ParallelOutput::write_batch). Prints the throughput in GB/s of activations and the CPU
 // seconds per GB (getrusage: user + system, both threads).
 //
-//   write_bench [--rows 1024] [--batch 32] [--layers 80] [--hidden 8192] [--dir /tmp] [--repeat 2]
-//               [--malloc-default]
+//   write_bench [--rows 1024] [--batch 32] [--layers 80] [--hidden 8192] [--probes 1] [--dir /tmp]
+//               [--repeat 2] [--malloc-default]
+//
+// With --probes N the layers are read by N probes of layers/N each (a job reading, say, the residual
+// stream and the attention output): a result's rows are then copied out per probe.
 //
 // Rows are written in two orders: the plan's order for prompts sorted by length (each batch's rows
 // scattered over the file: a random permutation, the worst case) and in file order (batches of
@@ -17,8 +20,8 @@
 #include <fmt/format.h>
 #include <mpi.h>
 #include <sys/resource.h>
-#include <zstd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -37,6 +40,7 @@
 #include "ndif_sweep/store/output_file.hpp"
 #include "ndif_sweep/store/parallel_output.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
+#include "result_files.hpp"
 
 namespace {
 
@@ -44,7 +48,7 @@ using namespace ndif;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::int64_t rows = 1024, batch = 32, layers = 80, hidden = 8192;
+  std::int64_t rows = 1024, batch = 32, layers = 80, hidden = 8192, probes = 1;
   std::filesystem::path dir = "/tmp";
   int repeat = 2;
 };
@@ -83,9 +87,12 @@ store::FileLayout layout_for(const Options& o, const std::vector<std::int64_t>& 
     layout.batch_start.push_back(start);
     layout.batch_count.push_back(std::min(o.batch, o.rows - start));
   }
-  std::vector<int> layers(static_cast<std::size_t>(o.layers));
-  std::iota(layers.begin(), layers.end(), 0);
-  layout.probes.push_back({"resid", "model.layers.{layer}", std::nullopt, layers, "all"});
+  for (std::int64_t p = 0; p < o.probes; ++p) {
+    std::vector<int> layers(static_cast<std::size_t>(o.layers / o.probes));
+    std::iota(layers.begin(), layers.end(), 0);
+    layout.probes.push_back({fmt::format("probe{}", p), fmt::format("model.layers.{{layer}}.part{}", p),
+                             std::nullopt, layers, "all"});
+  }
   layout.hidden = static_cast<std::size_t>(o.hidden);
   layout.dtype = DType::float16;
   return layout;
@@ -100,21 +107,8 @@ std::vector<std::byte> result_file(const remote::ExpectedResult& expected, std::
     const std::uint64_t v = random() & 0xBBFFBBFFBBFFBBFFULL;
     std::memcpy(data.data() + i, &v, 8);
   }
-  namespace ts = torchsave;
-  ts::Dict results;
-  results.items.emplace_back(
-      ts::Value{expected.saved_node},
-      ts::Value{ts::Tensor::from_bytes(
-          expected.dtype, {expected.batch, expected.total_layers(), expected.positions, expected.hidden},
-          std::move(data))});
-  ts::Dict root;
-  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job")});
-  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
-  auto file = ts::save(ts::Value{std::move(root)});
-  if (!zstd) return file;
-  std::vector<std::byte> packed(ZSTD_compressBound(file.size()));
-  packed.resize(ZSTD_compress(packed.data(), packed.size(), file.data(), file.size(), 3));
-  return packed;
+  auto file = remote::testing::g2_file_for(expected, std::move(data));
+  return zstd ? remote::testing::zstd_of(file) : file;
 }
 
 struct Figures {
@@ -132,7 +126,7 @@ Figures run(const Options& o, bool scattered, bool zstd, unsigned threads) {
 
   remote::ExpectedResult expected;
   expected.saved_node = 5;
-  expected.probe_layers = {o.layers};
+  expected.probe_layers.assign(static_cast<std::size_t>(o.probes), o.layers / o.probes);
   expected.positions = 1;
   expected.hidden = o.hidden;
   expected.dtype = DType::float16;
@@ -196,43 +190,32 @@ Figures run(const Options& o, bool scattered, bool zstd, unsigned threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // As ndif-sweep does (`--malloc-default` measures without it).
-  bool tuned = true;
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--malloc-default") tuned = false;
-  if (tuned) keep_large_buffers();
-  MPI_Init(&argc, &argv);
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--malloc-default") continue;
-    if (i + 1 >= argc) {
-      std::cerr << "write_bench: " << flag << " needs a value\n";
-      return 2;
-    }
-    const std::string value = argv[++i];
-    if (flag == "--rows")
-      o.rows = std::stoll(value);
-    else if (flag == "--batch")
-      o.batch = std::stoll(value);
-    else if (flag == "--layers")
-      o.layers = std::stoll(value);
-    else if (flag == "--hidden")
-      o.hidden = std::stoll(value);
-    else if (flag == "--dir")
-      o.dir = value;
-    else if (flag == "--repeat")
-      o.repeat = std::stoi(value);
-    else {
-      std::cerr << "write_bench: unknown flag " << flag << '\n';
-      return 2;
-    }
+  bool malloc_default = false;
+  std::string dir = o.dir.string();
+  CLI::App app{"write_bench: one rank's decode and parallel-HDF5 write of batch results, without a network"};
+  app.add_option("--rows", o.rows, "rows of the file")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "rows per batch")->check(CLI::PositiveNumber);
+  app.add_option("--layers", o.layers, "layers per row, over all probes")->check(CLI::PositiveNumber);
+  app.add_option("--hidden", o.hidden, "hidden size")->check(CLI::PositiveNumber);
+  app.add_option("--probes", o.probes, "probes the layers are divided among")->check(CLI::PositiveNumber);
+  app.add_option("--dir", dir, "where the file is written (best in the page cache: /tmp)");
+  app.add_option("--repeat", o.repeat, "passes; the best is reported")->check(CLI::PositiveNumber);
+  app.add_flag("--malloc-default", malloc_default, "measure with glibc's default malloc settings");
+  CLI11_PARSE(app, argc, argv);
+  if (o.layers % o.probes != 0) {
+    std::cerr << "write_bench: --layers must be a multiple of --probes\n";
+    return 2;
   }
+  o.dir = dir;
+  // As ndif-sweep does, unless asked not to.
+  if (!malloc_default) keep_large_buffers();
+  MPI_Init(&argc, &argv);
   const double batch_mb = static_cast<double>(o.batch * o.layers * o.hidden * 2) / 1e6;
   std::cout << fmt::format(
-      "{} rows of {} layers x 1 position x {} hidden, float16, batches of {} ({:.1f} MB); "
+      "{} rows of {} layers x 1 position x {} hidden in {} probe(s), float16, batches of {} ({:.1f} MB); "
       "best of {} passes\n",
-      o.rows, o.layers, o.hidden, o.batch, batch_mb, o.repeat);
+      o.rows, o.layers, o.hidden, o.probes, o.batch, batch_mb, o.repeat);
   std::cout << fmt::format("{:<28} {:<8} {:>7} {:>9} {:>13}\n", "case", "decode", "GB/s", "CPU s/GB",
                            "decode share");
   for (const bool zstd : {false, true}) {

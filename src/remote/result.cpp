@@ -154,19 +154,35 @@ std::size_t max_result_bytes(const ExpectedResult& expected) noexcept {
   return static_cast<std::size_t>(expected.data_bytes()) + kContainerSlack;
 }
 
-ByteBuffer result_room(std::span<const std::byte> bytes, const ExpectedResult& expected) {
-  return torchsave::zstd_room(bytes, max_result_bytes(expected));
+namespace {
+
+/// The bytes of one probe's rows in a result for `expected`.
+std::size_t probe_bytes(const ExpectedResult& expected, std::int64_t layers) {
+  return static_cast<std::size_t>(expected.batch * layers * expected.positions * expected.hidden) *
+         element_size(expected.dtype);
 }
 
-DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected, ByteBuffer room) {
+}  // namespace
+
+ResultRoom result_room(std::span<const std::byte> bytes, const ExpectedResult& expected) {
+  ResultRoom room;
+  room.inflated = torchsave::zstd_room(bytes, max_result_bytes(expected));
+  if (expected.probe_layers.size() > 1) {
+    for (const auto layers : expected.probe_layers)
+      room.probes.emplace_back().reserve(probe_bytes(expected, layers));
+  }
+  return room;
+}
+
+DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected, ResultRoom room) {
   const auto limit = max_result_bytes(expected);
   // The tensor is read where it lies, in the downloaded file or in its decompressed form, which the
   // storage then owns: copies of a whole batch are what limits a rank's throughput
   // (bench/write_bench.cpp).
   const auto root = [&] {
     if (torchsave::is_zstd(bytes)) {
-      auto inflated =
-          std::make_shared<const ByteBuffer>(torchsave::decompress_zstd(bytes, limit, std::move(room)));
+      auto inflated = std::make_shared<const ByteBuffer>(
+          torchsave::decompress_zstd(bytes, limit, std::move(room.inflated)));
       // Freed before the tensor is read: a batch's compressed and decompressed forms are held
       // together only while zstd runs.
       std::vector<std::byte>().swap(bytes);
@@ -214,20 +230,24 @@ DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& 
     out.probes.push_back(ProbeBlock{shape_of(expected.probe_layers[0]), data});
     return out;
   }
-  // Several probes: each one's rows copied out of the interleaved layers.
-  std::vector<std::vector<std::byte>> per_probe;
+  // Several probes: each one's rows copied out of the interleaved layers, into the room made for
+  // them where it is there (within its capacity, resize allocates nothing and writes no byte).
+  room.probes.resize(expected.probe_layers.size());
   std::size_t layer_offset = 0;
-  for (auto layers : expected.probe_layers) {
+  for (std::size_t p = 0; p < expected.probe_layers.size(); ++p) {
+    const auto layers = expected.probe_layers[p];
     const auto chunk = row * static_cast<std::size_t>(layers);
-    auto& bytes_of_probe = per_probe.emplace_back(chunk * static_cast<std::size_t>(expected.batch));
+    auto& bytes_of_probe = out.probe_rows.emplace_back(std::move(room.probes[p]));
+    bytes_of_probe.resize(probe_bytes(expected, layers));
     for (std::size_t b = 0; b < static_cast<std::size_t>(expected.batch); ++b)
       std::memcpy(bytes_of_probe.data() + b * chunk, data.data() + b * per_prompt + layer_offset * row,
                   chunk);
     layer_offset += static_cast<std::size_t>(layers);
-    out.probes.push_back(ProbeBlock{shape_of(layers), bytes_of_probe});
   }
-  // Moving the vectors keeps their buffers, so the blocks' spans stay valid.
-  out.copies = std::move(per_probe);
+  // The spans are taken once every buffer is in place: probe_rows does not move them again.
+  for (std::size_t p = 0; p < expected.probe_layers.size(); ++p)
+    out.probes.push_back(ProbeBlock{shape_of(expected.probe_layers[p]), out.probe_rows[p]});
+  out.copies.clear();
   out.storage.reset();
   return out;
 }

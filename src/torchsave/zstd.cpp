@@ -44,7 +44,9 @@ ByteBuffer zstd_room(std::span<const std::byte> bytes, std::size_t max_bytes) {
   ByteBuffer room;
   if (!is_zstd(bytes)) return room;
   const auto announced = ZSTD_getFrameContentSize(bytes.data(), bytes.size());
-  if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR && announced <= max_bytes)
+  if (announced == ZSTD_CONTENTSIZE_UNKNOWN)
+    room.reserve(max_bytes);
+  else if (announced != ZSTD_CONTENTSIZE_ERROR && announced <= max_bytes)
     room.reserve(static_cast<std::size_t>(announced));
   return room;
 }
@@ -69,6 +71,7 @@ ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_byt
       out.resize(got);
       return out;
     }
+    room = std::move(out);  // the stream below, in the same memory
   }
   DStream stream{ZSTD_createDStream()};
   if (!stream) throw InternalError("zstd: cannot allocate a decompression stream");
@@ -76,9 +79,11 @@ ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_byt
 
   // The frame header's content size may be absent or wrong, so the output grows in chunks as
   // zstd produces it and stops at max_bytes instead of trusting the header.
-  ByteBuffer out;
-  // Room for what the (first) frame header announces, never more than the limit: growing a
-  // batch's 40 MB by doubling copied it about once more (bench/write_bench.cpp).
+  // The room made for it when there is one (a frame without a size: zstd_room), else room for what
+  // the (first) frame header announces, never more than the limit: growing a batch's 40 MB by
+  // doubling copied it about once more (bench/write_bench.cpp).
+  ByteBuffer out = std::move(room);
+  out.clear();
   if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR)
     out.reserve(static_cast<std::size_t>(std::min<unsigned long long>(announced, max_bytes)));
   const std::size_t chunk = ZSTD_DStreamOutSize();

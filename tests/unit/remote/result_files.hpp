@@ -1,6 +1,7 @@
 #pragma once
-// Result files as a server sends them, for the tests of remote::decode_result and
-// remote::DecodePool: every element's 16-bit pattern says where it came from.
+// Result files as a server sends them, for the tests of remote::decode_result, remote::DecodePool
+// and the run loop's fakes (every element's 16-bit pattern says where it came from), and for
+// bench/write_bench.
 
 #include <zstd.h>
 
@@ -60,6 +61,14 @@ inline ts::Value tensor(DType dtype, std::vector<std::int64_t> shape, std::vecto
 }
 
 inline std::vector<std::byte> file_of(const ts::Value& value) { return ts::save(value); }
+
+/// The G2 result file a server sends for `expected`: its (B, Ltot, P, H) tensor holding `bytes`.
+inline std::vector<std::byte> g2_file_for(const ExpectedResult& expected, std::vector<std::byte> bytes) {
+  return file_of(g2_result(
+      tensor(expected.dtype, {expected.batch, expected.total_layers(), expected.positions, expected.hidden},
+             std::move(bytes)),
+      expected.saved_node));
+}
 
 /// `file` as one zstd frame of level 3 that announces its size (what ndif-local and NDIF send).
 inline std::vector<std::byte> zstd_of(const std::vector<std::byte>& file) {

@@ -171,16 +171,42 @@ TEST(ResultDecoder, AZstdResultIsDecompressedIntoTheRoomMadeForItOnAnotherThread
   const auto compressed = zstd_of(file);
   // As DecodePool does: the room is made where the download arrived, the decoding runs elsewhere.
   auto room = result_room(compressed, one_probe);
-  ASSERT_GE(room.capacity(), file.size());
-  const auto* begin = room.data();
-  const auto* end = begin + room.capacity();
+  ASSERT_GE(room.inflated.capacity(), file.size());
+  EXPECT_TRUE(room.probes.empty());  // one probe's rows are read where they lie
+  const auto* begin = room.inflated.data();
+  const auto* end = begin + room.inflated.capacity();
   const auto decoded = decode_result(compressed, one_probe, std::move(room));
   ASSERT_EQ(decoded.probes.size(), 1U);
   const auto* rows = decoded.probes[0].bytes.data();
   EXPECT_TRUE(rows >= begin && rows + decoded.probes[0].bytes.size() <= end);
   for (std::size_t i = 0; i < 48; ++i) ASSERT_EQ(at16(decoded.probes[0].bytes, i), i);
   // A plain result needs none.
-  EXPECT_EQ(result_room(file, one_probe).capacity(), 0U);
+  EXPECT_EQ(result_room(file, one_probe).inflated.capacity(), 0U);
+}
+
+TEST(ResultDecoder, SeveralProbesRowsAreCopiedIntoTheRoomMadeForThem) {
+  // Probes of 2 and 1 layers: probe 0 holds layers 0-1 of each prompt, probe 1 layer 2.
+  const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
+  auto room = result_room(file, expected_f16());
+  EXPECT_EQ(room.inflated.capacity(), 0U);
+  ASSERT_EQ(room.probes.size(), 2U);
+  EXPECT_EQ(room.probes[0].capacity(), 2U * 2 * 2 * 4 * 2);
+  EXPECT_EQ(room.probes[1].capacity(), 2U * 1 * 2 * 4 * 2);
+  const std::byte* where[] = {room.probes[0].data(), room.probes[1].data()};
+  const auto decoded = decode_result(file, expected_f16(), std::move(room));
+  ASSERT_EQ(decoded.probes.size(), 2U);
+  for (std::size_t p = 0; p < 2; ++p) EXPECT_EQ(decoded.probes[p].bytes.data(), where[p]);
+  // Element (b, l, p, h) of the result is b*24 + l*8 + p*4 + h.
+  for (std::size_t b = 0; b < 2; ++b)
+    for (std::size_t i = 0; i < 16; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, b * 16 + i), b * 24 + i);
+  for (std::size_t b = 0; b < 2; ++b)
+    for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(at16(decoded.probes[1].bytes, b * 8 + i), b * 24 + 16 + i);
+  EXPECT_EQ(decoded.storage, nullptr);  // the file is let go: the rows are in the copies
+  // A room of the wrong size (or none) still gives exact rows, in memory allocated for them.
+  ResultRoom small;
+  small.probes.emplace_back().reserve(3);
+  const auto allocated = decode_result(file, expected_f16(), std::move(small));
+  EXPECT_EQ(at16(allocated.probes[1].bytes, 15), 24 + 16 + 7);
 }
 
 TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "../remote/result_files.hpp"
 #include "ndif_sweep/remote/request.hpp"
 #include "ndif_sweep/run/worker.hpp"
 #include "ndif_sweep/torchsave/torchsave.hpp"
@@ -67,17 +68,7 @@ inline std::vector<std::byte> test_result(const remote::ExpectedResult& expected
   std::vector<std::byte> bytes(count * 2);
   const auto v = test_value(batch);
   for (std::size_t i = 0; i < count; ++i) std::memcpy(bytes.data() + 2 * i, &v, 2);
-  namespace ts = torchsave;
-  ts::Dict results;
-  results.items.emplace_back(
-      ts::Value{expected.saved_node},
-      ts::Value{ts::Tensor::from_bytes(
-          expected.dtype, {expected.batch, expected.total_layers(), expected.positions, expected.hidden},
-          bytes)});
-  ts::Dict root;
-  root.items.emplace_back(ts::Value{std::string("id")}, ts::Value{std::string("job")});
-  root.items.emplace_back(ts::Value{std::string("result")}, ts::Value{std::move(results)});
-  return ts::save(ts::Value{std::move(root)});
+  return remote::testing::g2_file_for(expected, std::move(bytes));
 }
 
 /// NDIF as a test scripts it. Every submit is answered at once with a job id (a `submitted`

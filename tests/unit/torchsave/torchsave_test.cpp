@@ -448,8 +448,7 @@ TEST(TorchsaveZstd, AFrameThatAnnouncesItsSizeDecompressesIntoTheRoomMadeForIt) 
   const auto out = decompress_zstd(packed, data.size(), std::move(room));
   EXPECT_EQ(out.data(), where);  // the room's memory, not a new allocation
   EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin(), data.end()));
-  // No room without an announced size, beyond the limit, or for bytes that are not zstd.
-  EXPECT_EQ(zstd_room(zstd_compress(data, false), data.size()).capacity(), 0U);
+  // No room beyond the limit or for bytes that are not zstd.
   EXPECT_EQ(zstd_room(packed, data.size() - 1).capacity(), 0U);
   EXPECT_EQ(zstd_room(data, data.size()).capacity(), 0U);
   // A room too small is not written past: the output is allocated instead, and exact.
@@ -457,6 +456,22 @@ TEST(TorchsaveZstd, AFrameThatAnnouncesItsSizeDecompressesIntoTheRoomMadeForIt) 
   small.reserve(10);
   const auto grown = decompress_zstd(packed, data.size(), std::move(small));
   EXPECT_TRUE(std::equal(grown.begin(), grown.end(), data.begin(), data.end()));
+}
+
+TEST(TorchsaveZstd, AFrameWithoutASizeStreamsIntoRoomOfTheLimit) {
+  const auto data = counting_bytes(300000);
+  const auto packed = zstd_compress(data, false);
+  const std::size_t limit = data.size() + 1000;
+  auto room = zstd_room(packed, limit);
+  ASSERT_EQ(room.capacity(), limit);
+  const auto* where = room.data();
+  const auto out = decompress_zstd(packed, limit, std::move(room));
+  EXPECT_EQ(out.data(), where);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin(), data.end()));
+  // The limit still holds with the room: one byte less than the data is refused.
+  EXPECT_THROW(
+      static_cast<void>(decompress_zstd(packed, data.size() - 1, zstd_room(packed, data.size() - 1))),
+      DecodeError);
 }
 
 TEST(TorchsaveZstd, ConcatenatedFramesDecompressToTheirConcatenation) {

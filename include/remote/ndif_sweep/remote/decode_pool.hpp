@@ -66,7 +66,7 @@ class DecodePool {
     std::int64_t key = 0;
     std::vector<std::byte> bytes;
     ExpectedResult expected;
-    ByteBuffer room;  // for the decompressed form, allocated by submit()
+    ResultRoom room;  // for the decoded forms, allocated by submit()
     std::uint64_t generation = 0;
   };
   struct Done {

@@ -22,12 +22,20 @@ struct ProbeBlock {
 
 /// A decoded batch result, split per probe in probe order. Move-only in effect: the blocks view
 /// memory it owns (the result's own storage when one probe's rows are already contiguous, which
-/// saves a copy of the whole batch; copies per probe otherwise).
+/// saves a copy of the whole batch; copies otherwise).
 struct DecodedResult {
   std::vector<ProbeBlock> probes;
   std::int64_t nonfinite = 0;                  ///< NaN and infinite values among all probes' elements
   std::shared_ptr<const void> storage;         ///< keeps the decoded storage alive
-  std::vector<std::vector<std::byte>> copies;  ///< per-probe copies, when they were needed
+  std::vector<std::vector<std::byte>> copies;  ///< a row-major copy of a tensor that was not
+  std::vector<ByteBuffer> probe_rows;          ///< each probe's rows, when there are several
+};
+
+/// Memory for a result's decoded forms, made before it is decoded (result_room). Capacity only:
+/// nothing is written until the decoding fills it.
+struct ResultRoom {
+  ByteBuffer inflated;             ///< the decompressed file of a zstd result
+  std::vector<ByteBuffer> probes;  ///< each probe's rows, for a job of several probes
 };
 
 /// The most bytes a result for `expected` may take, compressed or not: its data plus room for the
@@ -40,12 +48,15 @@ struct DecodedResult {
 /// holds exactly one tensor). Checks dtype and shape (B, Ltot, P, H) exactly, splits per probe and
 /// counts non-finite values. Throws DecodeError stating what was expected and what came.
 /// Takes the downloaded bytes (move them in: the result's blocks may view them where they lie).
-/// A zstd result is decompressed into `room` when it is big enough (result_room).
+/// A zstd result is decompressed into `room.inflated`, and several probes' rows are copied into
+/// `room.probes`, as far as their capacity goes (result_room); memory is allocated here otherwise.
 [[nodiscard]] DecodedResult decode_result(std::vector<std::byte> bytes, const ExpectedResult& expected,
-                                          ByteBuffer room = {});
+                                          ResultRoom room = {});
 
-/// Room for the decompressed form of a downloaded result, allocated on the calling thread (empty
-/// for a result that is not zstd or does not announce its size within max_result_bytes).
-[[nodiscard]] ByteBuffer result_room(std::span<const std::byte> bytes, const ExpectedResult& expected);
+/// Room for the decoded forms of a downloaded result, allocated on the calling thread: the
+/// decompressed file of a zstd result (torchsave::zstd_room, bounded by max_result_bytes) and, for
+/// several probes, each probe's rows. For a caller that decodes on another thread (DecodePool):
+/// memory of the main heap stays mapped once freed, a thread arena's does not (core/memory.hpp).
+[[nodiscard]] ResultRoom result_room(std::span<const std::byte> bytes, const ExpectedResult& expected);
 
 }  // namespace ndif::remote

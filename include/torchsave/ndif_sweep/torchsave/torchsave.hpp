@@ -37,16 +37,18 @@ namespace ndif::torchsave {
 [[nodiscard]] bool is_zstd(std::span<const std::byte> bytes) noexcept;
 
 /// Decompresses the zstd frames `bytes` (read where they lie, not copied), bounded by
-/// `max_bytes`, into `room` when it has the capacity for what the frame header announces (see
-/// zstd_room), else into memory allocated here. Throws DecodeError on a damaged or oversized frame
+/// `max_bytes`, into `room` as far as its capacity goes (see zstd_room), then into memory
+/// allocated here. Throws DecodeError on a damaged or oversized frame
 /// or on bytes that are not zstd.
 [[nodiscard]] ByteBuffer decompress_zstd(std::span<const std::byte> bytes, std::size_t max_bytes,
                                          ByteBuffer room = {});
 
-/// Room (capacity, nothing written) for what the zstd frame header of `bytes` announces, when it
-/// announces a size within `max_bytes`; empty otherwise. For a caller that decompresses on another
-/// thread: memory allocated on the calling thread comes from its allocator's heap, which keeps
-/// large freed blocks (core/memory.hpp), where a thread's own arena returns them to the kernel.
+/// Room (capacity, nothing written) for the decompressed form of `bytes`: what the zstd frame
+/// header announces when that is within `max_bytes`, `max_bytes` when the header announces no size
+/// (untouched capacity costs address space, not memory), none when the announced size is beyond
+/// the limit or `bytes` are not zstd. For a caller that decompresses on another thread: memory
+/// allocated on the calling thread comes from its allocator's heap, which keeps large freed blocks
+/// (core/memory.hpp), where a thread's own arena returns them to the kernel.
 [[nodiscard]] ByteBuffer zstd_room(std::span<const std::byte> bytes, std::size_t max_bytes);
 
 }  // namespace ndif::torchsave

@@ -157,18 +157,18 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
                        std::size_t p, const tokenizer::Tokenizer& tokenizer, bool add_special_tokens,
                        const std::string& name, MeasureInto& into) {
   const std::size_t n = end - begin;
-  const std::size_t parts = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 64));
+  const std::size_t parts = slice_count(n, threads, 64);
   struct Slice {
     RowError bad;
     std::int32_t max_id = -1;
     std::size_t max_row = 0;
   };
   std::vector<Slice> slices(parts);
-  auto work = [&](std::size_t part) {
+  // Each slice keeps its first bad row instead of throwing: the error needs its row.
+  run_slices(n, parts, [&](std::size_t part, std::size_t from, std::size_t to) {
     Slice& slice = slices[part];
     spec::PromptRecord scratch;
-    for (std::size_t row = begin + n * part / parts, last = begin + n * (part + 1) / parts; row < last;
-         ++row) {
+    for (std::size_t row = begin + from, last = begin + to; row < last; ++row) {
       try {
         const spec::PromptRecord& record = record_at(row, scratch);
         const std::size_t at = row - into.base;
@@ -189,8 +189,7 @@ RowError measure_range(std::size_t begin, std::size_t end, unsigned threads, con
         return;
       }
     }
-  };
-  run_parts(parts, work);
+  });
   for (const Slice& slice : slices) {
     if (slice.bad.error) return slice.bad;  // slices are in row order
     if (slice.max_id > into.max_token_id) {

@@ -308,24 +308,15 @@ StringBlock StringBlockReader::next() {
   try {
     const auto lines = file_->lines(at_, count);
     // Contiguous slices on the threads, put together in row order; the first bad row is the block's.
-    const std::size_t parts = std::clamp<std::size_t>(threads_, 1, std::max<std::size_t>(1, count / 256));
+    const std::size_t parts = slice_count(count, threads_, 256);
     std::vector<StringBlock> slices(parts);
-    std::vector<std::exception_ptr> errors(parts);
-    auto work = [&](std::size_t part) {
-      try {
-        auto& slice = slices[part];
-        const std::size_t from = count * part / parts, to = count * (part + 1) / parts;
-        slice.starts.reserve(3 * (to - from));
-        slice.bytes.reserve(file_->line_bytes(at_ + from, to - from) + 8 * (to - from));
-        for (std::size_t k = from; k < to; ++k)
-          append_strings(lines.line(k), at_ + k, file_->path(), default_positions_, slice);
-      } catch (...) {
-        errors[part] = std::current_exception();
-      }
-    };
-    run_parts(parts, work);
-    for (const auto& error : errors)
-      if (error) std::rethrow_exception(error);
+    run_slices(count, parts, [&](std::size_t part, std::size_t from, std::size_t to) {
+      auto& slice = slices[part];
+      slice.starts.reserve(3 * (to - from));
+      slice.bytes.reserve(file_->line_bytes(at_ + from, to - from) + 8 * (to - from));
+      for (std::size_t k = from; k < to; ++k)
+        append_strings(lines.line(k), at_ + k, file_->path(), default_positions_, slice);
+    });
     block = std::move(slices[0]);
     block.first = at_;
     for (std::size_t part = 1; part < parts; ++part) block.append(slices[part]);

@@ -215,19 +215,10 @@ std::vector<PromptRecord> parse_lines(const LineBlock& block, const std::filesys
                                       const std::vector<PositionSpec>& default_positions, unsigned threads) {
   const std::size_t n = block.size();
   std::vector<PromptRecord> records(n);
-  const std::size_t parts = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 256));
-  std::vector<std::exception_ptr> errors(parts);
-  auto work = [&](std::size_t part) {
-    try {
-      for (std::size_t k = n * part / parts, end = n * (part + 1) / parts; k < end; ++k)
-        records[k] = parse_prompt(block.line(k), block.first_row + k, path, default_positions);
-    } catch (...) {
-      errors[part] = std::current_exception();
-    }
-  };
-  run_parts(parts, work);
-  for (const auto& error : errors)  // parts are in row order
-    if (error) std::rethrow_exception(error);
+  run_slices(n, slice_count(n, threads, 256), [&](std::size_t, std::size_t from, std::size_t to) {
+    for (std::size_t k = from; k < to; ++k)
+      records[k] = parse_prompt(block.line(k), block.first_row + k, path, default_positions);
+  });
   return records;
 }
 

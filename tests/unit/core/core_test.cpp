@@ -1,16 +1,57 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/files.hpp"
 #include "ndif_sweep/core/hash.hpp"
+#include "ndif_sweep/core/parallel.hpp"
 #include "ndif_sweep/core/zip_writer.hpp"
 
 namespace ndif {
 namespace {
+
+TEST(Parallel, SliceCountIsBoundedByThreadsAndByRowsASlice) {
+  EXPECT_EQ(slice_count(0, 4, 256), 1U);
+  EXPECT_EQ(slice_count(100, 4, 256), 1U);
+  EXPECT_EQ(slice_count(600, 4, 256), 2U);
+  EXPECT_EQ(slice_count(10000, 4, 256), 4U);
+  EXPECT_EQ(slice_count(10000, 0, 256), 1U);
+  EXPECT_EQ(slice_count(10, 8, 0), 8U);
+}
+
+TEST(Parallel, SlicesCoverEveryRowOnceInOrderAndTheLowestErrorIsRethrown) {
+  for (const std::size_t parts : {1U, 3U, 7U}) {
+    std::vector<int> seen(100, 0);
+    std::vector<std::pair<std::size_t, std::size_t>> bounds(parts);
+    run_slices(100, parts, [&](std::size_t part, std::size_t from, std::size_t to) {
+      bounds[part] = {from, to};
+      for (std::size_t r = from; r < to; ++r) ++seen[r];
+    });
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), 100) << parts;
+    EXPECT_EQ(bounds.front().first, 0U);
+    EXPECT_EQ(bounds.back().second, 100U);
+    for (std::size_t k = 1; k < parts; ++k) EXPECT_EQ(bounds[k].first, bounds[k - 1].second);
+  }
+  // Slices 1 and 2 of 3 fail: slice 1's error comes out, after every slice ran.
+  std::vector<int> ran(3, 0);
+  try {
+    run_slices(30, 3, [&](std::size_t part, std::size_t, std::size_t) {
+      ran[part] = 1;
+      if (part > 0) throw InputError("slice " + std::to_string(part));
+    });
+    ADD_FAILURE() << "no error came out";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "slice 1");
+  }
+  EXPECT_EQ(ran, (std::vector<int>{1, 1, 1}));
+}
 
 TEST(ReplyExcerpt, KeepsTheFirst120BytesAndShowsControlBytesAsQuestionMarks) {
   EXPECT_EQ(reply_excerpt(""), "");

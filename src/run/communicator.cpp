@@ -100,8 +100,7 @@ void Communicator::start_framed_send(int dest, Tag tag, FramedSend& out) const {
             "MPI_Isend (payload)");
   } catch (const std::exception& e) {
     // Half a message is on its way and MPI still reads `out`: nothing can take it back.
-    std::fputs(fmt::format("ndif-sweep: error: {}; stopping every rank\n", e.what()).c_str(), stderr);
-    abort(1);
+    abort(1, e.what());
   }
 }
 
@@ -222,6 +221,13 @@ std::optional<Envelope> Communicator::try_receive() const {
 void Communicator::abort(int code) const {
   MPI_Abort(comm_, code);
   std::_Exit(code);
+}
+
+void Communicator::abort(int code, std::string_view why, std::string_view what_follows) const {
+  std::fputs(fmt::format("ndif-sweep: error on rank {}: {}; {}\n", rank(), why, what_follows).c_str(),
+             stderr);
+  std::fflush(stderr);
+  abort(code);
 }
 
 }  // namespace ndif::run

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <functional>
 #include <future>
 #include <optional>
@@ -26,12 +25,7 @@ constexpr std::string_view kEnd = "end";
 /// Ends every rank after a failure that leaves the exchange broken (a send MPI still holds, a word
 /// not taken): no rank can be left waiting for what will not come.
 [[noreturn]] void end_every_rank(const Communicator& comm, const char* what) {
-  std::fputs(fmt::format("ndif-sweep: error on rank {} while the output file was created: {}; stopping "
-                         "every rank\n",
-                         comm.rank(), what)
-                 .c_str(),
-             stderr);
-  comm.abort(1);
+  comm.abort(1, fmt::format("while the output file was created: {}", what));
 }
 
 /// A block's bytes; a block that cannot be encoded becomes an error block, so that the receiver

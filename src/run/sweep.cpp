@@ -463,12 +463,8 @@ int create_output_with_every_rank(const Communicator& comm, RootSetup* setup, co
 
 /// Ends every rank after an error on this one, so no rank waits forever in the collective close.
 [[noreturn]] void abort_all(const Communicator& comm, const char* what, int code) {
-  std::cerr << fmt::format(
-                   "ndif-sweep: error on rank {}: {}; stopping every rank (finished batches are kept, "
-                   "run the same command again to resume)\n",
-                   comm.rank(), what)
-            << std::flush;
-  comm.abort(code == 0 ? 1 : code);
+  comm.abort(code == 0 ? 1 : code, what,
+             "stopping every rank (finished batches are kept, run the same command again to resume)");
 }
 
 /// The test hook of docs/design.md (the run loop): NDIF_SWEEP_TEST_FAIL="phase:rank" makes

@@ -115,6 +115,10 @@ class Communicator {
   /// Ends every rank of the job with `code`; for a fatal error on one rank, so that no other rank
   /// waits forever in a collective call.
   [[noreturn]] void abort(int code) const;
+  /// The same after saying why, in one write to stderr (the line of one rank is not torn by
+  /// another's): "ndif-sweep: error on rank R: <why>; <what_follows>".
+  [[noreturn]] void abort(int code, std::string_view why,
+                          std::string_view what_follows = "stopping every rank") const;
 
  private:
   MPI_Comm comm_;

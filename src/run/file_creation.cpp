@@ -68,7 +68,7 @@ std::future<spec::StringBlock> read_on_thread(std::optional<spec::StringBlockRea
 
 /// What every rank but 0 does in step 1: read its part, and send it when rank 0 says so.
 void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
-               std::size_t block_rows) {
+               std::size_t block_rows, PartSent& sent) {
   const auto [first, end] =
       plan::scan_part_rows(prompts.prompts_file->rows(), static_cast<std::size_t>(comm.rank()),
                            static_cast<std::size_t>(comm.size()));
@@ -84,6 +84,7 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
   // From here on this rank ends with a last block sent and rank 0's words taken, whatever fails.
   try {
     if (comm.receive(0, Tag::strings) != kSend) return;
+    sent.asked = true;
     // The next block is read on a thread while the main thread waits for rank 0 to take the one
     // before (it takes one block of each rank in turn); the main thread's polls keep the send going.
     FramedSend sending;
@@ -92,6 +93,7 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
       const bool last = block.last;
       const std::size_t next = block.first + block.rows();
       sending.payload = encoded(block);
+      sent.rows += block.rows();
       block = {};
       comm.start_framed_send(0, Tag::strings, sending);
       if (last) break;
@@ -100,7 +102,7 @@ void send_part(const Communicator& comm, const BatchTokenizer& prompts, unsigned
       block = ahead.get();
       if (comm.poll(0, Tag::strings)) {
         // Rank 0 failed and needs no more: the part ends here.
-        ended = true;
+        ended = sent.ended_early = true;
         block = spec::StringBlock{};
         block.first = next;
         block.last = true;
@@ -241,9 +243,10 @@ class StringsOfEveryRank {
 std::filesystem::path create_with_every_rank(const Communicator& comm, const BatchTokenizer& prompts,
                                              unsigned threads, const std::filesystem::path& output,
                                              const std::function<store::FileLayout()>& layout_of,
-                                             std::size_t block_rows) {
+                                             std::size_t block_rows, PartSent* sent) {
   if (comm.rank() != 0) {
-    send_part(comm, prompts, threads, block_rows);
+    PartSent ignored;
+    send_part(comm, prompts, threads, block_rows, sent != nullptr ? *sent : ignored);
     return {};
   }
   // First, so that whatever fails below (the layout too: it copies N-sized arrays), finish() tells

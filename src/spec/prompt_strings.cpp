@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "json_checks.hpp"
+#include "line_strings.hpp"
 #include "ndif_sweep/core/error.hpp"
 #include "ndif_sweep/core/parallel.hpp"
 #include "ndif_sweep/core/utf8.hpp"
@@ -175,9 +176,10 @@ class LineStrings final : public nlohmann::json_sax<json> {
   std::string key_;            ///< the key of the next value inside them
 };
 
-/// Appends row `row`'s strings through the SAX path; false when the line is not the plain case.
-bool append_plain(std::string_view line, std::size_t row, const std::filesystem::path& path,
-                  StringBlock& into) {
+}  // namespace
+
+bool detail::append_plain(std::string_view line, std::size_t row, const std::filesystem::path& path,
+                          StringBlock& into) {
   if (first_invalid_utf8(line)) return false;
   LineStrings strings;
   if (!json::sax_parse(line, &strings) || !strings.plain || !strings.has_text) return false;
@@ -193,8 +195,6 @@ bool append_plain(std::string_view line, std::size_t row, const std::filesystem:
   into.add(strings.text, strings.id, strings.has_meta ? strings.meta.dump() : std::string("{}"));
   return true;
 }
-
-}  // namespace
 
 std::string_view StringBlock::view(std::size_t k, Column column) const noexcept {
   const std::size_t index = 3 * k + static_cast<std::size_t>(column);
@@ -277,7 +277,7 @@ StringBlock decode_string_block(std::string_view bytes) {
 
 void append_strings(std::string_view line, std::size_t row, const std::filesystem::path& path,
                     const std::vector<PositionSpec>& default_positions, StringBlock& into) {
-  if (append_plain(line, row, path, into)) return;
+  if (detail::append_plain(line, row, path, into)) return;
   const auto record = parse_prompt(line, row, path, default_positions);  // throws why, if it refuses it
   into.add(record.text, record.id, record.meta_json);
 }
@@ -308,7 +308,7 @@ StringBlock StringBlockReader::next() {
   try {
     const auto lines = file_->lines(at_, count);
     // Contiguous slices on the threads, put together in row order; the first bad row is the block's.
-    const std::size_t parts = slice_count(count, threads_, 256);
+    const std::size_t parts = slice_count(count, threads_, kSliceRows);
     std::vector<StringBlock> slices(parts);
     run_slices(count, parts, [&](std::size_t part, std::size_t from, std::size_t to) {
       auto& slice = slices[part];

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ndif_sweep/core/error.hpp"
@@ -45,6 +46,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const auto file = ndif::spec::PromptsFile::index(memory.path());
     if (parsed && file.rows() != prompts.size()) __builtin_trap();
+    // Line by line, before anything below may stop at a refused line: append_strings (the SAX path,
+    // or parse_prompt for what it does not take plainly) accepts what parse_prompt accepts, with the
+    // same strings, and refuses what it refuses, with the same message.
+    for (std::size_t row = 0; row < file.rows(); ++row) {
+      std::optional<ndif::spec::PromptRecord> record;
+      std::string refused, refused_too;
+      try {
+        record = ndif::spec::parse_prompt(file.line(row), row, "prompts.jsonl", defaults);
+      } catch (const ndif::InputError& e) {
+        refused = e.what();
+      }
+      ndif::spec::StringBlock strings;
+      try {
+        ndif::spec::append_strings(file.line(row), row, "prompts.jsonl", defaults, strings);
+      } catch (const ndif::InputError& e) {
+        refused_too = e.what();
+      }
+      if (refused != refused_too || record.has_value() != (strings.rows() == 1)) __builtin_trap();
+      if (record &&
+          (strings.view(0, Column::text) != record->text || strings.view(0, Column::id) != record->id ||
+           strings.view(0, Column::meta) != record->meta_json))
+        __builtin_trap();
+    }
     const auto block = file.lines(0, file.rows());
     for (std::size_t row = 0; row < file.rows(); ++row) {
       if (block.line(row) != file.line(row)) __builtin_trap();
@@ -69,21 +93,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             __builtin_trap();
       }
       if (row != prompts.size()) __builtin_trap();
-    }
-    for (std::size_t row = 0; row < file.rows(); ++row) {
-      bool one = true, both = true;
-      try {
-        (void)ndif::spec::parse_prompt(file.line(row), row, "prompts.jsonl", defaults);
-      } catch (const ndif::InputError&) {
-        one = false;
-      }
-      ndif::spec::StringBlock strings;
-      try {
-        ndif::spec::append_strings(file.line(row), row, "prompts.jsonl", defaults, strings);
-      } catch (const ndif::InputError&) {
-        both = false;
-      }
-      if (one != both) __builtin_trap();
     }
   } catch (const ndif::InputError&) {
     if (parsed) __builtin_trap();  // every line of a good file parses alone

@@ -5,6 +5,7 @@
 // Good seeds: blocks made by spec::encode_string_block (corpus/string_block_fuzz/).
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 #include "ndif_sweep/core/error.hpp"
@@ -16,7 +17,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   try {
     const auto block = ndif::spec::decode_string_block(bytes);
-    if (block.starts.size() != 3 * block.rows()) __builtin_trap();
+    // The header's row count (its second u64) is the block's.
+    std::uint64_t rows = 0;
+    std::memcpy(&rows, bytes.data() + 8, sizeof rows);
+    if (block.starts.size() != 3 * block.rows() || (!block.error && block.rows() != rows)) __builtin_trap();
     if (block.error && (block.rows() != 0 || !block.last)) __builtin_trap();
     // Every string is NUL-ended inside the bytes, and reading each must stay inside them.
     std::size_t total = 0;

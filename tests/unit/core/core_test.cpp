@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -39,12 +42,23 @@ TEST(Parallel, SlicesCoverEveryRowOnceInOrderAndTheLowestErrorIsRethrown) {
     EXPECT_EQ(bounds.back().second, 100U);
     for (std::size_t k = 1; k < parts; ++k) EXPECT_EQ(bounds[k].first, bounds[k - 1].second);
   }
-  // Slices 1 and 2 of 3 fail: slice 1's error comes out, after every slice ran.
+  // Slices 1 and 2 of 3 fail, slice 2 first in time (slice 1 waits for it, within a bound for the
+  // case of parts run one after the other): slice 1's error comes out, after every slice ran.
   std::vector<int> ran(3, 0);
+  std::atomic<bool> second_failed{false};
   try {
     run_slices(30, 3, [&](std::size_t part, std::size_t, std::size_t) {
       ran[part] = 1;
-      if (part > 0) throw InputError("slice " + std::to_string(part));
+      if (part == 2) {
+        second_failed = true;
+        throw InputError("slice 2");
+      }
+      if (part == 1) {
+        for (int k = 0; k < 2000 && !second_failed; ++k)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        throw InputError("slice 1");
+      }
     });
     ADD_FAILURE() << "no error came out";
   } catch (const InputError& e) {

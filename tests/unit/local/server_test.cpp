@@ -218,8 +218,10 @@ TEST_F(Server, G4JobIsStoredAfterA404AndCompletesWithAnExpiringUrlToAResultKeyed
   // be just after this client has read the last byte: wait for the count, within a bound.
   json stats;
   for (int attempt = 0; attempt < 5000; ++attempt) {
-    stats = json::parse(client_->Get("/stats")->body);
-    if (stats["downloaded"] != 0) break;
+    if (const auto res = client_->Get("/stats")) {
+      stats = json::parse(res->body);
+      if (stats["downloaded"] != 0) break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_EQ(stats["submitted"], 1);

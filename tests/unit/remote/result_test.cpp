@@ -33,19 +33,28 @@ std::string decode_message(const std::vector<std::byte>& file, const ExpectedRes
   return "no error";
 }
 
+/// The probes of expected_f16() (2 and 1 layers) split from a (2, 3, 2, 4) result of pattern16(48),
+/// whose element (b, l, p, h) is b*24 + l*8 + p*4 + h: probe 0 holds layers 0-1 of each prompt,
+/// probe 1 layer 2, every element exact.
+void expect_split_pattern(const DecodedResult& decoded) {
+  ASSERT_EQ(decoded.probes.size(), 2U);
+  EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 2, 2, 4}));
+  EXPECT_EQ(decoded.probes[1].shape, (std::vector<std::int64_t>{2, 1, 2, 4}));
+  ASSERT_EQ(decoded.probes[0].bytes.size(), 32U * 2);
+  ASSERT_EQ(decoded.probes[1].bytes.size(), 16U * 2);
+  for (std::size_t b = 0; b < 2; ++b) {
+    for (std::size_t i = 0; i < 16; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, b * 16 + i), b * 24 + i);
+    for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(at16(decoded.probes[1].bytes, b * 8 + i), b * 24 + 16 + i);
+  }
+}
+
 TEST(ResultDecoder, SplitsPerProbeIntoContiguousBlocksWithExactBytes) {
   const auto file = file_of(g2_result(tensor(DType::float16, {2, 3, 2, 4}, pattern16(48))));
   const auto decoded = decode_result(file, expected_f16());
   ASSERT_EQ(decoded.probes.size(), 2);
   EXPECT_EQ(decoded.probes[0].shape, (std::vector<std::int64_t>{2, 2, 2, 4}));
   EXPECT_EQ(decoded.probes[1].shape, (std::vector<std::int64_t>{2, 1, 2, 4}));
-  ASSERT_EQ(decoded.probes[0].bytes.size(), 32 * 2);
-  ASSERT_EQ(decoded.probes[1].bytes.size(), 16 * 2);
-  // Probe 0: layers 0-1 of each prompt; prompt b starts at element 24 b.
-  for (std::size_t b = 0; b < 2; ++b) {
-    for (std::size_t i = 0; i < 16; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, b * 16 + i), b * 24 + i);
-    for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(at16(decoded.probes[1].bytes, b * 8 + i), b * 24 + 16 + i);
-  }
+  expect_split_pattern(decoded);
   EXPECT_EQ(decoded.nonfinite, 0);
 }
 
@@ -196,17 +205,14 @@ TEST(ResultDecoder, SeveralProbesRowsAreCopiedIntoTheRoomMadeForThem) {
   const auto decoded = decode_result(file, expected_f16(), std::move(room));
   ASSERT_EQ(decoded.probes.size(), 2U);
   for (std::size_t p = 0; p < 2; ++p) EXPECT_EQ(decoded.probes[p].bytes.data(), where[p]);
-  // Element (b, l, p, h) of the result is b*24 + l*8 + p*4 + h.
-  for (std::size_t b = 0; b < 2; ++b)
-    for (std::size_t i = 0; i < 16; ++i) EXPECT_EQ(at16(decoded.probes[0].bytes, b * 16 + i), b * 24 + i);
-  for (std::size_t b = 0; b < 2; ++b)
-    for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(at16(decoded.probes[1].bytes, b * 8 + i), b * 24 + 16 + i);
+  expect_split_pattern(decoded);
   EXPECT_EQ(decoded.storage, nullptr);  // the file is let go: the rows are in the copies
-  // A room of the wrong size (or none) still gives exact rows, in memory allocated for them.
+  // A room too small for probe 0, and none for probe 1, still give exact rows, in memory allocated
+  // for them.
   ResultRoom small;
   small.probes.emplace_back().reserve(3);
   const auto allocated = decode_result(file, expected_f16(), std::move(small));
-  EXPECT_EQ(at16(allocated.probes[1].bytes, 15), 24 + 16 + 7);
+  expect_split_pattern(allocated);
 }
 
 TEST(ResultDecoder, AcceptsAG3ResultKeyedByNameWithOneTensor) {

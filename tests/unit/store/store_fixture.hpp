@@ -118,6 +118,15 @@ inline std::vector<std::byte> read_raw(const std::string& path, const std::strin
   return bytes;
 }
 
+/// Reads a whole dataset of numbers of type T (its file type's size) with the plain HDF5 C API.
+template <typename T>
+std::vector<T> read_numbers(const std::string& path, const std::string& dataset) {
+  const auto raw = read_raw(path, dataset);
+  std::vector<T> values(raw.size() / sizeof(T));
+  std::memcpy(values.data(), raw.data(), raw.size());
+  return values;
+}
+
 /// Reads a whole 1-D variable-length string dataset with the plain HDF5 C API.
 inline std::vector<std::string> read_strings_raw(const std::string& path, const std::string& dataset) {
   const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);

@@ -86,14 +86,6 @@ std::vector<hsize_t> shape_of(hid_t file, const char* name, std::vector<hsize_t>
   return dims;
 }
 
-template <typename T>
-std::vector<T> read_numbers(const fs::path& path, const std::string& name) {
-  const auto raw = read_raw(path.string(), name);
-  std::vector<T> values(raw.size() / sizeof(T));
-  std::memcpy(values.data(), raw.data(), raw.size());
-  return values;
-}
-
 TEST_F(StoreTest, CreateWritesEveryDatasetOfTheFormatAtFullSize) {
   const FileLayout layout = example_layout("float16");
   create_output_file(file(), layout);

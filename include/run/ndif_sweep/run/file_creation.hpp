@@ -19,6 +19,13 @@
 
 namespace ndif::run {
 
+/// What a rank other than 0 sent rank 0 of its part's strings in create_with_every_rank.
+struct PartSent {
+  std::size_t rows = 0;      ///< rows of the blocks it sent
+  bool asked = false;        ///< rank 0 asked for its part
+  bool ended_early = false;  ///< rank 0 needed no more before its part's end (it failed meanwhile)
+};
+
 /// Collective, step 1: rank 0 creates `<output>.creating` from the layout `layout_of` makes
 /// (store::create_unpublished), the strings of every row read from `prompts` by the rank whose part
 /// of planning (plan::scan_part_rows) holds it, on `threads` threads. Rank 0 writes a block of each
@@ -34,9 +41,11 @@ namespace ndif::run {
 /// part is told to stop. The other ranks return normally either way, and none is left in the
 /// exchange when rank 0 returns or throws. A failure that would leave the exchange broken (bytes
 /// that are not a block, an MPI error with a send under way) ends every rank (MPI_Abort).
+///
+/// On a rank other than 0, `sent` (when given) says what the rank sent of its part.
 [[nodiscard]] std::filesystem::path create_with_every_rank(
     const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
     const std::filesystem::path& output, const std::function<store::FileLayout()>& layout_of,
-    std::size_t block_rows = spec::StringBlockReader::kMaxRows);
+    std::size_t block_rows = spec::StringBlockReader::kMaxRows, struct PartSent* sent = nullptr);
 
 }  // namespace ndif::run

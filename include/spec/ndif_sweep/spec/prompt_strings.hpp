@@ -76,6 +76,8 @@ class StringBlockReader {
  public:
   static constexpr std::size_t kMaxRows = 16384;
   static constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
+  /// The fewest rows a thread of its own is worth (core::slice_count).
+  static constexpr std::size_t kSliceRows = 256;
 
   /// A reader of rows [first, end); InternalError when they are not rows of `file`.
   StringBlockReader(std::shared_ptr<const PromptsFile> file, std::vector<PositionSpec> default_positions,

@@ -46,6 +46,6 @@ struct PartSent {
 [[nodiscard]] std::filesystem::path create_with_every_rank(
     const Communicator& comm, const BatchTokenizer& prompts, unsigned threads,
     const std::filesystem::path& output, const std::function<store::FileLayout()>& layout_of,
-    std::size_t block_rows = spec::StringBlockReader::kMaxRows, struct PartSent* sent = nullptr);
+    std::size_t block_rows = spec::StringBlockReader::kMaxRows, PartSent* sent = nullptr);
 
 }  // namespace ndif::run
